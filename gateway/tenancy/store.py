@@ -1,0 +1,68 @@
+"""The Store protocol: keys, tenants, admission, settlement and usage, behind one interface.
+
+Two implementations: ``RedisStore`` (any number of replicas) and ``MemoryStore`` (one
+process). Both pass the same contract suite in ``tests/gateway/tenancy``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from gateway.tenancy.models import (
+    Admission,
+    ApiKey,
+    IssuedKey,
+    Limits,
+    Principal,
+    Tenant,
+    UsageRecord,
+    UsageRow,
+)
+
+
+class Store(Protocol):
+    """Tenancy state. Admission and settlement are one round trip each on Redis."""
+
+    async def create_tenant(self, tenant_id: str, limits: Limits | None = None) -> Tenant: ...
+    async def get_tenant(self, tenant_id: str) -> Tenant | None: ...
+    async def list_tenants(self) -> Sequence[Tenant]: ...
+    async def update_limits(self, tenant_id: str, limits: Limits) -> Tenant: ...
+    async def delete_tenant(self, tenant_id: str) -> bool: ...
+
+    async def create_key(self, tenant_id: str) -> IssuedKey:
+        """Issue a key, creating the tenant with default limits if it does not exist."""
+        ...
+
+    async def list_keys(self, tenant_id: str | None = None) -> Sequence[ApiKey]: ...
+    async def revoke_key(self, key_id: str) -> bool: ...
+
+    async def authenticate(self, secret: str) -> Principal:
+        """The caller behind a bearer secret; raises ``Unauthenticated``."""
+        ...
+
+    async def admit(
+        self, principal: Principal, *, tokens: int, cost_usd: float
+    ) -> Admission:
+        """Check and reserve RPM, TPM, concurrency and budget in one atomic step.
+
+        Raises ``RateLimited`` (with a correct retry-after) or ``QuotaExceeded``.
+        """
+        ...
+
+    async def settle(self, admission: Admission, usage: UsageRecord) -> None:
+        """Replace the reservation by actuals and write the ledger record, exactly once."""
+        ...
+
+    async def usage(
+        self,
+        *,
+        tenant: str | None,
+        start: float,
+        end: float,
+        group_by: Sequence[str],
+    ) -> Sequence[UsageRow]:
+        """Aggregates over [start, end) grouped by any of tenant, backend, model, hour, day."""
+        ...
+
+    async def aclose(self) -> None: ...
