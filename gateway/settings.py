@@ -1,0 +1,262 @@
+"""The configuration schema: one YAML file validated by pydantic, secrets and URLs from env.
+
+``load_settings(path)`` reads the file and applies ``TOLLGATE_REDIS_URL`` and
+``TOLLGATE_ADMIN_KEY``; ``tollgate check-config`` reports every problem with its field path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.tenancy.models import TENANT_ID
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "tollgate.yaml"
+Policy = Literal["cost", "latency", "balanced"]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo in config must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    """Where the gateway listens and what it accepts."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_tokens_limit: int = Field(131_072, ge=1)  # the most max_tokens any request may ask
+    default_max_tokens: int = Field(256, ge=1)  # when a completions request names none
+    drain_timeout_s: float = Field(30.0, ge=0)
+    access_log: bool = True
+
+
+class StoreSettings(_Strict):
+    """Tenancy state: Redis when ``redis_url`` is set, else in-process (one replica)."""
+
+    redis_url: str | None = None
+    key_prefix: str = "tg"
+    key_cache_ttl_s: float = Field(1.0, ge=0, le=1.0)
+    limit_window_s: float = Field(60.0, gt=0)  # the "minute" of RPM and TPM
+    failure_policy: Literal["open", "closed"] = "open"
+    spool_dir: str = "var/spool"
+
+
+class ModelSettings(_Strict):
+    """A client-facing model: its id, aliases, tokenizer and chat template."""
+
+    id: str
+    aliases: tuple[str, ...] = ()
+    tokenizer: str | None = None  # "embedded" or a path to a sentencepiece model
+    chat_template: str | None = None  # a template name from gateway.openai.templates
+    context_length: int | None = Field(None, ge=1)
+
+
+class Price(_Strict):
+    """Instance pricing (``usd_per_hour``) or per-token pricing, never both."""
+
+    usd_per_hour: float | None = Field(None, ge=0)
+    usd_per_mtok_input: float | None = Field(None, ge=0)
+    usd_per_mtok_output: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Price:
+        hourly = self.usd_per_hour is not None
+        per_token = self.usd_per_mtok_input is not None or self.usd_per_mtok_output is not None
+        if hourly == per_token:
+            raise ValueError("give either usd_per_hour or usd_per_mtok_input/usd_per_mtok_output")
+        return self
+
+
+class TimeoutSettings(_Strict):
+    """Deadlines for one upstream attempt, in seconds."""
+
+    connect_s: float = Field(5.0, gt=0)
+    first_token_s: float = Field(60.0, gt=0)
+    total_s: float = Field(600.0, gt=0)
+
+
+class CapacityPrior(_Strict):
+    """What the backend is expected to sustain before live measurements exist."""
+
+    output_tokens_per_s: float = Field(1000.0, gt=0)
+    ttft_s: float = Field(0.5, gt=0)
+    tpot_s: float = Field(0.03, gt=0)
+    max_concurrency: int = Field(64, ge=1)
+
+
+class SimulateSettings(_Strict):
+    """A backend's behaviour in the fleet simulator (``tollgate bench fleet``)."""
+
+    slots: int = Field(ge=1)
+    prefill_tokens_per_s: float = Field(gt=0)
+    decode_step_s: dict[int, float]  # batch size -> seconds per decode step (interpolated)
+    always_on: bool = True
+    min_instances: int = Field(1, ge=0)
+    max_instances: int = Field(1, ge=1)
+    scale_up_s: float = Field(0.0, ge=0)
+    scale_down_idle_s: float = Field(300.0, ge=0)
+    list_price_usd_per_mtok: float | None = None  # what an operator types into a peer gateway
+
+
+class EngineSettings(_Strict):
+    """Options of the embedded engine (kind ``embedded``)."""
+
+    model_path: str | None = None  # None: the Gemma 3 270M GGUF from PyPI
+    weight_format: Literal["f32", "bf16", "int8"] = "bf16"
+    decode_slots: int = Field(16, ge=1)
+    max_context: int = Field(2048, ge=16)
+    max_queue: int = Field(256, ge=1)
+
+
+class BackendSettings(_Strict):
+    """One inference server: its protocol, address, models and price."""
+
+    name: str
+    kind: Literal["vllm", "tgi", "triton", "jetstream", "embedded"]
+    url: str | None = None
+    models: dict[str, str]  # client-facing model id -> upstream model name
+    price: Price
+    timeouts: TimeoutSettings = TimeoutSettings()
+    metrics_url: str | None = None
+    api_key_env: str | None = None  # name of the env var holding a bearer token
+    tls_ca_file: str | None = None
+    tls_insecure: bool = False
+    capacity: CapacityPrior = CapacityPrior()
+    engine: EngineSettings | None = None
+    simulate: SimulateSettings | None = None
+    options: dict[str, Any] = {}  # adapter-specific knobs
+
+    @model_validator(mode="after")
+    def _address(self) -> BackendSettings:
+        if self.kind != "embedded" and not self.url:
+            raise ValueError(f"backend kind {self.kind!r} needs a url")
+        if not self.models:
+            raise ValueError("a backend must serve at least one model")
+        return self
+
+    def api_key(self) -> str | None:
+        """The bearer credential from the environment, never from the file itself."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class RoutingSettings(_Strict):
+    """Default policy, latency objectives and how much retrying is allowed."""
+
+    default_policy: Policy = "cost"
+    max_ttft_ms: float | None = Field(None, gt=0)
+    max_tpot_ms: float | None = Field(None, gt=0)
+    retry_budget_ratio: float = Field(0.2, ge=0, le=1)  # retries per first attempt, fleet-wide
+    max_attempts: int = Field(3, ge=1)
+    probe_interval_s: float = Field(5.0, gt=0)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_cooldown_s: float = Field(10.0, gt=0)
+
+
+class MeteringSettings(_Strict):
+    """Cost model parameters."""
+
+    window_s: float = Field(60.0, gt=0)
+    prefill_weight: float = Field(0.125, ge=0)
+
+
+class TenantSeed(_Strict):
+    """A tenant created at start-up if it does not exist yet."""
+
+    id: str
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    monthly_budget_usd: float | None = Field(None, ge=0)
+    allowed_models: tuple[str, ...] | None = None
+    policy: Policy | None = None
+    dev_key: bool = False  # issue a key at start-up and print a ready-to-paste curl line
+
+    @field_validator("id")
+    @classmethod
+    def _tenant_id(cls, value: str) -> str:
+        if not TENANT_ID.fullmatch(value):
+            raise ValueError("tenant ids are [a-z0-9][a-z0-9-]{0,62}")
+        return value
+
+
+class TenantSettings(_Strict):
+    """Default limits for new tenants, and tenants to seed."""
+
+    defaults: TenantSeed = TenantSeed(id="default")
+    seed: tuple[TenantSeed, ...] = ()
+
+
+class TelemetrySettings(_Strict):
+    """OpenTelemetry: exporters come from the standard OTEL_* variables."""
+
+    service_name: str = "tollgate"
+    record_content: bool = False  # prompt and completion text in spans: operator opt-in
+    prometheus: bool = True
+
+
+class Settings(_Strict):
+    """The whole configuration file."""
+
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    models: tuple[ModelSettings, ...] = ()
+    backends: tuple[BackendSettings, ...] = ()
+    routing: RoutingSettings = RoutingSettings()
+    metering: MeteringSettings = MeteringSettings()
+    tenants: TenantSettings = TenantSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+    admin_key: str | None = None  # from TOLLGATE_ADMIN_KEY only; never put it in the file
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        names = [b.name for b in self.backends]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"backend names must be unique: {sorted(dupes)}")
+        known: set[str] = set()
+        for model in self.models:
+            for name in (model.id, *model.aliases):
+                if name in known:
+                    raise ValueError(f"model id or alias {name!r} is defined twice")
+                known.add(name)
+        for backend in self.backends:
+            for model_id in backend.models:
+                if model_id not in known:
+                    raise ValueError(
+                        f"backend {backend.name!r} serves {model_id!r}, which is not in models"
+                    )
+        return self
+
+
+def parse_settings(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    """Validate a config mapping and apply the environment overrides."""
+    env = os.environ if env is None else env
+    merged = dict(data)
+    if env.get("TOLLGATE_REDIS_URL"):
+        merged["store"] = {**dict(merged.get("store") or {}), "redis_url": env["TOLLGATE_REDIS_URL"]}
+    if env.get("TOLLGATE_ADMIN_KEY"):
+        merged["admin_key"] = env["TOLLGATE_ADMIN_KEY"]
+    return Settings.model_validate(merged)
+
+
+def read_config(path: str | Path | None = None) -> dict[str, Any]:
+    """The YAML mapping at ``path`` (or ``TOLLGATE_CONFIG``, or the default file)."""
+    chosen = Path(path or os.environ.get("TOLLGATE_CONFIG") or DEFAULT_CONFIG)
+    data = yaml.safe_load(chosen.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{chosen}: the top level must be a mapping")
+    return data
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read, validate and apply env overrides; raises ``pydantic.ValidationError``."""
+    return parse_settings(read_config(path))
