@@ -1,0 +1,176 @@
+"""Request models of the OpenAI surface; responses are built as plain dicts in serving.
+
+Bodies are parsed with ``model_validate_json`` (one pass, in Rust) and every validation
+failure becomes an ``InvalidRequest`` naming the offending field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.errors import InvalidRequest
+
+TokenIds = list[Annotated[int, Field(ge=0)]]
+BodyT = TypeVar("BodyT", bound=BaseModel)
+# vLLM-style sampling extras a client may send (e.g. the OpenAI SDK's ``extra_body``);
+# passed to backends untouched. Anything else unknown is a 400.
+VENDOR_EXTRAS = frozenset(
+    {
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "stop_token_ids",
+        "ignore_eos",
+        "min_tokens",
+        "skip_special_tokens",
+        "spaces_between_special_tokens",
+        "include_stop_str_in_output",
+    }
+)
+
+
+class _Body(BaseModel):
+    """Common fields; unknown keys are collected and checked against ``VENDOR_EXTRAS``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    model: str = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1, le=128)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must be non-empty strings")
+        return value
+
+    @property
+    def stop_list(self) -> tuple[str, ...]:
+        """``stop`` as a tuple (a single string is one stop sequence)."""
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a streamed answer ends with a usage chunk."""
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def vendor_extras(self) -> dict[str, Any]:
+        """Unknown fields that are known vendor extras; any other unknown field is a 400."""
+        extras = self.model_extra or {}
+        for key in extras:
+            if key not in VENDOR_EXTRAS:
+                raise InvalidRequest(f"Unrecognized request argument supplied: {key}", param=key)
+        return dict(extras)
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``: only ``include_usage`` is meaningful."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    include_usage: bool = False
+
+
+class CompletionRequest(_Body):
+    """``POST /v1/completions``."""
+
+    prompt: str | list[str] | TokenIds | list[TokenIds] = ""
+    max_tokens: int | None = Field(None, ge=0)
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20)
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1, le=128)
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompt as a list of prompts, each text or token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if not p:
+            raise InvalidRequest("prompt must not be an empty list", param="prompt")
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+
+class TextPart(BaseModel):
+    """A text content part."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(BaseModel):
+    """A chat message as clients send it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class ChatCompletionRequest(_Body):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=0)
+    max_completion_tokens: int | None = Field(None, ge=0)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+
+
+_Body.model_rebuild()
+CompletionRequest.model_rebuild()
+ChatCompletionRequest.model_rebuild()
+
+
+def _param(loc: tuple[int | str, ...]) -> str:
+    """Pydantic's error location as OpenAI's ``param`` (``messages[0].content``)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "list[str]", "list[int]", "list[list[int]]") or "[" in part:
+            continue  # union-branch names, not fields
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def parse_body(model: type[BodyT], raw: bytes) -> BodyT:
+    """Validate a JSON body; every failure is an ``InvalidRequest`` naming the field."""
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty; expected a JSON object.")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        first = errors[0]
+        if first["type"] in ("json_invalid", "json_type"):
+            raise InvalidRequest(
+                f"We could not parse the JSON body of your request: {first['msg']}."
+            ) from None
+        param = _param(tuple(first["loc"]))
+        if first["type"] == "model_type" and not param:
+            raise InvalidRequest("The request body must be a JSON object.") from None
+        message = f"Invalid value for '{param}': {first['msg']}." if param else first["msg"]
+        raise InvalidRequest(message, param=param or None) from None

@@ -1,0 +1,55 @@
+"""Prompt-token counting for backends that report none (JetStream, broken streams)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+
+class Tokenizer(Protocol):
+    """The two operations the gateway needs of a model's tokenizer."""
+
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class SentencePieceTokenizer:
+    """A sentencepiece model file named in config (``models[].tokenizer``)."""
+
+    def __init__(self, path: str) -> None:
+        import sentencepiece
+
+        self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``."""
+        return list(self._sp.encode(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``."""
+        return str(self._sp.decode(list(ids)))
+
+
+class TokenCounter:
+    """Counts prompt tokens with the model's tokenizer, or estimates when it has none."""
+
+    # ~4 bytes per token is the usual figure for BPE/unigram vocabularies on English.
+    BYTES_PER_TOKEN = 4
+
+    def __init__(self, tokenizers: Mapping[str, Tokenizer]) -> None:
+        self._tokenizers = dict(tokenizers)
+
+    def add(self, model: str, tokenizer: Tokenizer) -> None:
+        """Register a tokenizer that became available later (the embedded engine's)."""
+        self._tokenizers[model] = tokenizer
+
+    def tokenizer(self, model: str) -> Tokenizer | None:
+        """The model's tokenizer, if configured."""
+        return self._tokenizers.get(model)
+
+    def count(self, model: str, text: str) -> int:
+        """Prompt tokens of ``text`` for ``model`` (exact with a tokenizer, else estimated)."""
+        tok = self._tokenizers.get(model)
+        if tok is not None:
+            return len(tok.encode(text))
+        return max(1, (len(text.encode()) + self.BYTES_PER_TOKEN - 1) // self.BYTES_PER_TOKEN)
