@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from gateway.tenancy.ledger import WindowLedger
 from gateway.tenancy.models import (
     Admission,
     ApiKey,
@@ -63,6 +64,15 @@ class Store(Protocol):
         group_by: Sequence[str],
     ) -> Sequence[UsageRow]:
         """Aggregates over [start, end) grouped by any of tenant, backend, model, hour, day."""
+        ...
+
+    async def record(self, tenant: str, request_id: str) -> UsageRecord | None:
+        """The ledger's one record of a request (by the server-generated id), if settled."""
+        ...
+
+    @property
+    def windows(self) -> WindowLedger:
+        """Per-backend window totals and shares, for metering's flush and reconciliation."""
         ...
 
     async def aclose(self) -> None: ...

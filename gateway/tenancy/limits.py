@@ -1,0 +1,153 @@
+"""Limit semantics shared by both stores (the Lua scripts mirror ``TenantMeter`` exactly).
+
+Requests per window: an exact sliding log. A request is accepted iff fewer than L were accepted
+in the trailing window (t - W, t]; so at most L in any trailing window, and none refused while
+fewer than L were. ``retry_after`` is when the oldest of those leaves the window.
+
+Tokens per window: W is cut into ``BUCKETS`` buckets (one second each at the default 60 s).
+Admission reserves the request's ``tokens`` (prompt + ``max_tokens``) in the current bucket;
+settlement removes that reservation and adds the actual prompt + completion tokens in the bucket
+of the completion time. When a request names no ``max_tokens``, serving reserves its configured
+default (``server.default_max_tokens``), so a long answer may use more than was reserved: the
+excess is counted at settlement and delays later admissions. A request needing more than the
+whole limit is refused as invalid, since waiting would never help.
+
+Concurrency: a lease per admitted request (released at settlement, or when its lease expires, so
+a crashed replica cannot leak capacity). Budget: admitted while provisional spend plus outstanding
+reservations is below the monthly budget; each admission reserves its worst-case cost, so the
+spend can pass the budget by at most one in-flight request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from gateway.errors import InvalidRequest, QuotaExceeded, RateLimited
+from gateway.tenancy.models import Limits
+
+BUCKETS = 60  # token buckets per window
+LEASE_S = 3600.0  # an admitted request's concurrency lease: longer than any request may run
+NANO = 1_000_000_000  # costs are kept in integer nano-dollars so sums are exact
+
+
+def to_nano(usd: float) -> int:
+    """USD as integer nano-dollars (the unit every ledger sum is kept in)."""
+    return round(usd * NANO)
+
+
+def month_of(t: float) -> str:
+    """The UTC calendar month a budget period is keyed by, e.g. ``2025-03``."""
+    return time.strftime("%Y-%m", time.gmtime(t))
+
+
+class LimitExceeded(RateLimited):
+    """A rate limit refusal, saying which limit and at what store time it happened."""
+
+    def __init__(self, limit: str, *, retry_after: float, at: float) -> None:
+        super().__init__(f"Rate limit reached for {limit}.", retry_after=retry_after)
+        self.limit = limit  # "requests", "tokens" or "concurrency"
+        self.at = at
+
+
+def too_large(tokens: int, limit: int) -> InvalidRequest:
+    """The refusal for a request that alone exceeds the token limit."""
+    return InvalidRequest(
+        f"This request needs {tokens} tokens, more than the tenant's limit of {limit} "
+        "tokens per minute; lower max_tokens or the prompt.",
+        param="max_tokens",
+    )
+
+
+def over_budget() -> QuotaExceeded:
+    """The refusal for a tenant whose monthly budget is spent."""
+    return QuotaExceeded("You exceeded your current quota: the tenant's monthly budget is spent.")
+
+
+@dataclass(slots=True)
+class Hold:
+    """One admitted request's outstanding reservation."""
+
+    deadline: float
+    tokens: int
+    bucket: int
+    cost_nano: int
+
+
+@dataclass(slots=True)
+class TenantMeter:
+    """The in-process twin of the admission and settlement scripts, for one tenant."""
+
+    accepted: deque[float] = field(default_factory=deque)
+    buckets: dict[int, int] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)
+    reserved_nano: int = 0
+    spend_nano: dict[str, int] = field(default_factory=dict)
+
+    def admit(
+        self, rid: str, limits: Limits, now: float, window_s: float, tokens: int, cost_nano: int
+    ) -> None:
+        """Check every limit, then reserve; raises without reserving anything."""
+        self._expire(now, window_s)
+        if limits.monthly_budget_usd is not None:
+            spent = self.spend_nano.get(month_of(now), 0) + self.reserved_nano
+            if spent >= to_nano(limits.monthly_budget_usd):
+                raise over_budget()
+        if limits.max_concurrent is not None and len(self.holds) >= limits.max_concurrent:
+            raise LimitExceeded("concurrency", retry_after=1.0, at=now)
+        rpm = limits.requests_per_minute
+        if rpm is not None and len(self.accepted) >= rpm:
+            wait = self.accepted[len(self.accepted) - rpm] + window_s - now
+            raise LimitExceeded("requests", retry_after=wait, at=now)
+        bucket_s = window_s / BUCKETS
+        current = int(now // bucket_s)
+        if limits.tokens_per_minute is not None:
+            self._check_tokens(limits.tokens_per_minute, tokens, current, bucket_s, now)
+        self.accepted.append(now)
+        self.buckets[current] = self.buckets.get(current, 0) + tokens
+        self.holds[rid] = Hold(now + LEASE_S, tokens, current, cost_nano)
+        self.reserved_nano += cost_nano
+
+    def settle(
+        self, rid: str, now: float, window_s: float, t_end: float, tokens: int, cost_nano: int
+    ) -> None:
+        """Replace the reservation (if still held) by actual tokens and spend."""
+        bucket_s = window_s / BUCKETS
+        current = int(now // bucket_s)
+        hold = self.holds.pop(rid, None)
+        if hold is not None:
+            self.reserved_nano -= hold.cost_nano
+            if hold.bucket in self.buckets:
+                self.buckets[hold.bucket] -= hold.tokens
+        done = min(int(t_end // bucket_s), current)
+        if done > current - BUCKETS:  # actuals older than the window no longer count
+            self.buckets[done] = self.buckets.get(done, 0) + tokens
+        month = month_of(t_end)
+        self.spend_nano[month] = self.spend_nano.get(month, 0) + cost_nano
+
+    def _check_tokens(
+        self, limit: int, tokens: int, current: int, bucket_s: float, now: float
+    ) -> None:
+        if tokens > limit:
+            raise too_large(tokens, limit)
+        used = sum(self.buckets.values())
+        if used + tokens <= limit:
+            return
+        freed = 0
+        for bucket in sorted(self.buckets):
+            freed += self.buckets[bucket]
+            if used - freed + tokens <= limit:
+                wait = (bucket + BUCKETS) * bucket_s - now
+                raise LimitExceeded("tokens", retry_after=max(wait, 0.0), at=now)
+        # Only outstanding reservations block it: they clear at settlement.
+        raise LimitExceeded("tokens", retry_after=1.0, at=now)
+
+    def _expire(self, now: float, window_s: float) -> None:
+        while self.accepted and self.accepted[0] <= now - window_s:
+            self.accepted.popleft()
+        oldest = int(now // (window_s / BUCKETS)) - BUCKETS
+        for bucket in [b for b in self.buckets if b <= oldest]:
+            del self.buckets[bucket]
+        for rid in [r for r, h in self.holds.items() if h.deadline <= now]:
+            self.reserved_nano -= self.holds.pop(rid).cost_nano
