@@ -1,0 +1,240 @@
+"""The Gemma family (1, 2, 3) in JAX: pure functions of (config, params, inputs).
+
+Layers run under ``lax.scan`` over stacked weights so one layer body is compiled, not n_layers.
+Two entry points: ``prefill`` (one prompt, all positions) and ``decode`` (one token per slot
+against a KV cache).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from engine.config import ModelConfig
+from engine.weights import Int8Weight, Params
+
+_CONTRACT_LAST = (((1,), (1,)), ((), ()))
+
+
+def linear(x: jax.Array, w: Any) -> jax.Array:
+    """``x @ w.T`` for a weight stored [out, in], in float32, bfloat16 or int8 (W8A8)."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    if isinstance(w, Int8Weight):
+        # Dynamic per-row activation quantization: an int8 x int8 -> int32 dot is far faster on
+        # this CPU than dequantizing the weight to a float type first.
+        x_scale = jnp.max(jnp.abs(x2), axis=-1, keepdims=True) / 127.0
+        x_scale = jnp.where(x_scale == 0, 1.0, x_scale)
+        xq = jnp.round(x2 / x_scale).astype(jnp.int8)
+        acc = jax.lax.dot_general(
+            xq, w.values, _CONTRACT_LAST, preferred_element_type=jnp.int32
+        )
+        y = acc.astype(jnp.float32) * x_scale * w.scales
+    elif w.dtype == jnp.bfloat16:
+        y = jax.lax.dot_general(
+            x2.astype(jnp.bfloat16),
+            w,
+            _CONTRACT_LAST,
+            preferred_element_type=jnp.float32,
+        )
+    else:
+        y = jax.lax.dot_general(
+            x2, w, _CONTRACT_LAST, preferred_element_type=jnp.float32
+        )
+    return y.reshape(*shape[:-1], y.shape[-1])
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm; ``scale`` already includes Gemma's ``1 +``."""
+    variance = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(variance + eps) * scale
+
+
+def embed(config: ModelConfig, params: Params, tokens: jax.Array) -> jax.Array:
+    """Token embeddings scaled by sqrt(d_model)."""
+    table = params["embed"]
+    if isinstance(table, Int8Weight):
+        rows = (
+            table.values[tokens].astype(jnp.float32) * table.scales[tokens][..., None]
+        )
+    else:
+        rows = table[tokens].astype(jnp.float32)
+    return rows * jnp.float32(math.sqrt(config.d_model))
+
+
+def unembed(config: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
+    """Final-normed hidden states -> logits through the tied embedding (soft-capped on Gemma 2)."""
+    logits = linear(hidden, params["embed"])
+    if config.final_softcap is not None:
+        logits = jnp.tanh(logits / config.final_softcap) * config.final_softcap
+    return logits
+
+
+def _rope_tables(
+    config: ModelConfig, positions: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """cos/sin for [local, global] bases: shape [2, *positions.shape, head_dim // 2]."""
+    half = config.head_dim // 2
+    exponents = jnp.arange(half, dtype=jnp.float32) * 2.0 / config.head_dim
+    tables = []
+    for base, scale in (
+        (config.rope_base_local, 1.0),
+        (config.rope_base_global, config.rope_scale_global),
+    ):
+        inv_freq = 1.0 / (base**exponents)
+        angles = (positions.astype(jnp.float32) / scale)[..., None] * inv_freq
+        tables.append(angles)
+    stacked = jnp.stack(tables)
+    return jnp.cos(stacked), jnp.sin(stacked)
+
+
+def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Split-halves (NeoX) rotation; x [..., heads, head_dim], cos/sin [..., head_dim/2]."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos[..., None, :], sin[..., None, :]
+    return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+
+
+def _softcap(scores: jax.Array, cap: float | None) -> jax.Array:
+    return scores if cap is None else jnp.tanh(scores / cap) * cap
+
+
+def _qkv(
+    config: ModelConfig, layer: Params, x: jax.Array, cos: jax.Array, sin: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Projected, QK-normed and rotated q [..., H, hd], k and v [..., KV, hd]."""
+    hd = config.head_dim
+    q = linear(x, layer["q"]).reshape(*x.shape[:-1], config.n_heads, hd)
+    k = linear(x, layer["k"]).reshape(*x.shape[:-1], config.n_kv_heads, hd)
+    v = linear(x, layer["v"]).reshape(*x.shape[:-1], config.n_kv_heads, hd)
+    if config.qk_norm:
+        q = rms_norm(q, layer["q_norm"], config.norm_eps)
+        k = rms_norm(k, layer["k_norm"], config.norm_eps)
+    q = _apply_rope(q, cos, sin) * (config.query_pre_attn_scalar**-0.5)
+    k = _apply_rope(k, cos, sin)
+    return q, k, v
+
+
+def _mlp_and_residual(
+    config: ModelConfig, layer: Params, h: jax.Array, attn_out: jax.Array
+) -> jax.Array:
+    """Attention output projection, residual, then the GeGLU MLP block with its residual."""
+    o = linear(attn_out, layer["o"])
+    if config.post_norms:
+        o = rms_norm(o, layer["post_attn_norm"], config.norm_eps)
+    h = h + o
+    x = rms_norm(h, layer["ffn_norm"], config.norm_eps)
+    gated = jax.nn.gelu(linear(x, layer["gate"]), approximate=True) * linear(
+        x, layer["up"]
+    )
+    y = linear(gated, layer["down"])
+    if config.post_norms:
+        y = rms_norm(y, layer["post_ffn_norm"], config.norm_eps)
+    return h + y
+
+
+def _layer_flags(config: ModelConfig) -> jax.Array:
+    return jnp.asarray(config.local_layers, dtype=jnp.bool_)
+
+
+def prefill(
+    config: ModelConfig, params: Params, tokens: jax.Array, length: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Run one prompt of ``tokens`` [T] (first ``length`` real, the rest padding).
+
+    Returns final-normed hidden states [T, D] and the KV entries k, v [L, T, KV, hd].
+    """
+    del (
+        length
+    )  # padding sits after the real tokens, so causal masking already ignores it
+    n = tokens.shape[0]
+    positions = jnp.arange(n)
+    cos, sin = _rope_tables(config, positions)
+    distance = positions[:, None] - positions[None, :]
+    causal = distance >= 0
+    window = config.sliding_window or n
+    local_mask = causal & (distance < window)
+    groups = config.n_heads // config.n_kv_heads
+
+    def layer_fn(h: jax.Array, xs: tuple[Params, jax.Array]) -> tuple[jax.Array, Any]:
+        layer, is_local = xs
+        x = rms_norm(h, layer["attn_norm"], config.norm_eps)
+        which = jnp.where(is_local, 0, 1)
+        q, k, v = _qkv(config, layer, x, cos[which], sin[which])
+        qg = q.reshape(n, config.n_kv_heads, groups, config.head_dim)
+        scores = jnp.einsum("qkgd,tkd->kgqt", qg, k)
+        scores = _softcap(scores, config.attn_softcap)
+        mask = jnp.where(is_local, local_mask, causal)
+        scores = jnp.where(mask, scores, -1e30)
+        probs = jax.nn.softmax(scores, axis=-1)
+        attn = jnp.einsum("kgqt,tkd->qkgd", probs, v).reshape(n, -1)
+        return _mlp_and_residual(config, layer, h, attn), (k, v)
+
+    h = embed(config, params, tokens)
+    h, (k, v) = jax.lax.scan(layer_fn, h, (params["layers"], _layer_flags(config)))
+    return rms_norm(h, params["final_norm"], config.norm_eps), k, v
+
+
+def decode(
+    config: ModelConfig,
+    params: Params,
+    k_cache: jax.Array,
+    v_cache: jax.Array,
+    tokens: jax.Array,
+    positions: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One token per slot. ``tokens``/``positions`` [S]; caches [L, S, T, KV, hd].
+
+    The cache holds positions < ``positions[s]`` of slot s. Returns logits [S, V] and the
+    updated caches (the new entries written at ``positions``).
+    """
+    slots, capacity = k_cache.shape[1], k_cache.shape[2]
+    cos, sin = _rope_tables(config, positions)
+    distance = positions[:, None] - jnp.arange(capacity)[None, :]
+    causal = distance > 0  # strictly earlier positions live in the cache
+    window = config.sliding_window or (capacity + 1)
+    local_mask = causal & (distance < window)
+    groups = config.n_heads // config.n_kv_heads
+
+    def layer_fn(
+        h: jax.Array, xs: tuple[Params, jax.Array, jax.Array, jax.Array]
+    ) -> Any:
+        layer, is_local, k_past, v_past = xs
+        x = rms_norm(h, layer["attn_norm"], config.norm_eps)
+        which = jnp.where(is_local, 0, 1)
+        q, k, v = _qkv(config, layer, x, cos[which], sin[which])
+        qg = q.reshape(slots, config.n_kv_heads, groups, config.head_dim)
+        past = jnp.einsum("skgd,stkd->skgt", qg, k_past.astype(jnp.float32))
+        own = jnp.einsum("skgd,skd->skg", qg, k)[..., None]
+        mask = jnp.where(is_local, local_mask, causal)[:, None, None, :]
+        scores = jnp.concatenate(
+            [
+                jnp.where(mask, _softcap(past, config.attn_softcap), -1e30),
+                _softcap(own, config.attn_softcap),
+            ],
+            axis=-1,
+        )
+        probs = jax.nn.softmax(scores, axis=-1)
+        attn = jnp.einsum(
+            "skgt,stkd->skgd", probs[..., :-1], v_past.astype(jnp.float32)
+        )
+        attn = attn + probs[..., -1:] * v[:, :, None, :]
+        h = _mlp_and_residual(config, layer, h, attn.reshape(slots, -1))
+        return h, (k, v)
+
+    h = embed(config, params, tokens)
+    xs = (params["layers"], _layer_flags(config), k_cache, v_cache)
+    h, (k_new, v_new) = jax.lax.scan(layer_fn, h, xs)
+    h = rms_norm(h, params["final_norm"], config.norm_eps)
+    rows = jnp.arange(slots)
+    k_cache = k_cache.at[:, rows, positions].set(
+        k_new.astype(k_cache.dtype), mode="drop"
+    )
+    v_cache = v_cache.at[:, rows, positions].set(
+        v_new.astype(v_cache.dtype), mode="drop"
+    )
+    return unembed(config, params, h), k_cache, v_cache

@@ -1,0 +1,121 @@
+"""Model parameters as a pytree: stacking per-layer tensors, f32/bf16/int8 formats, disk cache."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from engine.config import ModelConfig, WeightFormat
+
+# Matrices are stored [out, in]: contracting on the weight's last axis is the fast path on CPU.
+MATRICES = ("q", "k", "v", "o", "gate", "up", "down")
+NORMS = ("attn_norm", "post_attn_norm", "ffn_norm", "post_ffn_norm", "q_norm", "k_norm")
+
+Params = dict[str, Any]
+
+
+class Int8Weight(NamedTuple):
+    """A matrix as int8 values with one float32 scale per output channel (row)."""
+
+    values: jax.Array
+    scales: jax.Array
+
+
+def stack_layers(
+    tensors: Mapping[str, np.ndarray], config: ModelConfig
+) -> dict[str, np.ndarray]:
+    """Canonical per-layer tensors -> one [n_layers, ...] array per name (for ``lax.scan``)."""
+    stacked: dict[str, np.ndarray] = {
+        "embed": tensors["embed"],
+        "final_norm": tensors["final_norm"],
+    }
+    for name in MATRICES + NORMS:
+        key0 = f"layers.0.{name}"
+        if key0 not in tensors:
+            continue
+        stacked[f"layers.{name}"] = np.stack(
+            [tensors[f"layers.{i}.{name}"] for i in range(config.n_layers)]
+        )
+    return stacked
+
+
+def _quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scales = np.abs(w).max(axis=-1) / 127.0
+    scales = np.where(scales == 0, 1.0, scales).astype(np.float32)
+    values = np.clip(np.rint(w / scales[..., None]), -127, 127).astype(np.int8)
+    return values, scales
+
+
+def convert(
+    stacked: Mapping[str, np.ndarray], fmt: WeightFormat
+) -> dict[str, np.ndarray]:
+    """Flat numpy arrays in the target format; int8 matrices become ``name`` + ``name.scales``."""
+    out: dict[str, np.ndarray] = {}
+    for name, array in stacked.items():
+        is_matrix = name == "embed" or name.split(".")[-1] in MATRICES
+        if not is_matrix or fmt == "f32":
+            out[name] = np.asarray(array, dtype=np.float32)
+        elif fmt == "bf16":
+            out[name] = np.asarray(array, dtype=np.float32).astype(ml_dtypes.bfloat16)
+        else:
+            out[name], out[f"{name}.scales"] = _quantize_int8(
+                np.asarray(array, np.float32)
+            )
+    return out
+
+
+def to_pytree(flat: Mapping[str, np.ndarray]) -> Params:
+    """Flat arrays -> the nested pytree the model functions take, on the default device."""
+    params: Params = {"layers": {}}
+    for name, array in flat.items():
+        if name.endswith(".scales"):
+            continue
+        value: Any = jnp.asarray(array)
+        scales = flat.get(f"{name}.scales")
+        if scales is not None:
+            value = Int8Weight(value, jnp.asarray(scales))
+        if name.startswith("layers."):
+            params["layers"][name.split(".", 1)[1]] = value
+        else:
+            params[name] = value
+    return params
+
+
+def save_flat(
+    directory: Path, flat: Mapping[str, np.ndarray], config: ModelConfig
+) -> None:
+    """Write converted weights (one .npy per array) and the config; atomic by rename."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    dtypes: dict[str, str] = {}
+    for name, array in flat.items():
+        dtypes[name] = str(array.dtype)
+        stored = array.view(np.uint16) if array.dtype == ml_dtypes.bfloat16 else array
+        np.save(tmp / f"{name}.npy", stored)
+    config_dict = {k: getattr(config, k) for k in config.__dataclass_fields__}
+    (tmp / "manifest.json").write_text(
+        json.dumps({"config": config_dict, "dtypes": dtypes})
+    )
+    tmp.rename(directory)
+
+
+def load_flat(directory: Path) -> tuple[dict[str, np.ndarray], ModelConfig]:
+    """Read what ``save_flat`` wrote (memory-mapped, so only pages used are read)."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    raw = manifest["config"]
+    raw["local_layers"] = tuple(raw["local_layers"])
+    config = ModelConfig(**raw)
+    flat: dict[str, np.ndarray] = {}
+    for name, dtype in manifest["dtypes"].items():
+        array = np.load(directory / f"{name}.npy", mmap_mode="r")
+        if dtype == "bfloat16":
+            array = array.view(ml_dtypes.bfloat16)
+        flat[name] = array
+    return flat, config
