@@ -26,5 +26,6 @@ class AppState:
     meter: Meter
     telemetry: Telemetry
     serving: Serving
+    started_at: int = 0
     draining: bool = False
     background: list[object] = field(default_factory=list)

@@ -19,7 +19,7 @@ from gateway.errors import InvalidRequest
 from gateway.routing.breaker import CircuitBreaker
 from gateway.routing.policies import Estimate, Objectives, estimate, rank
 from gateway.routing.stats import BackendStats
-from gateway.settings import BackendSettings, RoutingSettings
+from gateway.settings import BackendSettings, RoutingSettings, TimeoutSettings
 
 log = logging.getLogger("tollgate.routing")
 
@@ -100,6 +100,10 @@ class Router:
     def stats(self, name: str) -> BackendStats:
         """Live stats of one backend."""
         return self._members[name].stats
+
+    def timeouts(self, name: str) -> TimeoutSettings:
+        """The configured deadlines of one backend."""
+        return self._members[name].config.timeouts
 
     def breaker(self, name: str) -> CircuitBreaker:
         """The circuit breaker of one backend."""

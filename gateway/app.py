@@ -1,0 +1,143 @@
+"""``create_app(settings)``: the one place where Tollgate's parts are wired together."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from fastapi import FastAPI
+from starlette.responses import Response
+
+from adapters.base import Backend
+from gateway.backends import build_backends, build_token_counter
+from gateway.deps import State
+from gateway.http import ORJSONResponse, RequestContext, install_error_handlers
+from gateway.metering.meter import Meter
+from gateway.openai.routes import router as openai_router
+from gateway.openai.serving import Serving
+from gateway.routing.router import Router
+from gateway.settings import Settings
+from gateway.state import AppState
+from gateway.telemetry import Telemetry
+from gateway.tenancy.factory import build_store, seed_tenants
+from gateway.tenancy.store import Store
+
+log = logging.getLogger("tollgate")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    backends: Sequence[Backend] | None = None,
+    meter: Meter | None = None,
+    telemetry: Telemetry | None = None,
+) -> FastAPI:
+    """Build the app; parts may be passed in (tests), otherwise they come from ``settings``."""
+    store = store or build_store(settings.store, settings.tenants, settings.metering)
+    backends = list(backends) if backends is not None else build_backends(settings)
+    configs = {b.name: b for b in settings.backends}
+    router = Router(backends, configs, settings.routing)
+    meter = meter or _build_meter(settings, store)
+    telemetry = telemetry or Telemetry(record_content=settings.telemetry.record_content)
+    counter = build_token_counter(settings, backends)
+    admin_key = settings.admin_key or _generated_admin_key()
+    state = AppState(
+        settings=settings,
+        store=store,
+        admin_key=admin_key,
+        router=router,
+        meter=meter,
+        telemetry=telemetry,
+        serving=Serving(settings, store, router, meter, telemetry, counter),
+        started_at=int(time.time()),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await seed_tenants(store, settings.tenants)
+        await _issue_dev_keys(store, settings)
+        await router.start()
+        await meter.start()
+        try:
+            yield
+        finally:
+            state.draining = True
+            await state.serving.drain()
+            await meter.aclose()
+            await router.aclose()
+            await store.aclose()
+
+    app = FastAPI(
+        title="Tollgate",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.tollgate = state
+    install_error_handlers(app)
+    app.include_router(openai_router)
+    _mount_optional_routers(app)
+    app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
+    app.add_middleware(RequestContext, log_access=settings.server.access_log)
+    return app
+
+
+async def healthz() -> ORJSONResponse:
+    """Alive: the process answers."""
+    return ORJSONResponse({"status": "ok"})
+
+
+async def readyz(state: State) -> Response:
+    """Ready when every configured model has a backend probed healthy."""
+    ready = state.router.ready() and not state.draining
+    body = {"status": "ready" if ready else "not_ready", "backends": state.router.health()}
+    return ORJSONResponse(body, status_code=200 if ready else 503)
+
+
+def _mount_optional_routers(app: FastAPI) -> None:
+    # Admin and usage routes belong to tenancy.
+    if importlib.util.find_spec("gateway.admin.routes") is None:
+        return
+    from gateway.admin.routes import admin_router, usage_router
+
+    app.include_router(admin_router)
+    app.include_router(usage_router)
+
+
+async def _issue_dev_keys(store: Store, settings: Settings) -> None:
+    """Issue the seeded development keys and print a curl line that uses one."""
+    for seed in settings.tenants.seed:
+        if not seed.dev_key:
+            continue
+        issued = await store.create_key(seed.id)
+        model = settings.models[0].id if settings.models else "MODEL"
+        host, port = settings.server.host, settings.server.port
+        print(
+            f"\ntollgate: development key for tenant '{seed.id}': {issued.secret}\n"
+            f"Try it:\n  curl -s http://{host}:{port}/v1/completions "
+            f"-H 'Authorization: Bearer {issued.secret}' -H 'Content-Type: application/json' "
+            f'-d \'{{"model": "{model}", "prompt": "The capital of France is", '
+            f'"max_tokens": 16}}\'\n',
+            flush=True,
+        )
+
+
+def _build_meter(settings: Settings, store: Store) -> Meter:
+    from gateway.metering.factory import build_meter
+
+    return build_meter(settings, store)
+
+
+def _generated_admin_key() -> str:
+    key = "tg-admin-" + secrets.token_urlsafe(24)
+    log.warning("TOLLGATE_ADMIN_KEY is not set; generated admin key for this process: %s", key)
+    return key
+

@@ -1,0 +1,194 @@
+"""HTTP plumbing: request identity and access log (one ASGI middleware), bodies, errors.
+
+Every answer carries ``x-request-id`` (the client's if it sent a sane one) and every error
+is OpenAI's envelope; nothing here logs a key or a prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from adapters.base import BackendError
+from gateway.errors import (
+    BodyTooLarge,
+    GatewayError,
+    InvalidRequest,
+    error_body,
+    error_json,
+    http_answer,
+    retry_after,
+)
+from gateway.openai.serving import RequestMeta
+from gateway.routing.policies import Objectives
+from gateway.state import AppState
+
+access_log = logging.getLogger("tollgate.access")
+log = logging.getLogger("tollgate.http")
+_MAX_CLIENT_ID = 128
+
+
+class ORJSONResponse(Response):
+    """JSON rendered with orjson."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        """Serialise ``content``."""
+        return orjson.dumps(content)
+
+
+def error_response(exc: BaseException) -> Response:
+    """The HTTP answer for any exception: status, envelope, retry-after where it helps."""
+    headers = {}
+    seconds = retry_after(exc)
+    if seconds is not None:
+        headers["retry-after"] = str(seconds)
+    return Response(error_json(exc), http_answer(exc).status, headers, "application/json")
+
+
+def request_meta(request: Request) -> RequestMeta:
+    """The request's identity and routing overrides (set up by ``RequestContext``)."""
+    meta: RequestMeta = request.state.meta
+    headers = request.headers
+    meta.policy = headers.get("x-tollgate-policy")
+    ttft = _millis(headers.get("x-tollgate-max-ttft-ms"), "x-tollgate-max-ttft-ms")
+    tpot = _millis(headers.get("x-tollgate-max-tpot-ms"), "x-tollgate-max-tpot-ms")
+    if ttft is not None or tpot is not None:
+        meta.objectives = Objectives(ttft, tpot)
+    return meta
+
+
+def _millis(value: str | None, header: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = -1.0
+    if not ms > 0 or ms == float("inf"):
+        raise InvalidRequest(f"{header} must be a positive number of milliseconds.", param=header)
+    return ms / 1000
+
+
+async def read_body(request: Request, state: AppState) -> bytes:
+    """The body, refused with 413 past the configured limit without reading it all."""
+    limit = state.settings.server.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class RequestContext:
+    """Assigns request ids, echoes ``x-request-id``, writes one JSON access-log line.
+
+    Also the last line of defence: an unexpected exception becomes a 500 envelope, never a
+    stack trace, with the request id still attached.
+    """
+
+    def __init__(self, app: ASGIApp, *, log_access: bool = True) -> None:
+        self.app = app
+        self.log_access = log_access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client_id = _client_request_id(scope)
+        meta = RequestMeta(request_id=uuid.uuid4().hex, client_request_id=client_id)
+        scope.setdefault("state", {})["meta"] = meta
+        echo = (client_id or meta.request_id).encode()
+        status = 0
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", echo)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            log.exception("unhandled error on %s", scope.get("path"))
+            if status:
+                raise
+            await error_response(exc)(scope, receive, send_with_id)
+        finally:
+            if self.log_access:
+                _log_access(scope, meta, status or 499, time.perf_counter() - started)
+
+
+def _client_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if 0 < len(text) <= _MAX_CLIENT_ID and text.isprintable():
+                return text
+            return None
+    return None
+
+
+def _log_access(scope: Scope, meta: RequestMeta, status: int, seconds: float) -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    line = {
+        "ts": round(time.time(), 3),
+        "request_id": meta.request_id,
+        "client_request_id": meta.client_request_id,
+        "method": scope["method"],
+        "path": scope["path"],
+        "status": status,
+        "tenant": meta.tenant,
+        "model": meta.model,
+        "backend": meta.backend,
+        "prompt_tokens": meta.prompt_tokens,
+        "completion_tokens": meta.completion_tokens,
+        "cost_usd": round(meta.cost_usd, 10),
+        "duration_ms": round(seconds * 1000, 3),
+    }
+    access_log.info(orjson.dumps(line).decode())
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error the app can raise, answered in OpenAI's envelope."""
+
+    async def domain(_: Request, exc: Exception) -> Response:
+        return error_response(exc)
+
+    async def validation(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        param = ".".join(loc) or None
+        return error_response(InvalidRequest(f"Invalid request: {first['msg']}.", param=param))
+
+    async def http(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        body = error_body(InvalidRequest(str(exc.detail)))
+        body["error"]["code"] = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return Response(orjson.dumps(body), exc.status_code, exc.headers, "application/json")
+
+    app.add_exception_handler(GatewayError, domain)
+    app.add_exception_handler(BackendError, domain)
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(HTTPException, http)
+

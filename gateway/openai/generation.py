@@ -1,0 +1,164 @@
+"""One generation in flight: the backend chosen for it, its stream, and what arrived.
+
+A ``Generation`` is opened by ``open_generation`` (which falls back across the ranked
+backends until one yields its first delta) and then read with ``pieces``, which applies
+gateway-side stop sequences and counts what the backend delivered for metering.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+from adapters.base import (
+    Backend,
+    BackendError,
+    BadRequest,
+    Delta,
+    FinishReason,
+    GenerationRequest,
+    TokenLogprob,
+    Unavailable,
+    Usage,
+)
+from gateway.openai.streaming import StopMatcher
+from gateway.routing.policies import Estimate
+from gateway.routing.router import Router
+
+
+@dataclass(slots=True)
+class Piece:
+    """Text (and logprobs) ready for the client, after stop handling."""
+
+    text: str
+    logprobs: Sequence[TokenLogprob] | None = None
+    echo: bool = False
+
+
+@dataclass(slots=True)
+class Generation:
+    """A started generation; ``index`` is its choice index in the response."""
+
+    index: int
+    backend: Backend
+    stream: AsyncIterator[Delta]
+    first: Delta | None
+    stops: Sequence[str]
+    opened_at: float
+    first_at: float
+    fallbacks: int = 0
+    completion_tokens: int = 0
+    usage: Usage | None = None
+    finish_reason: FinishReason | None = None
+    error: BaseException | None = None
+    ended_at: float = 0.0
+    _matcher: StopMatcher | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.stops:
+            self._matcher = StopMatcher(self.stops)
+
+    @property
+    def ttft_s(self) -> float:
+        """Seconds from the first attempt to the first delta."""
+        return self.first_at - self.opened_at
+
+    @property
+    def output_tokens(self) -> int:
+        """Tokens to bill: the backend's count for a completed stream, else what arrived."""
+        if self.usage is not None and self.error is None and self.finish_reason is not None:
+            if self._matcher is None or not self._matcher.stopped:
+                return self.usage.completion_tokens
+        return self.completion_tokens
+
+    async def pieces(self) -> AsyncIterator[Piece]:
+        """The generation's output; sets ``finish_reason`` (or ``error``) when done."""
+        delta = self.first
+        self.first = None
+        try:
+            while delta is not None:
+                piece = self._take(delta)
+                if piece is not None:
+                    yield piece
+                if self.finish_reason is not None:
+                    return
+                delta = await anext(self.stream, None)
+            self.finish_reason = "stop"  # a stream that simply ends has finished
+        except BaseException as exc:
+            self.error = exc
+            raise
+        finally:
+            self.ended_at = time.monotonic()
+            await self.stream.aclose()  # cancels upstream when we stop early
+
+    def _take(self, delta: Delta) -> Piece | None:
+        if delta.echo:
+            return Piece(delta.text, delta.logprobs, echo=True)
+        self.completion_tokens += delta.tokens
+        if delta.usage is not None:
+            self.usage = delta.usage
+        text = delta.text
+        if self._matcher is not None:
+            text = self._matcher.feed(text)
+            if self._matcher.stopped:
+                self.finish_reason = "stop"
+            elif delta.finish_reason is not None:
+                text += self._matcher.flush()
+        if delta.finish_reason is not None and self.finish_reason is None:
+            self.finish_reason = delta.finish_reason
+        if text or delta.logprobs:
+            return Piece(text, delta.logprobs)
+        return None
+
+
+async def open_generation(
+    index: int,
+    plan: Sequence[Estimate],
+    router: Router,
+    build: Callable[[Backend], tuple[GenerationRequest, Sequence[str]]],
+    deadline: float,
+) -> Generation:
+    """Try the ranked backends in turn until one yields its first delta.
+
+    Falls back on any backend error but ``BadRequest``, while the retry budget and the
+    deadline allow; raises the last error when every attempt failed.
+    """
+    opened = time.monotonic()
+    last: BackendError | None = None
+    for attempt, est in enumerate(plan):
+        if attempt and (not router.may_retry() or time.monotonic() >= deadline):
+            break
+        backend = est.backend
+        request, stops = build(backend)
+        router.attempt_started(backend.name, retry=attempt > 0)
+        started = time.monotonic()
+        stream = backend.generate(request)
+        try:
+            first = await anext(stream, None)
+        except BackendError as exc:
+            router.attempt_failed(backend.name, exc)
+            await stream.aclose()
+            if isinstance(exc, BadRequest):
+                raise
+            last = exc
+            continue
+        except BaseException:
+            await stream.aclose()
+            router.finished(backend.name, ok=False, output_tokens=0, decode_s=0.0)
+            raise
+        now = time.monotonic()
+        router.first_token(backend.name, now - started)
+        return Generation(
+            index=index,
+            backend=backend,
+            stream=stream,
+            first=first if first is not None else Delta(finish_reason="stop"),
+            stops=stops,
+            opened_at=opened,
+            first_at=now,
+            fallbacks=attempt,
+        )
+    if last is not None:
+        raise last
+    raise Unavailable("Every backend for this model is unavailable right now (circuit open).")

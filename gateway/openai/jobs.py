@@ -1,0 +1,358 @@
+"""From a validated body to a ``Job``: the model, its candidates and one request per choice.
+
+Everything a client can get wrong is found here, before admission: unknown or forbidden
+model, parameters no candidate can honour, absurd ``max_tokens``, unsupported chat features.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from adapters.base import Backend, ChatMessage, GenerationRequest
+from gateway.errors import Forbidden, InvalidRequest, ModelNotFound
+from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, _Body
+from gateway.openai.responses import Endpoint, Envelope
+from gateway.openai.templates import TEMPLATES, ChatTemplate
+from gateway.routing.policies import Objectives
+from gateway.routing.router import Needs, Router
+from gateway.settings import ModelSettings, Settings
+from gateway.tenancy.models import Principal
+from gateway.tokenizers import TokenCounter
+
+if TYPE_CHECKING:
+    from gateway.openai.serving import RequestMeta, Tally
+
+# OpenAI's documented default for the legacy completions endpoint.
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+POLICIES = ("cost", "latency", "balanced")
+
+
+@dataclass(slots=True)
+class Job:
+    """A validated request: what to generate, where it may go, and what to reserve."""
+
+    endpoint: Endpoint
+    principal: Principal
+    model: ModelSettings
+    envelope: Envelope
+    requests: list[GenerationRequest]  # one per choice; ``model`` is the client-facing id
+    prompt_of: list[int]  # choice index -> prompt index
+    prompt_counts: list[int]  # prompt tokens per prompt (counted or estimated)
+    echo_texts: list[str]  # per choice: prompt text the gateway echoes ("" for none)
+    candidates: list[Backend]
+    policy: str
+    objectives: Objectives
+    max_tokens: int
+    stops: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    wants_logprobs: bool
+    client_request_id: str | None
+    messages: Sequence[ChatMessage] | None = None
+    template: ChatTemplate | None = None
+    tally: Tally | None = field(default=None)
+
+    @property
+    def model_id(self) -> str:
+        """The canonical client-facing model id."""
+        return self.model.id
+
+    @property
+    def prompt_token_total(self) -> int:
+        """Prompt tokens across choices (each choice's generation prefills its prompt)."""
+        return sum(self.prompt_counts[g] for g in self.prompt_of)
+
+    @property
+    def max_tokens_total(self) -> int:
+        """The most completion tokens the request may produce."""
+        return self.max_tokens * len(self.requests)
+
+    @property
+    def reserved_tokens(self) -> int:
+        """What TPM admission reserves: prompt tokens plus ``max_tokens`` per choice."""
+        return self.prompt_token_total + self.max_tokens_total
+
+
+class JobBuilder:
+    """Validates bodies against configuration and the fleet's capabilities."""
+
+    def __init__(self, settings: Settings, router: Router, counter: TokenCounter) -> None:
+        self.settings = settings
+        self.router = router
+        self.counter = counter
+        self._models: dict[str, ModelSettings] = {}
+        for m in settings.models:
+            for name in (m.id, *m.aliases):
+                self._models[name] = m
+
+    @property
+    def models(self) -> list[ModelSettings]:
+        """Configured models, each once."""
+        return list(self.settings.models)
+
+    def resolve(self, name: str, principal: Principal) -> ModelSettings:
+        """The model behind an id or alias, if the caller may use it."""
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(
+                f"The model '{name}' does not exist or you do not have access to it.",
+                param="model",
+            )
+        if not (principal.tenant.may_use(model.id) or principal.tenant.may_use(name)):
+            raise Forbidden(f"Your key may not use the model '{name}'.", param="model")
+        return model
+
+    # -- completions --------------------------------------------------------------------
+
+    def completion(self, principal: Principal, body: CompletionRequest, meta: RequestMeta) -> Job:
+        """A job for ``/v1/completions``."""
+        model = self.resolve(body.model, principal)
+        extras = body.vendor_extras()
+        prompts = body.prompts()
+        tokenizer = self.counter.tokenizer(model.id)
+        max_tokens = self._max_tokens(body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, model)
+        if max_tokens == 0 and not body.echo:
+            raise InvalidRequest("max_tokens must be at least 1.", param="max_tokens")
+        if body.best_of is not None and body.best_of != body.n:
+            raise InvalidRequest("best_of is not supported; use n.", param="best_of")
+        texts: list[str] = []
+        token_prompts = False
+        for p in prompts:
+            if isinstance(p, str):
+                texts.append(p)
+            elif tokenizer is not None:
+                texts.append(tokenizer.decode(p))
+            else:
+                token_prompts = True
+                texts.append("")
+        wants_echo_logprobs = body.echo and bool(body.logprobs)
+        needs = Needs(
+            token_prompts=token_prompts,
+            echo=wants_echo_logprobs or (body.echo and token_prompts),
+            logprobs=body.logprobs or 0,
+            **self._common_needs(body),
+            suffix=bool(body.suffix),
+        )
+        candidates = self._candidates(model, needs)
+        counts = [
+            len(p) if not isinstance(p, str) else self.counter.count(model.id, p) for p in prompts
+        ]
+        requests, prompt_of, echo = [], [], []
+        for group, (p, text) in enumerate(zip(prompts, texts, strict=True)):
+            for _ in range(body.n):
+                prompt_of.append(group)
+                echo.append(text if body.echo and not needs.echo else "")
+                requests.append(
+                    GenerationRequest(
+                        request_id=meta.request_id,
+                        model=model.id,
+                        max_tokens=max_tokens,
+                        prompt=text if isinstance(p, str) or tokenizer is not None else None,
+                        prompt_token_ids=None if isinstance(p, str) else p,
+                        logprobs=body.logprobs,
+                        echo=needs.echo,
+                        suffix=body.suffix,
+                        **self._sampling(body, extras),
+                    )
+                )
+        return self._job("completion", principal, model, body, meta, requests, prompt_of,
+                         counts, echo, candidates, max_tokens, bool(body.logprobs))
+
+    # -- chat ---------------------------------------------------------------------------
+
+    def chat(self, principal: Principal, body: ChatCompletionRequest, meta: RequestMeta) -> Job:
+        """A job for ``/v1/chat/completions``."""
+        model = self.resolve(body.model, principal)
+        extras = body.vendor_extras()
+        _refuse_unsupported_chat(body)
+        messages = [_flatten(i, m.role, m.content) for i, m in enumerate(body.messages)]
+        limit = body.max_completion_tokens if body.max_completion_tokens is not None else (
+            body.max_tokens
+        )
+        param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+        max_tokens = self._max_tokens(limit, self.settings.server.default_max_tokens, model, param)
+        if max_tokens == 0:
+            raise InvalidRequest(f"{param} must be at least 1.", param=param)
+        if body.top_logprobs is not None and not body.logprobs:
+            raise InvalidRequest("top_logprobs requires logprobs to be true.", param="logprobs")
+        needs = Needs(
+            logprobs=max(1, body.top_logprobs or 0) if body.logprobs else 0,
+            **self._common_needs(body),
+        )
+        candidates = self._candidates(model, needs)
+        template = TEMPLATES.get(model.chat_template or "")
+        if template is None and any(not b.capabilities.chat for b in candidates):
+            candidates = [b for b in candidates if b.capabilities.chat]
+            if not candidates:
+                raise InvalidRequest(
+                    f"The model '{model.id}' has no chat template and no backend that "
+                    "accepts chat messages.", param="messages",
+                )
+        rendered = template.render(messages) if template else "\n".join(
+            m.content for m in messages
+        )
+        count = self.counter.count(model.id, rendered)
+        top = body.top_logprobs if body.logprobs else None
+        requests = [
+            GenerationRequest(
+                request_id=meta.request_id,
+                model=model.id,
+                max_tokens=max_tokens,
+                messages=messages,
+                logprobs=(top or 0) if body.logprobs else None,
+                **self._sampling(body, extras),
+            )
+            for _ in range(body.n)
+        ]
+        job = self._job("chat", principal, model, body, meta, requests, [0] * body.n, [count],
+                        [""] * body.n, candidates, max_tokens, body.logprobs)
+        job.messages, job.template = messages, template
+        return job
+
+    # -- per backend --------------------------------------------------------------------
+
+    def upstream(
+        self, job: Job, index: int, backend: Backend
+    ) -> tuple[GenerationRequest, Sequence[str]]:
+        """The request as ``backend`` should receive it, and the stops the gateway applies."""
+        base = job.requests[index]
+        caps = backend.capabilities
+        stops = job.stops
+        changes: dict[str, Any] = {"model": backend.models[job.model_id]}
+        if job.messages is not None and not caps.chat:
+            assert job.template is not None  # ensured when candidates were chosen
+            changes["messages"] = None
+            changes["prompt"] = job.template.render(job.messages)
+            stops = (*stops, *job.template.stops)
+        fits = caps.max_stop_sequences is None or len(stops) <= caps.max_stop_sequences
+        changes["stop"] = stops if caps.stop and fits else ()
+        return _replace(base, changes), stops
+
+    # -- shared -------------------------------------------------------------------------
+
+    def _job(
+        self,
+        endpoint: Endpoint,
+        principal: Principal,
+        model: ModelSettings,
+        body: _Body,
+        meta: RequestMeta,
+        requests: list[GenerationRequest],
+        prompt_of: list[int],
+        counts: list[int],
+        echo: list[str],
+        candidates: list[Backend],
+        max_tokens: int,
+        wants_logprobs: bool,
+    ) -> Job:
+        policy = meta.policy or principal.tenant.limits.policy
+        policy = policy or self.settings.routing.default_policy
+        if policy not in POLICIES:
+            raise InvalidRequest(
+                f"Unknown routing policy '{policy}'; use one of {', '.join(POLICIES)}.",
+                param="x-tollgate-policy",
+            )
+        prefix = "cmpl-" if endpoint == "completion" else "chatcmpl-"
+        envelope = Envelope(endpoint, prefix + meta.request_id, int(time.time()), model.id)
+        return Job(
+            endpoint=endpoint, principal=principal, model=model, envelope=envelope,
+            requests=requests, prompt_of=prompt_of, prompt_counts=counts, echo_texts=echo,
+            candidates=candidates, policy=policy, objectives=self._objectives(meta),
+            max_tokens=max_tokens, stops=body.stop_list, stream=body.stream,
+            include_usage=body.stream and body.include_usage, wants_logprobs=wants_logprobs,
+            client_request_id=meta.client_request_id,
+        )
+
+    def _objectives(self, meta: RequestMeta) -> Objectives:
+        routing = self.settings.routing
+        ttft = meta.objectives.max_ttft_s
+        tpot = meta.objectives.max_tpot_s
+        if ttft is None and routing.max_ttft_ms is not None:
+            ttft = routing.max_ttft_ms / 1000
+        if tpot is None and routing.max_tpot_ms is not None:
+            tpot = routing.max_tpot_ms / 1000
+        return Objectives(ttft, tpot)
+
+    def _max_tokens(
+        self, asked: int | None, default: int, model: ModelSettings, param: str = "max_tokens"
+    ) -> int:
+        limit = self.settings.server.max_tokens_limit
+        if model.context_length is not None:
+            limit = min(limit, model.context_length)
+        if asked is None:
+            return min(default, limit)
+        if asked > limit:
+            raise InvalidRequest(
+                f"{param} is too large: {asked}. This model supports at most {limit} "
+                "completion tokens.", param=param,
+            )
+        return asked
+
+    def _candidates(self, model: ModelSettings, needs: Needs) -> list[Backend]:
+        candidates = self.router.candidates(model.id, needs)
+        if not candidates:
+            raise ModelNotFound(
+                f"The model '{model.id}' is configured but no backend serves it.", param="model"
+            )
+        return candidates
+
+    @staticmethod
+    def _common_needs(body: _Body) -> dict[str, bool]:
+        return {
+            "seed": body.seed is not None,
+            "logit_bias": bool(body.logit_bias),
+            "penalties": bool(body.presence_penalty) or bool(body.frequency_penalty),
+        }
+
+    @staticmethod
+    def _sampling(body: _Body, extras: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "seed": body.seed,
+            "logit_bias": body.logit_bias or None,
+            "presence_penalty": body.presence_penalty or None,
+            "frequency_penalty": body.frequency_penalty or None,
+            "extra": extras,
+        }
+
+
+def _replace(req: GenerationRequest, changes: dict[str, Any]) -> GenerationRequest:
+    out = GenerationRequest.__new__(GenerationRequest)
+    for name in GenerationRequest.__slots__:
+        setattr(out, name, changes[name] if name in changes else getattr(req, name))
+    return out
+
+
+def _refuse_unsupported_chat(body: ChatCompletionRequest) -> None:
+    if body.tools:
+        raise InvalidRequest("Tool calling is not supported by any backend yet.", param="tools")
+    if body.tool_choice not in (None, "none"):
+        raise InvalidRequest("Tool calling is not supported by any backend yet.",
+                             param="tool_choice")
+    if body.response_format and body.response_format.get("type") != "text":
+        raise InvalidRequest(
+            "Only response_format {'type': 'text'} is supported.", param="response_format"
+        )
+
+
+def _flatten(index: int, role: str, content: str | list[dict[str, Any]] | None) -> ChatMessage:
+    if role == "tool":
+        raise InvalidRequest("Tool messages are not supported.", param=f"messages[{index}].role")
+    if content is None:
+        return ChatMessage(role, "")
+    if isinstance(content, str):
+        return ChatMessage(role, content)
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type")
+        if kind != "text" or not isinstance(part.get("text"), str):
+            raise InvalidRequest(
+                f"Content parts of type '{kind}' are not supported; only text is.",
+                param=f"messages[{index}].content[{j}].type",
+            )
+        texts.append(part["text"])
+    return ChatMessage(role, "".join(texts))
