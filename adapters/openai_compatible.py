@@ -1,0 +1,279 @@
+"""Kind ``vllm``: any OpenAI-compatible server: vLLM, trtllm-serve, llama.cpp, OpenAI itself.
+
+Upstream calls always stream with ``stream_options.include_usage`` so that usage is never
+lost, even when the gateway folds the answer for a non-streaming client.
+
+Options: ``chat`` (default true), ``token_prompts`` (true), ``suffix`` (false),
+``max_logprobs`` (20), ``max_stop_sequences``, ``max_context``, ``max_tokens_field``
+(``max_tokens``; ``max_completion_tokens`` for OpenAI's newer chat models),
+``continuous_usage_stats`` (vLLM only: exact per-chunk token counts), ``api_prefix``
+(``/v1`` unless the url already ends in it), ``health_path`` (``/health``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
+from typing import Any
+
+import orjson
+
+from adapters._deadline import Deadline
+from adapters._http import HTTPBackend, code_error, loads
+from adapters._prometheus import mean, parse_metrics, total
+from adapters.base import (
+    BackendError,
+    Capabilities,
+    Delta,
+    FinishReason,
+    GenerationRequest,
+    LoadSnapshot,
+    TokenLogprob,
+    Unavailable,
+    UpstreamProtocolError,
+    Usage,
+)
+
+# Keys the adapter owns: a client-sent extra may not redirect or unstream the call.
+_RESERVED = frozenset({"model", "prompt", "messages", "stream", "stream_options", "n"})
+_VLLM_METRICS = (
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:kv_cache_usage_perc",
+    "vllm:gpu_cache_usage_perc",  # the name before vLLM 0.10
+)
+_MALFORMED = (KeyError, TypeError, AttributeError, IndexError, ValueError)
+
+
+class OpenAICompatibleBackend(HTTPBackend):
+    """An OpenAI-compatible server reached over HTTP (``/v1/completions`` and chat)."""
+
+    kind = "vllm"
+
+    def _configure(self, opts: Mapping[str, Any]) -> Capabilities:
+        self._prefix = str(opts.get("api_prefix", "" if self.url.endswith("/v1") else "/v1"))
+        self._health_path = str(opts.get("health_path", "/health"))
+        self._max_tokens_field = str(opts.get("max_tokens_field", "max_tokens"))
+        self._continuous = bool(opts.get("continuous_usage_stats", False))
+        stream_options: dict[str, bool] = {"include_usage": True}
+        if self._continuous:
+            stream_options["continuous_usage_stats"] = True
+        self._stream_options = stream_options
+        return Capabilities(
+            chat=bool(opts.get("chat", True)),
+            token_prompts=bool(opts.get("token_prompts", True)),
+            echo=True,
+            logprobs=int(opts.get("max_logprobs", 20)),
+            stop=True,
+            max_stop_sequences=opts.get("max_stop_sequences"),
+            seed=True,
+            logit_bias=True,
+            penalties=True,
+            suffix=bool(opts.get("suffix", False)),
+            max_context=opts.get("max_context"),
+        )
+
+    async def generate(self, req: GenerationRequest) -> AsyncIterator[Delta]:
+        """Stream one (chat) completion; closing the iterator drops the upstream call."""
+        chat = req.messages is not None
+        path, body = self._request(req)
+        deadline = Deadline(self.timeouts, self.name)
+        finish: FinishReason | None = None
+        usage: Mapping[str, Any] | None = None
+        counted = 0
+        done = False
+        echo_pending = req.echo and not chat
+        async with aclosing(self._events(path, body, deadline)) as events:
+            async for data in events:
+                if data == "[DONE]":
+                    done = True
+                    break
+                deadline.started = True
+                chunk = loads(data, self.name)
+                try:
+                    if "error" in chunk or chunk.get("object") == "error":
+                        raise _stream_error(chunk, self.name)
+                    chunk_usage = chunk.get("usage")
+                    if chunk_usage:
+                        usage = chunk_usage
+                    for choice in chunk.get("choices") or ():
+                        text, logprobs = _piece(choice, chat)
+                        if echo_pending and logprobs is not None:
+                            echo_pending = False
+                            prompt, text, logprobs = _split_echo(req, text, logprobs)
+                            yield prompt
+                        if self._continuous and chunk_usage:
+                            tokens = int(chunk_usage["completion_tokens"]) - counted
+                        elif logprobs is not None:
+                            tokens = len(logprobs)
+                        else:
+                            tokens = 1 if text else 0  # one engine step per chunk: an estimate
+                        if text or tokens:
+                            counted += tokens
+                            yield Delta(text=text, tokens=tokens, logprobs=logprobs)
+                        reason = choice.get("finish_reason")
+                        if reason is not None:
+                            finish = self._finish(reason)
+                except _MALFORMED as exc:
+                    raise UpstreamProtocolError(
+                        f"unreadable chunk: {data[:200]!r}", backend=self.name
+                    ) from exc
+        if finish is None:
+            state = "[DONE] without a finish_reason" if done else "end of stream before [DONE]"
+            raise UpstreamProtocolError(f"stream broke off: {state}", backend=self.name)
+        yield Delta(finish_reason=finish, usage=self._usage(usage, counted))
+
+    def _request(self, req: GenerationRequest) -> tuple[str, dict[str, Any]]:
+        body: dict[str, Any] = {"model": req.model}
+        if req.messages is not None:
+            path = f"{self._prefix}/chat/completions"
+            body["messages"] = [{"role": m.role, "content": m.content} for m in req.messages]
+            body[self._max_tokens_field] = req.max_tokens
+            if req.logprobs is not None:
+                body["logprobs"] = True
+                body["top_logprobs"] = req.logprobs
+        else:
+            path = f"{self._prefix}/completions"
+            prompt = req.prompt if req.prompt is not None else list(req.prompt_token_ids or ())
+            body["prompt"] = prompt
+            body["max_tokens"] = req.max_tokens
+            if req.logprobs is not None:
+                body["logprobs"] = req.logprobs
+            if req.echo:
+                body["echo"] = True
+            if req.suffix is not None:
+                body["suffix"] = req.suffix
+        body["stream"] = True
+        body["stream_options"] = self._stream_options
+        for key, value in (
+            ("temperature", req.temperature),
+            ("top_p", req.top_p),
+            ("seed", req.seed),
+            ("presence_penalty", req.presence_penalty),
+            ("frequency_penalty", req.frequency_penalty),
+            ("logit_bias", req.logit_bias),
+        ):
+            if value is not None:
+                body[key] = value
+        if req.stop:
+            body["stop"] = list(req.stop)
+        for key, value in req.extra.items():
+            if key not in _RESERVED:
+                body[key] = value
+        return path, body
+
+    def _finish(self, reason: str) -> FinishReason:
+        if reason == "length":
+            return "length"
+        if reason == "abort":  # vLLM aborted it (shutdown, preemption limits): not an answer
+            raise Unavailable("upstream aborted the generation", backend=self.name)
+        return "stop"  # stop, eos, tool_calls, content_filter: the model ended the text
+
+    @staticmethod
+    def _usage(usage: Mapping[str, Any] | None, counted: int) -> Usage:
+        if not usage:
+            return Usage(prompt_tokens=None, completion_tokens=counted)
+        prompt = usage.get("prompt_tokens")
+        return Usage(
+            prompt_tokens=int(prompt) if prompt is not None else None,
+            completion_tokens=int(usage.get("completion_tokens", counted)),
+        )
+
+    async def probe(self) -> LoadSnapshot:
+        """``/health`` for liveness; vLLM's Prometheus or trtllm-serve's JSON metrics for load."""
+        return await self._probe(self._health_path, await self._load())
+
+    async def _load(self) -> LoadSnapshot | None:
+        fetched = await self._metrics_text()
+        if fetched is None:
+            return None
+        text, content_type = fetched
+        if "json" in content_type or text.lstrip()[:1] in ("[", "{"):
+            return _trtllm_load(text)
+        samples = parse_metrics(text, _VLLM_METRICS)
+        running = total(samples, "vllm:num_requests_running")
+        waiting = total(samples, "vllm:num_requests_waiting")
+        kv = mean(samples, "vllm:kv_cache_usage_perc")
+        if kv is None:
+            kv = mean(samples, "vllm:gpu_cache_usage_perc")
+        return LoadSnapshot(
+            healthy=True,
+            running=int(running) if running is not None else None,
+            waiting=int(waiting) if waiting is not None else None,
+            kv_usage=kv,
+        )
+
+
+def _piece(choice: Mapping[str, Any], chat: bool) -> tuple[str, list[TokenLogprob] | None]:
+    """The text and logprobs one streamed choice carries."""
+    if chat:
+        text = (choice.get("delta") or {}).get("content") or ""
+        raw = choice.get("logprobs")
+        return text, _chat_logprobs(raw["content"]) if raw and raw.get("content") else None
+    raw = choice.get("logprobs")
+    return choice.get("text") or "", _completion_logprobs(raw) if raw else None
+
+
+def _completion_logprobs(raw: Mapping[str, Any]) -> list[TokenLogprob]:
+    tokens: Sequence[str] = raw["tokens"]
+    values: Sequence[float | None] = raw["token_logprobs"]
+    tops: Sequence[Mapping[str, float] | None] = raw.get("top_logprobs") or [None] * len(tokens)
+    return [TokenLogprob(t, v, top) for t, v, top in zip(tokens, values, tops, strict=True)]
+
+
+def _chat_logprobs(content: Sequence[Mapping[str, Any]]) -> list[TokenLogprob]:
+    return [
+        TokenLogprob(
+            entry["token"],
+            entry["logprob"],
+            {alt["token"]: alt["logprob"] for alt in entry.get("top_logprobs") or ()},
+        )
+        for entry in content
+    ]
+
+
+def _split_echo(
+    req: GenerationRequest, text: str, logprobs: list[TokenLogprob]
+) -> tuple[Delta, str, list[TokenLogprob]]:
+    """vLLM puts the echoed prompt and the first output in one chunk; part them.
+
+    A token prompt has one logprob entry per prompt token; for a text prompt the entries
+    whose text lies inside the prompt are the prompt's.
+    """
+    if req.prompt_token_ids is not None:
+        count = len(req.prompt_token_ids)
+        prompt_text = "".join(lp.token for lp in logprobs[:count])
+    else:
+        prompt_text = req.prompt or ""
+        count, length = 0, 0
+        while count < len(logprobs) and length < len(prompt_text):
+            length += len(logprobs[count].token)
+            count += 1
+    rest = text.removeprefix(prompt_text)
+    echo = Delta(text=prompt_text, logprobs=logprobs[:count], echo=True)
+    return echo, rest, logprobs[count:]
+
+
+def _stream_error(chunk: Mapping[str, Any], backend: str) -> BackendError:
+    """An error event inside a 200 stream, nested (``{"error": {...}}``) or flat."""
+    error = chunk.get("error")
+    body = error if isinstance(error, dict) else chunk
+    message = str(body.get("message") or error or "upstream error")
+    return code_error(body.get("code"), message, backend)
+
+
+def _trtllm_load(text: str) -> LoadSnapshot | None:
+    """trtllm-serve's ``/metrics``: a JSON list of per-iteration stats, newest last."""
+    try:
+        stats = orjson.loads(text)
+        latest = stats[-1] if isinstance(stats, list) else stats
+        kv = latest.get("kvCacheStats") or {}
+        used, most = kv.get("usedNumBlocks"), kv.get("maxNumBlocks")
+        return LoadSnapshot(
+            healthy=True,
+            running=latest.get("numActiveRequests"),
+            waiting=latest.get("numQueuedRequests"),
+            kv_usage=used / most if used is not None and most else None,
+        )
+    except (orjson.JSONDecodeError, *_MALFORMED):
+        return None

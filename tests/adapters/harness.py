@@ -1,0 +1,105 @@
+"""One description per protocol, so a single contract suite can drive every adapter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from adapters.base import (
+    Backend,
+    BackendError,
+    BadRequest,
+    Delta,
+    GenerationRequest,
+    Overloaded,
+    Timeouts,
+    Unavailable,
+)
+from adapters.openai_compatible import OpenAICompatibleBackend
+from tests.fakes import Failure, FakeVLLM
+from tests.fakes._server import FakeUpstream
+
+PROMPT = "Say hello to the world"
+FAST = Timeouts(connect=2.0, first_token=5.0, total=10.0)
+
+
+@dataclass
+class Harness:
+    """How to start one protocol's fake and point its adapter at it."""
+
+    kind: str
+    make_fake: Callable[..., FakeUpstream]
+    make_backend: Callable[[Any, Timeouts, dict[str, Any]], Backend]  # fake or stand-in
+    prompt_tokens: int | None  # what the upstream reports for PROMPT (None: not reported)
+    errors: dict[str, tuple[Failure, type[BackendError]]] = field(default_factory=dict)
+    mid_stream_error: Failure = field(default_factory=lambda: Failure("error_event", after=2))
+
+    @asynccontextmanager
+    async def running(
+        self,
+        tokens: Sequence[str] | None = None,
+        *,
+        failure: Failure | None = None,
+        timeouts: Timeouts = FAST,
+        **options: Any,
+    ) -> AsyncIterator[tuple[Any, Backend]]:
+        kwargs: dict[str, Any] = {"failure": failure}
+        if tokens is not None:
+            kwargs["tokens"] = tokens
+        async with self.make_fake(**kwargs) as fake:
+            backend = self.make_backend(fake, timeouts, options)
+            try:
+                yield fake, backend
+            finally:
+                await backend.aclose()
+
+
+def request(max_tokens: int = 16, **fields: Any) -> GenerationRequest:
+    return GenerationRequest(
+        request_id="req-1", model="upstream-model", max_tokens=max_tokens, prompt=PROMPT, **fields
+    )
+
+
+def stream_of(backend: Backend, req: GenerationRequest) -> AsyncGenerator[Delta, None]:
+    """The adapter's iterator with ``aclose`` visible to the type checker."""
+    return cast(AsyncGenerator[Delta, None], backend.generate(req))
+
+
+async def collect(backend: Backend, req: GenerationRequest) -> list[Delta]:
+    return [delta async for delta in backend.generate(req)]
+
+
+async def drain(backend: Backend, req: GenerationRequest, received: list[Delta]) -> None:
+    """Read the whole stream into ``received``, which keeps what came before a failure."""
+    async for delta in backend.generate(req):
+        received.append(delta)
+
+
+HTTP_ERRORS: dict[str, tuple[Failure, type[BackendError]]] = {
+    "overloaded": (Failure("status", 429, headers={"retry-after": "7"}), Overloaded),
+    "unavailable": (Failure("status", 500), Unavailable),
+    "bad_request": (Failure("status", 400, message="max_tokens is too large"), BadRequest),
+}
+
+
+def _vllm_backend(fake: FakeUpstream, timeouts: Timeouts, options: dict[str, Any]) -> Backend:
+    return OpenAICompatibleBackend(
+        "vllm-test", fake.url, {"m": "upstream-model"}, timeouts=timeouts, options=options
+    )
+
+
+HARNESSES = {
+    "vllm": Harness(
+        kind="vllm",
+        make_fake=FakeVLLM,
+        make_backend=_vllm_backend,
+        prompt_tokens=5,
+        errors={
+            **HTTP_ERRORS,
+            "overloaded_503": (Failure("status", 503), Overloaded),
+            "not_found": (Failure("status", 404, message="model does not exist"), BadRequest),
+        },
+    ),
+}

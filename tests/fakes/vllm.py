@@ -1,0 +1,268 @@
+"""A fake vLLM (and trtllm-serve) OpenAI-compatible server.
+
+Speaks ``/v1/completions`` and ``/v1/chat/completions`` (streamed with ``[DONE]`` and the
+``include_usage`` chunk, or whole), ``/health``, ``/v1/models`` and ``/metrics``. The error
+body is vLLM's nested one (``error_style="nested"``), its old flat one (``"flat"``) or
+trtllm-serve's ``{"error": "..."}`` (``"trtllm"``), whose ``/metrics`` is JSON too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import orjson
+
+from tests.fakes._server import (
+    DEFAULT_TOKENS,
+    Dropped,
+    Failure,
+    FakeHTTPUpstream,
+    Plan,
+    Recorded,
+    Send,
+    end_body,
+    hang_forever,
+    metrics_text,
+    prompt_pieces,
+    send_bytes,
+    send_chunk,
+    send_json,
+    start_response,
+)
+
+ErrorStyle = Literal["nested", "flat", "trtllm"]
+_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 429: "RateLimitError"}
+
+
+class FakeVLLM(FakeHTTPUpstream):
+    """Scriptable OpenAI-compatible upstream on a real socket."""
+
+    def __init__(
+        self,
+        tokens: Sequence[str] = DEFAULT_TOKENS,
+        *,
+        failure: Failure | None = None,
+        api_key: str | None = None,
+        error_style: ErrorStyle = "nested",
+        send_usage: bool = True,
+    ) -> None:
+        super().__init__(tokens, failure=failure, api_key=api_key)
+        self.error_style = error_style
+        self.send_usage = send_usage  # False: behave like a server that ignores include_usage
+        self.load = {"running": 3, "waiting": 2, "kv": 0.25}
+
+    async def handle(self, request: Recorded, send: Send) -> None:
+        path = request.path.removeprefix("/v1")
+        if request.method == "GET":
+            await self._get(path, send)
+            return
+        if path not in ("/completions", "/chat/completions"):
+            await self._error(send, 404, f"no route {request.path}")
+            return
+        body = request.body
+        if not isinstance(body, dict) or not isinstance(body.get("max_tokens", 16), int):
+            await self._error(send, 400, "body must be JSON with an integer max_tokens")
+            return
+        failure = self.failure
+        if failure is not None and failure.kind == "status":
+            await self._error(send, failure.status, failure.message, failure)
+            return
+        chat = path == "/chat/completions"
+        if (chat and "messages" not in body) or (not chat and "prompt" not in body):
+            await self._error(send, 400, "a prompt or messages is required", param="prompt")
+            return
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or 16
+        stop = body.get("stop") or ()
+        plan = self.plan(limit, [stop] if isinstance(stop, str) else stop)
+        if body.get("stream"):
+            await self._stream(body, chat, plan, send)
+        else:
+            await self._whole(body, chat, plan, send)
+
+    async def _get(self, path: str, send: Send) -> None:
+        if path == "/health":
+            await send_bytes(send, 200 if self.healthy else 503, b"", "application/json")
+        elif path == "/models":
+            await send_json(send, 200, {"object": "list", "data": [{"id": "fake-model"}]})
+        elif path == "/metrics" and self.error_style == "trtllm":
+            stats = {
+                "numActiveRequests": self.load["running"],
+                "numQueuedRequests": self.load["waiting"],
+                "kvCacheStats": {"maxNumBlocks": 100, "usedNumBlocks": int(self.load["kv"] * 100)},
+            }
+            await send_json(send, 200, [stats])
+        elif path == "/metrics":
+            labels = {"model_name": "fake-model", "engine": "0"}
+            body = metrics_text(
+                [
+                    ("vllm:num_requests_running", labels, self.load["running"]),
+                    ("vllm:num_requests_waiting", labels, self.load["waiting"]),
+                    ("vllm:kv_cache_usage_perc", labels, self.load["kv"]),
+                ]
+            )
+            await send_bytes(
+                send, 200, b"# HELP vllm:num_requests_running x\n" + body, "text/plain"
+            )
+        else:
+            await self._error(send, 404, "not found")
+
+    async def _error(
+        self,
+        send: Send,
+        status: int,
+        message: str,
+        failure: Failure | None = None,
+        param: str | None = None,
+    ) -> None:
+        headers = dict(failure.headers) if failure else {}
+        if failure is not None and failure.body is not None:
+            await send_bytes(send, status, failure.body, "application/json", headers)
+            return
+        await send_json(send, status, self._error_body(status, message, param), headers)
+
+    def _error_body(self, status: int, message: str, param: str | None = None) -> Any:
+        kind = _ERROR_TYPES.get(status, "InternalServerError")
+        if self.error_style == "trtllm":
+            return {"error": message}
+        info = {"message": message, "type": kind, "param": param, "code": status}
+        if self.error_style == "flat":
+            return {"object": "error", **info}
+        return {"error": info}
+
+    async def _whole(self, body: dict[str, Any], chat: bool, plan: Plan, send: Send) -> None:
+        text = "".join(plan.texts)
+        reason = "length" if plan.reason == "length" else "stop"
+        choice: dict[str, Any] = {"index": 0, "finish_reason": reason}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        answer = {
+            "id": "cmpl-fake",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [choice],
+            "usage": self._usage(body, chat, len(plan.texts)),
+        }
+        if self.failure is not None and self.failure.kind == "malformed":
+            await send_bytes(send, 200, b"<html>upstream proxy error</html>", "text/html")
+            return
+        await send_json(send, 200, answer)
+
+    def _usage(self, body: dict[str, Any], chat: bool, completion: int) -> dict[str, int]:
+        if chat:
+            prompt = sum(len(prompt_pieces(m.get("content") or "")) + 3 for m in body["messages"])
+        elif isinstance(body["prompt"], list):
+            prompt = len(body["prompt"])
+        else:
+            prompt = len(prompt_pieces(body["prompt"]))
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+    async def _stream(self, body: dict[str, Any], chat: bool, plan: Plan, send: Send) -> None:
+        await start_response(send, 200, "text/event-stream")
+        base = {
+            "id": "cmpl-fake",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+        }
+        options = body.get("stream_options") or {}
+        continuous = bool(options.get("continuous_usage_stats"))
+        usage = self._usage(body, chat, 0)
+
+        async def event(payload: Any) -> None:
+            await send_chunk(send, b"data: " + orjson.dumps(payload) + b"\n\n")
+
+        def chunk(choice: dict[str, Any], sent: int) -> dict[str, Any]:
+            out = {**base, "choices": [choice]}
+            if continuous:
+                out["usage"] = {**usage, "completion_tokens": sent}
+            return out
+
+        if chat:
+            await event(chunk({"index": 0, "delta": {"role": "assistant", "content": ""}}, 0))
+        echo = not chat and body.get("echo") and body.get("logprobs") is not None
+        for index, text in enumerate(plan.texts):
+            failure = self.failure_at(index)
+            if failure is not None:
+                await self._fail(failure, event, send)
+                return
+            await self.pace(index)
+            choice = self._choice(body, chat, text, index)
+            if echo and index == 0:
+                _prepend_echo(choice, body)
+            await event(chunk(choice, index + 1))
+        failure = self.failure_at(len(plan.texts))
+        if failure is not None:
+            await self._fail(failure, event, send)
+            return
+        reason = "length" if plan.reason == "length" else "stop"
+        last: dict[str, Any] = {"index": 0, "finish_reason": reason, "stop_reason": plan.stop_hit}
+        if chat:
+            last["delta"] = {}
+        else:
+            last["text"] = ""
+        await event(chunk(last, len(plan.texts)))
+        if options.get("include_usage") and self.send_usage:
+            final = {**usage, "completion_tokens": len(plan.texts)}
+            final["total_tokens"] = final["prompt_tokens"] + final["completion_tokens"]
+            await event({**base, "choices": [], "usage": final})
+        await send_chunk(send, b"data: [DONE]\n\n")
+        await end_body(send)
+
+    def _choice(self, body: dict[str, Any], chat: bool, text: str, index: int) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": None}
+        top = body.get("top_logprobs") if chat else body.get("logprobs")
+        if chat:
+            choice["delta"] = {"content": text}
+            if body.get("logprobs"):
+                alts = [{"token": text, "logprob": -0.5}, {"token": "x", "logprob": -2.0}]
+                entry = {"token": text, "logprob": -0.5, "top_logprobs": alts[: top or 0]}
+                choice["logprobs"] = {"content": [entry]}
+        else:
+            choice["text"] = text
+            if top is not None:
+                choice["logprobs"] = {
+                    "tokens": [text],
+                    "token_logprobs": [-0.5],
+                    "top_logprobs": [dict(list({text: -0.5, "x": -2.0}.items())[: max(top, 1)])],
+                    "text_offset": [index],
+                }
+        return choice
+
+    async def _fail(self, failure: Failure, event: Any, send: Send) -> None:
+        if failure.kind == "error_event":
+            await event(self._error_body(failure.status, failure.message))
+            await send_chunk(send, b"data: [DONE]\n\n")
+            await end_body(send)
+        elif failure.kind == "malformed":
+            await send_chunk(send, b'data: {"choices": [{"text": "oops"\n\n')
+            await send_chunk(send, b"data: [DONE]\n\n")
+            await end_body(send)
+        elif failure.kind == "drop":
+            raise Dropped("connection cut mid-stream")
+        else:
+            await hang_forever()
+
+
+def _prepend_echo(choice: dict[str, Any], body: dict[str, Any]) -> None:
+    """vLLM sends the echoed prompt in the same chunk as the first output token."""
+    prompt = body["prompt"]
+    pieces = [f"<{t}>" for t in prompt] if isinstance(prompt, list) else prompt_pieces(prompt)
+    logprobs = choice["logprobs"]
+    choice["text"] = "".join(pieces) + choice["text"]
+    logprobs["tokens"] = pieces + logprobs["tokens"]
+    logprobs["token_logprobs"] = [None] + [-1.0] * (len(pieces) - 1) + logprobs["token_logprobs"]
+    logprobs["top_logprobs"] = [None] + [{p: -1.0} for p in pieces[1:]] + logprobs["top_logprobs"]
+    offsets, at = [], 0
+    for piece in pieces:
+        offsets.append(at)
+        at += len(piece)
+    logprobs["text_offset"] = [*offsets, at]
