@@ -26,15 +26,9 @@ class ModelConfig:
     query_pre_attn_scalar: float = 256.0
     rope_base_global: float = 10_000.0
     rope_base_local: float = 10_000.0
-    rope_scale_global: float = (
-        1.0  # linear position scaling on global layers (Gemma 3 4B+)
-    )
-    sliding_window: int | None = (
-        None  # local layers see this many positions, current included
-    )
-    local_layers: tuple[
-        bool, ...
-    ] = ()  # per layer: True = sliding-window (local) attention
+    rope_scale_global: float = 1.0  # linear position scaling on global layers (Gemma 3 4B+)
+    sliding_window: int | None = None  # local layers see this many positions, current included
+    local_layers: tuple[bool, ...] = ()  # per layer: True = sliding-window (local) attention
     attn_softcap: float | None = None
     final_softcap: float | None = None
     max_position: int = 8192
@@ -101,6 +95,4 @@ class EngineConfig:
                 (*sorted(self.prefill_buckets), self.max_context),
             )
         if max(self.kv_buckets) < self.max_context:
-            object.__setattr__(
-                self, "kv_buckets", (*sorted(self.kv_buckets), self.max_context)
-            )
+            object.__setattr__(self, "kv_buckets", (*sorted(self.kv_buckets), self.max_context))

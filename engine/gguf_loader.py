@@ -33,9 +33,7 @@ class Vocabulary:
 
     pieces: list[str]
     scores: np.ndarray
-    types: (
-        np.ndarray
-    )  # 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
+    types: np.ndarray  # 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
     bos_id: int
     eos_id: int
     unk_id: int
@@ -97,12 +95,8 @@ def _config(reader: object, vocab_size: int) -> ModelConfig:
         rope_base_local=10_000.0,
         sliding_window=int(window) or None,  # type: ignore[call-overload]
         local_layers=local,
-        attn_softcap=float(get("attn_logit_softcapping", 50.0))
-        if family == 2
-        else None,  # type: ignore[arg-type]
-        final_softcap=float(get("final_logit_softcapping", 30.0))
-        if family == 2
-        else None,  # type: ignore[arg-type]
+        attn_softcap=float(get("attn_logit_softcapping", 50.0)) if family == 2 else None,  # type: ignore[arg-type]
+        final_softcap=float(get("final_logit_softcapping", 30.0)) if family == 2 else None,  # type: ignore[arg-type]
         max_position=int(get("context_length")),  # type: ignore[call-overload]
     )
 

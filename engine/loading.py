@@ -1,4 +1,4 @@
-"""Load a model for serving: source checkpoint -> converted weights and tokenizer, cached on disk."""
+"""Load a model for serving: checkpoint -> converted weights and tokenizer, cached on disk."""
 
 from __future__ import annotations
 
@@ -36,11 +36,7 @@ class LoadedModel:
 
 
 def _source(engine_config: EngineConfig) -> Path:
-    return (
-        Path(engine_config.model_path)
-        if engine_config.model_path
-        else default_gguf_path()
-    )
+    return Path(engine_config.model_path) if engine_config.model_path else default_gguf_path()
 
 
 def _fingerprint(source: Path) -> str:
@@ -64,25 +60,19 @@ def load_model(engine_config: EngineConfig) -> LoadedModel:
         flat, config = load_flat(weights_dir)
     else:
         checkpoint = (
-            read_gguf(source)
-            if not source.is_dir()
-            else read_safetensors_checkpoint(source)
+            read_gguf(source) if not source.is_dir() else read_safetensors_checkpoint(source)
         )
         config = checkpoint.config
         root.mkdir(parents=True, exist_ok=True)
         if checkpoint.vocabulary is not None:
             tokenizer = GemmaTokenizer.from_vocabulary(checkpoint.vocabulary)
             _atomic_write(tokenizer_file, tokenizer.model_proto)
-        flat = convert(
-            stack_layers(checkpoint.tensors, config), engine_config.weight_format
-        )
+        flat = convert(stack_layers(checkpoint.tensors, config), engine_config.weight_format)
         if not weights_dir.exists():
             save_flat(weights_dir, flat, config)
     if tokenizer is None:
         candidates = (
-            [tokenizer_file, source / "tokenizer.model"]
-            if source.is_dir()
-            else [tokenizer_file]
+            [tokenizer_file, source / "tokenizer.model"] if source.is_dir() else [tokenizer_file]
         )
         for candidate in candidates:
             if candidate.exists():

@@ -29,9 +29,7 @@ def linear(x: jax.Array, w: Any) -> jax.Array:
         x_scale = jnp.max(jnp.abs(x2), axis=-1, keepdims=True) / 127.0
         x_scale = jnp.where(x_scale == 0, 1.0, x_scale)
         xq = jnp.round(x2 / x_scale).astype(jnp.int8)
-        acc = jax.lax.dot_general(
-            xq, w.values, _CONTRACT_LAST, preferred_element_type=jnp.int32
-        )
+        acc = jax.lax.dot_general(xq, w.values, _CONTRACT_LAST, preferred_element_type=jnp.int32)
         y = acc.astype(jnp.float32) * x_scale * w.scales
     elif w.dtype == jnp.bfloat16:
         y = jax.lax.dot_general(
@@ -41,9 +39,7 @@ def linear(x: jax.Array, w: Any) -> jax.Array:
             preferred_element_type=jnp.float32,
         )
     else:
-        y = jax.lax.dot_general(
-            x2, w, _CONTRACT_LAST, preferred_element_type=jnp.float32
-        )
+        y = jax.lax.dot_general(x2, w, _CONTRACT_LAST, preferred_element_type=jnp.float32)
     return y.reshape(*shape[:-1], y.shape[-1])
 
 
@@ -57,9 +53,7 @@ def embed(config: ModelConfig, params: Params, tokens: jax.Array) -> jax.Array:
     """Token embeddings scaled by sqrt(d_model)."""
     table = params["embed"]
     if isinstance(table, Int8Weight):
-        rows = (
-            table.values[tokens].astype(jnp.float32) * table.scales[tokens][..., None]
-        )
+        rows = table.values[tokens].astype(jnp.float32) * table.scales[tokens][..., None]
     else:
         rows = table[tokens].astype(jnp.float32)
     return rows * jnp.float32(math.sqrt(config.d_model))
@@ -73,9 +67,7 @@ def unembed(config: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array
     return logits
 
 
-def _rope_tables(
-    config: ModelConfig, positions: jax.Array
-) -> tuple[jax.Array, jax.Array]:
+def _rope_tables(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
     """cos/sin for [local, global] bases: shape [2, *positions.shape, head_dim // 2]."""
     half = config.head_dim // 2
     exponents = jnp.arange(half, dtype=jnp.float32) * 2.0 / config.head_dim
@@ -128,9 +120,7 @@ def _mlp_and_residual(
         o = rms_norm(o, layer["post_attn_norm"], config.norm_eps)
     h = h + o
     x = rms_norm(h, layer["ffn_norm"], config.norm_eps)
-    gated = jax.nn.gelu(linear(x, layer["gate"]), approximate=True) * linear(
-        x, layer["up"]
-    )
+    gated = jax.nn.gelu(linear(x, layer["gate"]), approximate=True) * linear(x, layer["up"])
     y = linear(gated, layer["down"])
     if config.post_norms:
         y = rms_norm(y, layer["post_ffn_norm"], config.norm_eps)
@@ -148,9 +138,7 @@ def prefill(
 
     Returns final-normed hidden states [T, D] and the KV entries k, v [L, T, KV, hd].
     """
-    del (
-        length
-    )  # padding sits after the real tokens, so causal masking already ignores it
+    del length  # padding sits after the real tokens, so causal masking already ignores it
     n = tokens.shape[0]
     positions = jnp.arange(n)
     cos, sin = _rope_tables(config, positions)
@@ -200,9 +188,7 @@ def decode(
     local_mask = causal & (distance < window)
     groups = config.n_heads // config.n_kv_heads
 
-    def layer_fn(
-        h: jax.Array, xs: tuple[Params, jax.Array, jax.Array, jax.Array]
-    ) -> Any:
+    def layer_fn(h: jax.Array, xs: tuple[Params, jax.Array, jax.Array, jax.Array]) -> Any:
         layer, is_local, k_past, v_past = xs
         x = rms_norm(h, layer["attn_norm"], config.norm_eps)
         which = jnp.where(is_local, 0, 1)
@@ -219,9 +205,7 @@ def decode(
             axis=-1,
         )
         probs = jax.nn.softmax(scores, axis=-1)
-        attn = jnp.einsum(
-            "skgt,stkd->skgd", probs[..., :-1], v_past.astype(jnp.float32)
-        )
+        attn = jnp.einsum("skgt,stkd->skgd", probs[..., :-1], v_past.astype(jnp.float32))
         attn = attn + probs[..., -1:] * v[:, :, None, :]
         h = _mlp_and_residual(config, layer, h, attn.reshape(slots, -1))
         return h, (k, v)
@@ -231,10 +215,6 @@ def decode(
     h, (k_new, v_new) = jax.lax.scan(layer_fn, h, xs)
     h = rms_norm(h, params["final_norm"], config.norm_eps)
     rows = jnp.arange(slots)
-    k_cache = k_cache.at[:, rows, positions].set(
-        k_new.astype(k_cache.dtype), mode="drop"
-    )
-    v_cache = v_cache.at[:, rows, positions].set(
-        v_new.astype(v_cache.dtype), mode="drop"
-    )
+    k_cache = k_cache.at[:, rows, positions].set(k_new.astype(k_cache.dtype), mode="drop")
+    v_cache = v_cache.at[:, rows, positions].set(v_new.astype(v_cache.dtype), mode="drop")
     return unembed(config, params, h), k_cache, v_cache

@@ -49,9 +49,7 @@ def read_safetensors_file(path: Path) -> dict[str, np.ndarray]:
             continue
         dtype = _DTYPES.get(spec["dtype"])
         if dtype is None:
-            raise ValueError(
-                f"{path.name}: unsupported dtype {spec['dtype']} for {name}"
-            )
+            raise ValueError(f"{path.name}: unsupported dtype {spec['dtype']} for {name}")
         start, end = spec["data_offsets"]
         data = np.frombuffer(raw[base + start : base + end].tobytes(), dtype=dtype)
         tensors[name] = data.reshape(spec["shape"])
@@ -66,9 +64,7 @@ def _rope_theta(hf: dict[str, Any], kind: str, default: float) -> tuple[float, f
     if base is None:
         legacy = "rope_local_base_freq" if kind == "sliding_attention" else "rope_theta"
         base = hf.get(legacy, default)
-    scaling = (
-        entry if entry.get("rope_type") == "linear" else hf.get("rope_scaling") or {}
-    )
+    scaling = entry if entry.get("rope_type") == "linear" else hf.get("rope_scaling") or {}
     scale = float(scaling.get("factor", 1.0)) if kind == "full_attention" else 1.0
     return float(base), scale
 

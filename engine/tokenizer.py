@@ -1,4 +1,4 @@
-"""Gemma's tokenizer: a sentencepiece model rebuilt from GGUF metadata, plus control-token splitting.
+"""Gemma's tokenizer: a sentencepiece model rebuilt from GGUF metadata, plus control tokens.
 
 Sentencepiece never emits control tokens from text, so ``<start_of_turn>`` and friends are split
 out here first and each text span between them is encoded by sentencepiece.
@@ -29,7 +29,9 @@ def build_sentencepiece_model(vocab: Vocabulary) -> bytes:
             # Whitespace-run pieces carry literal spaces; sentencepiece matches on U+2581.
             piece = piece.replace(" ", _SPACE)
         if index == vocab.unk_id:
-            kind = _UNKNOWN  # the file types <unk> as control; sentencepiece needs exactly one unknown
+            kind = (
+                _UNKNOWN  # the file types <unk> as control; sentencepiece needs exactly one unknown
+            )
         entry.piece = piece
         entry.score = score
         entry.type = kind
@@ -69,9 +71,7 @@ class GemmaTokenizer:
         self.eos_id = self._sp.eos_id()
         self.pad_id = self._sp.pad_id()
         specials = {
-            p.piece: i
-            for i, p in enumerate(proto.pieces)
-            if p.type in (_CONTROL, _UNKNOWN)
+            p.piece: i for i, p in enumerate(proto.pieces) if p.type in (_CONTROL, _UNKNOWN)
         }
         self._special_ids = specials
         self._special_id_set = frozenset(specials.values())
@@ -116,9 +116,7 @@ class GemmaTokenizer:
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         """Text for ``ids``; control tokens are dropped unless ``skip_special`` is False."""
         if skip_special:
-            return str(
-                self._sp.decode([i for i in ids if i not in self._special_id_set])
-            )
+            return str(self._sp.decode([i for i in ids if i not in self._special_id_set]))
         parts: list[str] = []
         run: list[int] = []
         for token in ids:

@@ -28,9 +28,7 @@ class Int8Weight(NamedTuple):
     scales: jax.Array
 
 
-def stack_layers(
-    tensors: Mapping[str, np.ndarray], config: ModelConfig
-) -> dict[str, np.ndarray]:
+def stack_layers(tensors: Mapping[str, np.ndarray], config: ModelConfig) -> dict[str, np.ndarray]:
     """Canonical per-layer tensors -> one [n_layers, ...] array per name (for ``lax.scan``)."""
     stacked: dict[str, np.ndarray] = {
         "embed": tensors["embed"],
@@ -53,9 +51,7 @@ def _quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values, scales
 
 
-def convert(
-    stacked: Mapping[str, np.ndarray], fmt: WeightFormat
-) -> dict[str, np.ndarray]:
+def convert(stacked: Mapping[str, np.ndarray], fmt: WeightFormat) -> dict[str, np.ndarray]:
     """Flat numpy arrays in the target format; int8 matrices become ``name`` + ``name.scales``."""
     out: dict[str, np.ndarray] = {}
     for name, array in stacked.items():
@@ -65,9 +61,7 @@ def convert(
         elif fmt == "bf16":
             out[name] = np.asarray(array, dtype=np.float32).astype(ml_dtypes.bfloat16)
         else:
-            out[name], out[f"{name}.scales"] = _quantize_int8(
-                np.asarray(array, np.float32)
-            )
+            out[name], out[f"{name}.scales"] = _quantize_int8(np.asarray(array, np.float32))
     return out
 
 
@@ -88,9 +82,7 @@ def to_pytree(flat: Mapping[str, np.ndarray]) -> Params:
     return params
 
 
-def save_flat(
-    directory: Path, flat: Mapping[str, np.ndarray], config: ModelConfig
-) -> None:
+def save_flat(directory: Path, flat: Mapping[str, np.ndarray], config: ModelConfig) -> None:
     """Write converted weights (one .npy per array) and the config; atomic by rename."""
     tmp = directory.with_name(directory.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -100,9 +92,7 @@ def save_flat(
         stored = array.view(np.uint16) if array.dtype == ml_dtypes.bfloat16 else array
         np.save(tmp / f"{name}.npy", stored)
     config_dict = {k: getattr(config, k) for k in config.__dataclass_fields__}
-    (tmp / "manifest.json").write_text(
-        json.dumps({"config": config_dict, "dtypes": dtypes})
-    )
+    (tmp / "manifest.json").write_text(json.dumps({"config": config_dict, "dtypes": dtypes}))
     tmp.rename(directory)
 
 

@@ -1,0 +1,305 @@
+"""A small engine API in the JetStream manner: prefill, insert, generate over fixed decode slots.
+
+All device work is jitted pure functions over an explicit ``DecodeState``; this class only picks
+shapes (prefill and KV-cache buckets) and moves results to the host. It is not thread-safe: one
+batch loop owns it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine import model
+from engine.config import EngineConfig, ModelConfig
+from engine.sampling import SamplingState, Selection, greedy, select
+from engine.weights import Params
+
+PROMPT_CHUNK = 64  # rows of prompt logits materialised at once for echo/logprobs
+
+
+class DecodeState(NamedTuple):
+    """Everything the decode step reads and writes, for all slots at once."""
+
+    k: jax.Array  # [L, S, T, KV, hd]; T is the current KV bucket
+    v: jax.Array
+    tokens: jax.Array  # [S] next input token per slot
+    positions: jax.Array  # [S] its position (= entries already in the cache)
+    active: jax.Array  # [S] bool
+    sampling: SamplingState
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A prefilled prompt, ready to be inserted into a slot (possibly several, for ``n``)."""
+
+    k: jax.Array  # [L, B, KV, hd], B the prefill bucket
+    v: jax.Array
+    hidden: jax.Array  # [B, D] final-normed, for prompt logprobs
+    last_logits: jax.Array  # [1, V]
+    tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SlotSampling:
+    """Sampling parameters of one generation, as inserted into a slot."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    key: tuple[int, int] = (0, 0)  # raw threefry key data
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """Host copy of one step's selection for every slot."""
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    top_ids: np.ndarray
+    top_logprobs: np.ndarray
+
+
+def seed_key(seed: int, index: int = 0) -> tuple[int, int]:
+    """The raw PRNG key a seeded request uses; ``index`` separates the ``n`` choices."""
+    key = jax.random.fold_in(jax.random.PRNGKey(seed % (1 << 63)), index)
+    data = np.asarray(jax.random.key_data(key), dtype=np.uint32)
+    return int(data[0]), int(data[1])
+
+
+def _bucket(buckets: Sequence[int], n: int) -> int:
+    index = bisect.bisect_left(buckets, n)
+    if index == len(buckets):
+        raise ValueError(f"{n} exceeds the largest bucket {buckets[-1]}")
+    return buckets[index]
+
+
+class GemmaEngine:
+    """Gemma prefill/insert/generate over ``decode_slots`` slots and bucketed shapes."""
+
+    def __init__(self, config: ModelConfig, params: Params, engine_config: EngineConfig) -> None:
+        self.config = config
+        self.params = params
+        self.engine_config = engine_config
+        self.max_slots = engine_config.decode_slots
+        self.prefill_buckets = tuple(sorted(engine_config.prefill_buckets))
+        self.kv_buckets = tuple(sorted(engine_config.kv_buckets))
+        embed = params["embed"]
+        weights_dtype = embed.values.dtype if hasattr(embed, "values") else embed.dtype
+        self.kv_dtype = jnp.float32 if weights_dtype == jnp.float32 else jnp.bfloat16
+        self._prefill = jax.jit(partial(_prefill, config))
+        self._prompt_lp = jax.jit(partial(_prompt_logprobs, config), static_argnums=3)
+        self._first = jax.jit(_first_token, static_argnums=2)
+        self._insert = jax.jit(_insert, donate_argnums=0)
+        self._generate = jax.jit(partial(_generate, config), static_argnums=2, donate_argnums=1)
+        self._resize = jax.jit(_resize, static_argnums=1, donate_argnums=0)
+
+    # -- state ---------------------------------------------------------------------------
+
+    def init_state(self, capacity: int | None = None) -> DecodeState:
+        """Empty slots with the smallest KV bucket (or the one covering ``capacity``)."""
+        c = self.config
+        t = _bucket(self.kv_buckets, capacity or 1)
+        shape = (c.n_layers, self.max_slots, t, c.n_kv_heads, c.head_dim)
+        s = self.max_slots
+        sampling = SamplingState(
+            temperature=jnp.zeros(s, jnp.float32),
+            top_p=jnp.ones(s, jnp.float32),
+            top_k=jnp.zeros(s, jnp.int32),
+            keys=jnp.zeros((s, 2), jnp.uint32),
+            steps=jnp.zeros(s, jnp.int32),
+        )
+        return DecodeState(
+            k=jnp.zeros(shape, self.kv_dtype),
+            v=jnp.zeros(shape, self.kv_dtype),
+            tokens=jnp.zeros(s, jnp.int32),
+            positions=jnp.zeros(s, jnp.int32),
+            active=jnp.zeros(s, jnp.bool_),
+            sampling=sampling,
+        )
+
+    def capacity(self, state: DecodeState) -> int:
+        """Positions per slot in the current KV bucket."""
+        return int(state.k.shape[2])
+
+    def fit_capacity(self, state: DecodeState, needed: int) -> DecodeState:
+        """Grow the KV cache to the bucket holding ``needed`` positions; shrink when far larger."""
+        target = _bucket(self.kv_buckets, max(needed, 1))
+        current = self.capacity(state)
+        if target > current or target * 2 <= current:
+            return self._resize(state, target)  # type: ignore[no-any-return]
+        return state
+
+    # -- the engine API --------------------------------------------------------------------
+
+    def prefill(self, tokens: Sequence[int]) -> Prefix:
+        """Run the prompt through the model at its bucketed length."""
+        n = len(tokens)
+        bucket = _bucket(self.prefill_buckets, n)
+        padded = np.zeros(bucket, np.int32)
+        padded[:n] = tokens
+        hidden, k, v, last = self._prefill(self.params, jnp.asarray(padded), jnp.int32(n))
+        return Prefix(k.astype(self.kv_dtype), v.astype(self.kv_dtype), hidden, last, tuple(tokens))
+
+    def first_token(self, prefix: Prefix, sampling: SlotSampling, n_top: int) -> StepOutput:
+        """Choose the first completion token from the prefill's last logits."""
+        state = _sampling_rows([sampling])
+        return _to_host(self._first(prefix.last_logits, state, n_top))
+
+    def insert(
+        self, state: DecodeState, prefix: Prefix, slot: int, token: int, sampling: SlotSampling
+    ) -> DecodeState:
+        """Copy the prefix's KV entries into ``slot`` and arm it to decode from ``token``."""
+        state = self.fit_capacity(state, max(len(prefix.tokens) + 1, self._needed(state)))
+        rows = _sampling_rows([sampling])
+        return self._insert(  # type: ignore[no-any-return]
+            state,
+            prefix.k,
+            prefix.v,
+            jnp.int32(slot),
+            jnp.int32(token),
+            jnp.int32(len(prefix.tokens)),
+            rows,
+        )
+
+    def release(self, state: DecodeState, slot: int) -> DecodeState:
+        """Mark ``slot`` free; its cache rows are simply overwritten by the next insert."""
+        return state._replace(active=state.active.at[slot].set(False))
+
+    def generate(
+        self, state: DecodeState, n_top: int = 0, full: bool = True
+    ) -> tuple[DecodeState, StepOutput]:
+        """One decode step for every slot; ``full=False`` is greedy without logprobs."""
+        state = self.fit_capacity(state, self._needed(state))
+        state, selection = self._generate(self.params, state, n_top if full else -1)
+        return state, _to_host(selection)
+
+    def prompt_logprobs(self, prefix: Prefix, n_top: int) -> StepOutput:
+        """Logprob of each prompt token given those before it (row i predicts token i + 1)."""
+        tokens = np.asarray(prefix.tokens, np.int32)
+        targets = np.zeros(prefix.hidden.shape[0], np.int32)
+        targets[: len(tokens) - 1] = tokens[1:]
+        parts: list[StepOutput] = []
+        for start in range(0, max(len(tokens) - 1, 1), PROMPT_CHUNK):
+            rows = prefix.hidden[start : start + PROMPT_CHUNK]
+            chunk_targets = jnp.asarray(targets[start : start + PROMPT_CHUNK])
+            if rows.shape[0] < PROMPT_CHUNK:  # keep one compiled shape
+                pad = PROMPT_CHUNK - rows.shape[0]
+                rows = jnp.pad(rows, ((0, pad), (0, 0)))
+                chunk_targets = jnp.pad(chunk_targets, (0, pad))
+            parts.append(_to_host(self._prompt_lp(self.params, rows, chunk_targets, n_top)))
+        count = len(tokens) - 1
+        return StepOutput(
+            tokens=tokens[1:],
+            logprobs=np.concatenate([p.logprobs for p in parts])[:count],
+            top_ids=np.concatenate([p.top_ids for p in parts])[:count],
+            top_logprobs=np.concatenate([p.top_logprobs for p in parts])[:count],
+        )
+
+    def _needed(self, state: DecodeState) -> int:
+        active = np.asarray(state.active)
+        if not active.any():
+            return 1
+        return int(np.asarray(state.positions)[active].max()) + 1
+
+
+# -- jitted pure functions -----------------------------------------------------------------
+
+
+def _prefill(
+    config: ModelConfig, params: Params, tokens: jax.Array, length: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    hidden, k, v = model.prefill(config, params, tokens, length)
+    last = jax.lax.dynamic_slice_in_dim(hidden, length - 1, 1)
+    # Two identical rows: a one-row bf16/int8 matmul is pathologically slow on XLA:CPU.
+    logits = model.unembed(config, params, jnp.concatenate([last, last]))[:1]
+    return hidden, k, v, logits
+
+
+def _prompt_logprobs(
+    config: ModelConfig, params: Params, hidden: jax.Array, targets: jax.Array, n_top: int
+) -> Selection:
+    logits = model.unembed(config, params, hidden)
+    lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    chosen = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0] - lse[:, 0]
+    top_vals, top_ids = jax.lax.top_k(logits, max(n_top, 1))
+    return Selection(
+        targets, chosen, top_ids[:, :n_top].astype(jnp.int32), (top_vals - lse)[:, :n_top]
+    )
+
+
+def _first_token(logits: jax.Array, sampling: SamplingState, n_top: int) -> Selection:
+    return select(logits, sampling, n_top)
+
+
+def _insert(
+    state: DecodeState,
+    k: jax.Array,
+    v: jax.Array,
+    slot: jax.Array,
+    token: jax.Array,
+    length: jax.Array,
+    sampling: SamplingState,
+) -> DecodeState:
+    capacity = state.k.shape[2]
+    k, v = k[:, :capacity], v[:, :capacity]  # the host made sure the prompt fits
+    start = (0, slot, 0, 0, 0)
+    new_k = jax.lax.dynamic_update_slice(state.k, k[:, None], start)
+    new_v = jax.lax.dynamic_update_slice(state.v, v[:, None], start)
+    rows = jax.tree.map(
+        lambda all_rows, row: all_rows.at[slot].set(row[0]), state.sampling, sampling
+    )
+    return DecodeState(
+        k=new_k,
+        v=new_v,
+        tokens=state.tokens.at[slot].set(token),
+        positions=state.positions.at[slot].set(length),
+        active=state.active.at[slot].set(True),
+        sampling=rows._replace(steps=rows.steps.at[slot].set(1)),
+    )
+
+
+def _generate(
+    config: ModelConfig, params: Params, state: DecodeState, n_top: int
+) -> tuple[DecodeState, Selection]:
+    logits, k, v = model.decode(config, params, state.k, state.v, state.tokens, state.positions)
+    selection = greedy(logits) if n_top < 0 else select(logits, state.sampling, n_top)
+    step = state.active.astype(jnp.int32)
+    tokens = jnp.where(state.active, selection.tokens, state.tokens)
+    sampling = state.sampling._replace(steps=state.sampling.steps + step)
+    new_state = DecodeState(k, v, tokens, state.positions + step, state.active, sampling)
+    return new_state, selection
+
+
+def _resize(state: DecodeState, capacity: int) -> DecodeState:
+    current = state.k.shape[2]
+    if capacity > current:
+        pad = ((0, 0), (0, 0), (0, capacity - current), (0, 0), (0, 0))
+        k, v = jnp.pad(state.k, pad), jnp.pad(state.v, pad)
+    else:
+        k, v = state.k[:, :, :capacity], state.v[:, :, :capacity]
+    return state._replace(k=k, v=v)
+
+
+def _sampling_rows(rows: Sequence[SlotSampling]) -> SamplingState:
+    return SamplingState(
+        temperature=jnp.asarray([r.temperature for r in rows], jnp.float32),
+        top_p=jnp.asarray([r.top_p for r in rows], jnp.float32),
+        top_k=jnp.asarray([r.top_k for r in rows], jnp.int32),
+        keys=jnp.asarray([r.key for r in rows], jnp.uint32),
+        steps=jnp.zeros(len(rows), jnp.int32),
+    )
+
+
+def _to_host(selection: Selection) -> StepOutput:
+    tokens, logprobs, top_ids, top_lp = jax.device_get(tuple(selection))
+    return StepOutput(
+        np.asarray(tokens), np.asarray(logprobs), np.asarray(top_ids), np.asarray(top_lp)
+    )

@@ -1,0 +1,78 @@
+"""Per-slot token selection: greedy, temperature, top-k and top-p, reproducible from a seed.
+
+Each slot draws one uniform number per step from ``fold_in(key, step)``, so a seeded request
+gives the same tokens whatever else shares the batch. Top-k/top-p choose among the
+``CANDIDATES`` most likely tokens; plain temperature sampling is exact over the whole vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+CANDIDATES = 64
+
+
+class SamplingState(NamedTuple):
+    """Per-slot sampling parameters, all shaped [S]; temperature <= 0 means greedy."""
+
+    temperature: jax.Array
+    top_p: jax.Array
+    top_k: jax.Array  # 0 = no top-k limit
+    keys: jax.Array  # [S, 2] uint32 raw PRNG keys
+    steps: jax.Array  # tokens sampled so far per slot, folded into the key
+
+
+class Selection(NamedTuple):
+    """What a step chose per slot: token, its logprob, and the top alternatives."""
+
+    tokens: jax.Array  # [S] int32
+    logprobs: jax.Array  # [S] float32 (natural log, temperature 1)
+    top_ids: jax.Array  # [S, K] int32
+    top_logprobs: jax.Array  # [S, K] float32
+
+
+def greedy(logits: jax.Array) -> Selection:
+    """Argmax only, no log-softmax: the cheap path when no slot samples or asks for logprobs."""
+    tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    empty = jnp.zeros((logits.shape[0], 0))
+    return Selection(tokens, jnp.zeros(logits.shape[0]), empty.astype(jnp.int32), empty)
+
+
+def select(logits: jax.Array, state: SamplingState, n_top: int) -> Selection:
+    """Choose one token per row of ``logits`` [S, V] and report logprobs."""
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    cand_logits, cand_ids = jax.lax.top_k(logits, max(CANDIDATES, n_top))
+    cand_ids = cand_ids.astype(jnp.int32)
+
+    keys = jax.vmap(jax.random.fold_in)(jax.vmap(jax.random.wrap_key_data)(state.keys), state.steps)
+    u = jax.vmap(lambda k: jax.random.uniform(k, dtype=jnp.float32))(keys)[:, None]
+
+    temperature = jnp.maximum(state.temperature, 1e-6)[:, None]
+    scaled = logits / temperature
+    scaled_lse = jax.nn.logsumexp(scaled, axis=-1, keepdims=True)
+
+    # Exact sampling over the full vocabulary by inverse CDF (one uniform per slot).
+    cdf = jnp.cumsum(jnp.exp(scaled - scaled_lse), axis=-1)
+    full_choice = jnp.argmax(cdf > u * cdf[:, -1:], axis=-1).astype(jnp.int32)
+
+    # Filtered sampling among the candidates (already sorted by probability).
+    cand_p = jnp.exp(cand_logits / temperature - scaled_lse)
+    rank = jnp.arange(cand_p.shape[-1])[None, :]
+    keep = (state.top_k[:, None] <= 0) | (rank < state.top_k[:, None])
+    before = jnp.cumsum(cand_p, axis=-1) - cand_p
+    keep = keep & ((before < state.top_p[:, None]) | (rank == 0))
+    kept = jnp.where(keep, cand_p, 0.0)
+    cand_cdf = jnp.cumsum(kept, axis=-1)
+    pick = jnp.argmax(cand_cdf > u * cand_cdf[:, -1:], axis=-1)
+    filtered_choice = jnp.take_along_axis(cand_ids, pick[:, None], axis=-1)[:, 0]
+
+    filtered = (state.top_k > 0) | (state.top_p < 1.0)
+    sampled = jnp.where(filtered, filtered_choice, full_choice)
+    tokens = jnp.where(state.temperature <= 0, cand_ids[:, 0], sampled)
+    logprobs = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0] - lse[:, 0]
+    top_lp = cand_logits[:, :n_top] - lse
+    return Selection(tokens, logprobs, cand_ids[:, :n_top], top_lp)
