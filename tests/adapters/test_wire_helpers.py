@@ -1,0 +1,53 @@
+"""The shared SSE reader, Prometheus reader and error-body reader."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from adapters._http import error_detail
+from adapters._prometheus import mean, parse_metrics, total
+from adapters._sse import sse_data
+
+
+async def _lines(*lines: str) -> AsyncIterator[str]:
+    for line in lines:
+        yield line
+
+
+@pytest.mark.anyio
+async def test_sse_tolerates_spacing_comments_and_multiline_data() -> None:
+    lines = _lines(
+        ":keep-alive", "", 'data:{"a":1}', "", "data: x", "data: y", "event: e", "", "data: cut"
+    )
+    assert [d async for d in sse_data(lines)] == ['{"a":1}', "x\ny"]  # "cut" never ended
+
+
+def test_prometheus_reader_sums_and_filters_by_label() -> None:
+    text = (
+        "# HELP nv_trt_llm_request_metrics x\n"
+        'nv_trt_llm_request_metrics{model="t",request_type="waiting",version="1"} 4\n'
+        'nv_trt_llm_request_metrics{model="t",request_type="active",version="1"} 2\n'
+        'jetstream_slots_used_percentage{id="a b,c",idx="0"} 0.5\n'
+        'jetstream_slots_used_percentage{id="a",idx="1"} 0.25 1700000000\n'
+        "unrelated_metric 9\n"
+    )
+    names = ["nv_trt_llm_request_metrics", "jetstream_slots_used_percentage"]
+    samples = parse_metrics(text, names)
+    assert total(samples, "nv_trt_llm_request_metrics", request_type="waiting") == 4
+    assert mean(samples, "jetstream_slots_used_percentage") == 0.375
+    assert total(samples, "unrelated_metric") is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "message", "param"),
+    [
+        (b'{"error": {"message": "m", "param": "p"}}', "m", "p"),
+        (b'{"object": "error", "message": "m", "param": null}', "m", None),
+        (b'{"error": "m", "error_type": "validation"}', "m", None),
+        (b"<html>bad gateway</html>", "<html>bad gateway</html>", None),
+    ],
+)
+def test_error_bodies(raw: bytes, message: str, param: str | None) -> None:
+    assert error_detail(raw) == (message, param)
