@@ -17,7 +17,10 @@ def build_store(
     window_s = metering.window_s if metering else 60.0
     defaults = limits_of(tenants.defaults)
     if settings.redis_url:
-        raise NotImplementedError("RedisStore lands in the next commit")
+        # Imported here so in-process deployments never load the Redis client.
+        from gateway.tenancy.redis_store import RedisStore
+
+        return RedisStore.from_settings(settings, defaults, metering_window_s=window_s)
     return MemoryStore(
         default_limits=defaults,
         limit_window_s=settings.limit_window_s,

@@ -137,7 +137,8 @@ class MemoryStore:
 
     async def authenticate(self, secret: str) -> Principal:
         """The tenant and key behind ``secret``; raises ``Unauthenticated``."""
-        key_id = self._by_hash.get(keys.hash_secret(secret)) if keys.looks_like_secret(secret) else None
+        known = keys.looks_like_secret(secret)
+        key_id = self._by_hash.get(keys.hash_secret(secret)) if known else None
         tenant = self._tenants.get(self._keys[key_id][0].tenant) if key_id else None
         if key_id is None or tenant is None:
             raise Unauthenticated("Incorrect API key provided.")

@@ -42,9 +42,7 @@ class Store(Protocol):
         """The caller behind a bearer secret; raises ``Unauthenticated``."""
         ...
 
-    async def admit(
-        self, principal: Principal, *, tokens: int, cost_usd: float
-    ) -> Admission:
+    async def admit(self, principal: Principal, *, tokens: int, cost_usd: float) -> Admission:
         """Check and reserve RPM, TPM, concurrency and budget in one atomic step.
 
         Raises ``RateLimited`` (with a correct retry-after) or ``QuotaExceeded``.

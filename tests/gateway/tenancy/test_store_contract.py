@@ -13,6 +13,7 @@ from gateway.tenancy.limits import LimitExceeded
 from gateway.tenancy.memory import MemoryStore
 from gateway.tenancy.models import Admission, Limits, Principal, UsageRecord
 from gateway.tenancy.store import Store
+from tests.gateway.tenancy.conftest import CACHE_TTL_S
 
 pytestmark = pytest.mark.anyio
 
@@ -33,7 +34,11 @@ async def make_store(
             from gateway.tenancy.redis_store import RedisStore
 
             store = RedisStore(
-                redis_url, prefix=unique_prefix, default_limits=defaults, limit_window_s=window_s
+                redis_url,
+                prefix=unique_prefix,
+                default_limits=defaults,
+                limit_window_s=window_s,
+                key_cache_ttl_s=CACHE_TTL_S,
             )
         made.append(store)
         return store
@@ -115,7 +120,7 @@ async def test_keys_are_listed_without_secrets_and_revocation_works(make_store: 
     assert [k.id for k in await store.list_keys("acme")] == [one.record.id]
     assert await store.revoke_key(one.record.id)
     assert not await store.revoke_key(one.record.id)
-    await anyio.sleep(1.05)  # the Redis store caches keys for up to one second by design
+    await anyio.sleep(CACHE_TTL_S + 0.05)  # replicas cache keys for up to the TTL, by design
     with pytest.raises(Unauthenticated):
         await store.authenticate(one.secret)
     assert (await store.authenticate(two.secret)).tenant.id == "beta"
@@ -132,7 +137,7 @@ async def test_deleting_a_tenant_revokes_its_keys(make_store: MakeStore) -> None
     store = await make_store()
     issued = await store.create_key("acme")
     await store.delete_tenant("acme")
-    await anyio.sleep(1.05)
+    await anyio.sleep(CACHE_TTL_S + 0.05)
     with pytest.raises(Unauthenticated):
         await store.authenticate(issued.secret)
 

@@ -1,0 +1,571 @@
+"""``RedisStore``: tenancy state shared by every replica, one Lua call per admit and per settle.
+
+Key layout (``tg`` is ``store.key_prefix``): a tenant's keys share the hash tag ``{tenant}`` so
+its scripts run on one Redis Cluster slot: ``tg:{acme}:tenant``, ``:keys``, ``:rq`` (accepted
+requests), ``:tok`` (token buckets), ``:fl`` (leases), ``:res`` (holds), ``:rcost``, ``:spend``,
+``:rec:<rid>``, ``:recs``, ``:agg:<hour>``, ``:w:<backend>:<window>``. Fleet-wide keys:
+``tg:tenants``, ``tg:former``, ``tg:keyids``, ``tg:auth:<sha256>``, ``tg:win:<backend>:<window>``,
+``tg:idle:<backend>``, ``tg:backends``, ``tg:recon:<backend>``, ``tg:late``, ``tg:lock:<name>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import asdict, replace
+from typing import Any, Literal, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from gateway.errors import StoreUnavailable, Unauthenticated
+from gateway.settings import StoreSettings
+from gateway.tenancy import keys, scripts
+from gateway.tenancy.ledger import (
+    IDLE,
+    Cell,
+    Counters,
+    Share,
+    WindowLedger,
+    WindowTotals,
+    check_group_by,
+    group_rows,
+    hour_of,
+    hours_between,
+)
+from gateway.tenancy.limits import BUCKETS, LEASE_S, LimitExceeded, month_of, over_budget, to_nano
+from gateway.tenancy.limits import too_large as too_large_error
+from gateway.tenancy.models import (
+    Admission,
+    ApiKey,
+    IssuedKey,
+    Limits,
+    Principal,
+    Tenant,
+    UsageRecord,
+    UsageRow,
+)
+from gateway.tenancy.spool import Spool, read_segment
+from gateway.tenancy.tenants import UnknownTenant, checked_id
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETENTION_S = 90 * 86400  # how long per-request ledger records and window shares are kept
+_UNLIMITED = -1
+
+
+def _limits_json(limits: Limits) -> bytes:
+    return orjson.dumps(asdict(limits))
+
+
+def _limits_from(raw: str) -> Limits:
+    data = orjson.loads(raw)
+    if data.get("allowed_models") is not None:
+        data["allowed_models"] = tuple(data["allowed_models"])
+    return Limits(**data)
+
+
+def _str(value: bytes | str) -> str:
+    """Replies are already ``str`` (``decode_responses``); this only narrows the type."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _arg(value: int | float | None) -> int | float:
+    return _UNLIMITED if value is None else value
+
+
+class RedisStore:
+    """The Store on Redis (or Redis Cluster); see the module docstring for the key layout."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "tg",
+        default_limits: Limits | None = None,
+        limit_window_s: float = 60.0,
+        metering_window_s: float = 60.0,
+        key_cache_ttl_s: float = 1.0,
+        failure_policy: Literal["open", "closed"] = "open",
+        spool_dir: str | None = None,
+    ) -> None:
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=0.5,
+            socket_timeout=2.0,
+            # A retried EVALSHA could reserve twice; outages go to the failure policy instead.
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._p = prefix
+        self._defaults = default_limits or Limits()
+        self._window_s = limit_window_s
+        self._metering_window_s = metering_window_s
+        self._cache_ttl = key_cache_ttl_s
+        self._policy = failure_policy
+        self._spool = Spool(spool_dir) if spool_dir else None
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._admit = self.redis.register_script(scripts.ADMIT)
+        self._settle = self.redis.register_script(scripts.SETTLE)
+        self._book = self.redis.register_script(scripts.BOOK)
+        self._unlock = self.redis.register_script(scripts.UNLOCK)
+        self._replayer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._replayed = asyncio.Event()
+
+    @classmethod
+    def from_settings(
+        cls, settings: StoreSettings, defaults: Limits, *, metering_window_s: float
+    ) -> RedisStore:
+        """The store a config describes (``redis_url`` must be set)."""
+        assert settings.redis_url
+        return cls(
+            settings.redis_url,
+            prefix=settings.key_prefix,
+            default_limits=defaults,
+            limit_window_s=settings.limit_window_s,
+            metering_window_s=metering_window_s,
+            key_cache_ttl_s=settings.key_cache_ttl_s,
+            failure_policy=settings.failure_policy,
+            spool_dir=settings.spool_dir,
+        )
+
+    @property
+    def windows(self) -> WindowLedger:
+        """The window ledger reconciliation works on (this store itself)."""
+        return self
+
+    def _t(self, tenant: str, name: str) -> str:
+        return f"{self._p}:{{{tenant}}}:{name}"
+
+    async def _call(self, work: Awaitable[T]) -> T:
+        """Run an admin or report command, turning an outage into ``StoreUnavailable``."""
+        try:
+            return await work
+        except RedisError as exc:
+            raise StoreUnavailable("The tenancy store is unreachable; try again shortly.") from exc
+
+    # Tenants
+
+    async def create_tenant(self, tenant_id: str, limits: Limits | None = None) -> Tenant:
+        """Create a tenant; an existing one is returned unchanged."""
+        checked_id(tenant_id)
+        return await self._call(self._create_tenant(tenant_id, limits or self._defaults))
+
+    async def _create_tenant(self, tenant_id: str, limits: Limits) -> Tenant:
+        now = time.time()
+        key = self._t(tenant_id, "tenant")
+        if await self.redis.hsetnx(key, "created_at", repr(now)):
+            await self.redis.hset(key, "limits", _limits_json(limits))
+            await self.redis.sadd(f"{self._p}:tenants", tenant_id)
+            return Tenant(tenant_id, limits, now)
+        tenant = await self._read_tenant(tenant_id)
+        return tenant or Tenant(tenant_id, limits, now)
+
+    async def _read_tenant(self, tenant_id: str) -> Tenant | None:
+        data = await self.redis.hgetall(self._t(tenant_id, "tenant"))
+        if "limits" not in data:
+            return None
+        return Tenant(tenant_id, _limits_from(_str(data["limits"])), float(data["created_at"]))
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        """The tenant, or ``None``."""
+        return await self._call(self._read_tenant(tenant_id))
+
+    async def list_tenants(self) -> Sequence[Tenant]:
+        """Every tenant, by id."""
+        ids = sorted(map(_str, await self._call(self.redis.smembers(f"{self._p}:tenants"))))
+        found = [await self.get_tenant(tenant_id) for tenant_id in ids]
+        return [t for t in found if t is not None]
+
+    async def update_limits(self, tenant_id: str, limits: Limits) -> Tenant:
+        """Replace a tenant's limits (every replica sees them within the key cache's TTL)."""
+        tenant = await self.get_tenant(tenant_id)
+        if tenant is None:
+            raise UnknownTenant(tenant_id)
+        key = self._t(tenant_id, "tenant")
+        await self._call(self.redis.hset(key, "limits", _limits_json(limits)))
+        return replace(tenant, limits=limits)
+
+    async def delete_tenant(self, tenant_id: str) -> bool:
+        """Delete a tenant and revoke its keys; its usage stays in the ledger."""
+        if await self.get_tenant(tenant_id) is None:
+            return False
+        for record in await self.list_keys(tenant_id):
+            await self.revoke_key(record.id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(self._t(tenant_id, "tenant"))
+        pipe.srem(f"{self._p}:tenants", tenant_id)
+        pipe.sadd(f"{self._p}:former", tenant_id)
+        await self._call(pipe.execute())
+        return True
+
+    # Keys
+
+    async def create_key(self, tenant_id: str) -> IssuedKey:
+        """Issue a key, creating the tenant with default limits if it does not exist."""
+        await self.create_tenant(tenant_id)
+        secret = keys.new_secret()
+        record = ApiKey(keys.new_key_id(), tenant_id, keys.shown_prefix(secret), time.time())
+        digest = keys.hash_secret(secret)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self._t(tenant_id, "keys"), record.id, self._key_json(record, digest))
+        pipe.hset(f"{self._p}:keyids", record.id, tenant_id)
+        pipe.set(f"{self._p}:auth:{digest}", f"{record.id} {tenant_id}")
+        await self._call(pipe.execute())
+        self._cache.pop(digest, None)
+        return IssuedKey(record, secret)
+
+    @staticmethod
+    def _key_json(record: ApiKey, digest: str) -> bytes:
+        return orjson.dumps({**asdict(record), "sha256": digest})
+
+    async def list_keys(self, tenant_id: str | None = None) -> Sequence[ApiKey]:
+        """Key records (never secrets), oldest first."""
+        if tenant_id is None:
+            owners = await self._call(self.redis.hgetall(f"{self._p}:keyids"))
+            tenants = {_str(owner) for owner in owners.values()}
+        else:
+            tenants = {tenant_id}
+        found: list[ApiKey] = []
+        for tenant in sorted(tenants):
+            raw = await self._call(self.redis.hgetall(self._t(tenant, "keys")))
+            for value in raw.values():
+                data = orjson.loads(value)
+                data.pop("sha256", None)
+                found.append(ApiKey(**data))
+        return sorted(found, key=lambda r: (r.created_at, r.id))
+
+    async def revoke_key(self, key_id: str) -> bool:
+        """Revoke a key everywhere; replicas stop accepting it within the cache TTL (<= 1 s)."""
+        owner = await self._call(self.redis.hget(f"{self._p}:keyids", key_id))
+        tenant = _str(owner) if owner is not None else ""
+        raw = await self._call(self.redis.hget(self._t(tenant, "keys"), key_id)) if tenant else None
+        if raw is None:
+            return False
+        data = orjson.loads(raw)
+        if data["revoked"]:
+            return False
+        data["revoked"] = True
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self._t(tenant, "keys"), key_id, orjson.dumps(data))
+        pipe.delete(f"{self._p}:auth:{data['sha256']}")
+        await self._call(pipe.execute())
+        self._cache.pop(data["sha256"], None)
+        return True
+
+    async def authenticate(self, secret: str) -> Principal:
+        """The caller behind ``secret``, from a per-replica cache of at most ``key_cache_ttl_s``."""
+        if not keys.looks_like_secret(secret):
+            raise Unauthenticated("Incorrect API key provided.")
+        digest = keys.hash_secret(secret)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return self._known(cached[1])
+        try:
+            principal = await self._lookup(digest)
+        except RedisError as exc:
+            # Fail open only for keys this replica has already seen valid.
+            if self._policy == "open" and cached is not None and cached[1] is not None:
+                return cached[1]
+            raise StoreUnavailable("The tenancy store is unreachable; try again shortly.") from exc
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[digest] = (now + self._cache_ttl, principal)
+        return self._known(principal)
+
+    @staticmethod
+    def _known(principal: Principal | None) -> Principal:
+        if principal is None:
+            raise Unauthenticated("Incorrect API key provided.")
+        return principal
+
+    async def _lookup(self, digest: str) -> Principal | None:
+        found = await self.redis.get(f"{self._p}:auth:{digest}")
+        if found is None:
+            return None
+        key_id, tenant_id = _str(found).split(" ", 1)
+        tenant = await self._read_tenant(tenant_id)
+        return Principal(tenant, key_id) if tenant else None
+
+    # Admission and settlement
+
+    async def admit(self, principal: Principal, *, tokens: int, cost_usd: float) -> Admission:
+        """One EVALSHA on the tenant's slot: check and reserve every limit (see ``limits``)."""
+        tenant, limits = principal.tenant.id, principal.tenant.limits
+        rid = keys.new_request_id()
+        cost = to_nano(cost_usd)
+        budget = limits.monthly_budget_usd
+        t = self._t
+        try:
+            answer = await self._admit(
+                keys=[t(tenant, "rq"), t(tenant, "tok"), t(tenant, "fl"), t(tenant, "res"),
+                      t(tenant, "rcost"), t(tenant, "spend")],
+                args=[rid, self._window_s, tokens, cost, _arg(limits.requests_per_minute),
+                      _arg(limits.tokens_per_minute), _arg(limits.max_concurrent),
+                      _UNLIMITED if budget is None else to_nano(budget),
+                      month_of(time.time()), LEASE_S, BUCKETS],
+            )  # fmt: skip
+        except RedisError as exc:
+            if self._policy == "closed":
+                raise StoreUnavailable("The tenancy store is unreachable.") from exc
+            log.warning("store unreachable, admitting %s unchecked (fail-open)", tenant)
+            return Admission(rid, tenant, principal.key_id, 0, 0.0, time.time())
+        outcome = answer[0]
+        if outcome == "ok":
+            return Admission(rid, tenant, principal.key_id, tokens, cost_usd, float(answer[1]))
+        if outcome == "quota":
+            raise over_budget()
+        if outcome == "too_large":
+            raise too_large_error(tokens, limits.tokens_per_minute or 0)
+        raise LimitExceeded(outcome, retry_after=float(answer[1]), at=float(answer[2]))
+
+    async def settle(self, admission: Admission, usage: UsageRecord) -> None:
+        """One EVALSHA: release the hold, book actuals, aggregates and the record, once.
+
+        When Redis is unreachable the settlement is spooled to disk and replayed later.
+        """
+        usage = replace(usage, request_id=admission.request_id, tenant=admission.tenant)
+        try:
+            await self._settle_now(admission, usage)
+        except RedisError:
+            if self._spool is None:
+                log.error("store unreachable and no spool: usage of %s lost", admission.request_id)
+                return
+            await asyncio.to_thread(self._spool.append, admission, usage)
+            self._start_replay()
+            return
+        if self._spool is not None and self._replayer is None and self._spool.pending():
+            self._start_replay()  # leftovers of an earlier run or of a dead replica
+
+    async def _settle_now(self, admission: Admission, usage: UsageRecord) -> None:
+        tenant, rid = admission.tenant, admission.request_id
+        t_end = usage.started_at + usage.duration_s
+        window = int(t_end // self._metering_window_s)
+        hour = hour_of(t_end)
+        cost = to_nano(usage.cost_usd)
+        t = self._t
+        answer = await self._settle(
+            keys=[t(tenant, "fl"), t(tenant, "res"), t(tenant, "tok"), t(tenant, "rcost"),
+                  t(tenant, "spend"), t(tenant, f"rec:{rid}"), t(tenant, "recs"),
+                  t(tenant, f"agg:{hour}"), t(tenant, f"w:{usage.backend}:{window}"),
+                  t(tenant, "hours")],
+            args=[rid, self._window_s, t_end, usage.prompt_tokens + usage.completion_tokens, cost,
+                  month_of(t_end), orjson.dumps(asdict(usage)), usage.started_at,
+                  f"{usage.backend}|{usage.model}|", usage.prompt_tokens, usage.completion_tokens,
+                  usage.weighted_tokens, usage.model, RETENTION_S, BUCKETS,
+                  (window + 1.5) * self._metering_window_s, hour],
+        )  # fmt: skip
+        if answer == 2:  # reconciliation may already have run: have it run again
+            await self.redis.sadd(f"{self._p}:late", f"{usage.backend}|{window}")
+
+    def _start_replay(self) -> None:
+        if self._replayer is None or self._replayer.done():
+            self._replayed.clear()
+            self._replayer = asyncio.get_running_loop().create_task(self._replay())
+
+    async def _replay(self) -> None:
+        """Wait for Redis, then settle every spooled line (idempotently) and drop the segments."""
+        assert self._spool is not None
+        while not self._closing:
+            try:
+                await self.redis.ping()
+                self._spool.close_segment()
+                for segment in self._spool.segments():
+                    for admission, usage in read_segment(segment):
+                        await self._settle_now(admission, usage)
+                    segment.unlink(missing_ok=True)
+            except RedisError:
+                await asyncio.sleep(0.2)  # Redis offers nothing to await on; poll gently
+                continue
+            if not self._spool.pending():
+                break
+        self._replayed.set()
+
+    async def replayed(self) -> None:
+        """Wait until the spool has been replayed (for tests and shutdown)."""
+        if self._replayer is not None:
+            await self._replayed.wait()
+
+    async def record(self, tenant: str, request_id: str) -> UsageRecord | None:
+        """The ledger's record of one request, if settled."""
+        raw = await self._call(self.redis.get(self._t(tenant, f"rec:{request_id}")))
+        return UsageRecord(**orjson.loads(raw)) if raw else None
+
+    async def usage(
+        self, *, tenant: str | None, start: float, end: float, group_by: Sequence[str]
+    ) -> Sequence[UsageRow]:
+        """Aggregates over the hours of [start, end), reconciled cost included."""
+        fields = check_group_by(group_by)
+        hours = hours_between(start, end)
+        tenants = [tenant] if tenant is not None else await self._all_tenants()
+        slots = await self._hours_with_usage(tenants, hours)
+        pipe = self.redis.pipeline(transaction=False)
+        for t, h in slots:
+            pipe.hgetall(self._t(t, f"agg:{h}"))
+        cells: list[tuple[Cell, Counters]] = []
+        for (t, h), data in zip(slots, await self._call(pipe.execute()), strict=True):
+            cells += _cells(t, h, data)
+        if tenant is None:
+            cells += await self._idle_cells(hours)
+        return group_rows(cells, fields)
+
+    async def _hours_with_usage(
+        self, tenants: Sequence[str], hours: range
+    ) -> list[tuple[str, int]]:
+        """(tenant, hour) pairs in range that hold aggregates, so empty hours cost nothing."""
+        if not hours:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for tenant in tenants:
+            pipe.zrangebyscore(self._t(tenant, "hours"), hours.start, hours.stop - 1)
+        found = await self._call(pipe.execute())
+        return [(t, int(h)) for t, hs in zip(tenants, found, strict=True) for h in hs]
+
+    async def _all_tenants(self) -> list[str]:
+        current = await self._call(self.redis.smembers(f"{self._p}:tenants"))
+        former = await self._call(self.redis.smembers(f"{self._p}:former"))
+        return sorted({_str(t) for t in current} | {_str(t) for t in former})
+
+    async def _idle_cells(self, hours: range) -> list[tuple[Cell, Counters]]:
+        cells: list[tuple[Cell, Counters]] = []
+        for raw_backend in await self._call(self.redis.smembers(f"{self._p}:backends")):
+            backend = _str(raw_backend)
+            idle = await self._call(self.redis.hgetall(f"{self._p}:idle:{backend}"))
+            for window, nano in idle.items():
+                hour = hour_of(int(window) * self._metering_window_s)
+                if int(nano) and hour in hours:
+                    cells.append((Cell(IDLE, hour, backend, IDLE), Counters(cost_nano=int(nano))))
+        return cells
+
+    async def aclose(self) -> None:
+        """Stop replaying and close connections (the spool keeps what is left)."""
+        self._closing = True
+        if self._replayer is not None:
+            self._replayer.cancel()
+        await self.redis.aclose()
+
+    async def drop_everything(self) -> None:
+        """Delete every key under this store's prefix (tests and ``tollgate`` resets only)."""
+        async for key in self.redis.scan_iter(match=f"{self._p}:*", count=1000):
+            await self.redis.delete(key)
+
+    # WindowLedger
+
+    async def add_window_totals(self, totals: Mapping[tuple[str, int], WindowTotals]) -> None:
+        """Add one replica's batch of per-backend window totals (one pipeline)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for (backend, window), part in totals.items():
+            key = f"{self._p}:win:{backend}:{window}"
+            pipe.hincrby(key, "n", part.requests)
+            pipe.hincrby(key, "p", part.prompt_tokens)
+            pipe.hincrby(key, "c", part.completion_tokens)
+            pipe.hincrbyfloat(key, "wt", part.weighted_tokens)
+            pipe.expire(key, RETENTION_S)
+        await pipe.execute()
+
+    async def window_totals(self, backend: str, windows: Sequence[int]) -> dict[int, WindowTotals]:
+        """Fleet-wide totals of ``backend`` per window."""
+        pipe = self.redis.pipeline(transaction=False)
+        for window in windows:
+            pipe.hgetall(f"{self._p}:win:{backend}:{window}")
+        found = await pipe.execute()
+        return {
+            w: WindowTotals(
+                int(d.get("n", 0)), int(d.get("p", 0)), int(d.get("c", 0)), float(d.get("wt", 0))
+            )
+            for w, d in zip(windows, found, strict=True)
+        }
+
+    async def window_shares(self, backend: str, window: int) -> dict[tuple[str, str], Share]:
+        """Per (tenant, model) shares of a backend window, read from every tenant's slot."""
+        tenants = await self._all_tenants()
+        pipe = self.redis.pipeline(transaction=False)
+        for tenant in tenants:
+            pipe.hgetall(self._t(tenant, f"w:{backend}:{window}"))
+        shares: dict[tuple[str, str], Share] = {}
+        for tenant, data in zip(tenants, await pipe.execute(), strict=True):
+            for name, value in data.items():
+                model, _, field = name.rpartition("|")
+                share = shares.setdefault((tenant, model), Share())
+                if field == "wt":
+                    share.weighted_tokens = float(value)
+                elif field == "pc":
+                    share.provisional_nano = int(value)
+        return shares
+
+    async def book_window(
+        self,
+        backend: str,
+        window: int,
+        window_s: float,
+        allocation: Mapping[tuple[str, str], int],
+        idle_nano: int,
+    ) -> None:
+        """Set each (tenant, model)'s adjustment for the window; re-booking moves only deltas."""
+        hour = hour_of(window * window_s)
+        pipe = self.redis.pipeline(transaction=False)
+        for (tenant, model), nano in allocation.items():
+            await self._book(
+                keys=[self._t(tenant, f"w:{backend}:{window}"), self._t(tenant, f"agg:{hour}")],
+                args=[model, nano, f"{backend}|{model}|"],
+                client=pipe,
+            )
+        pipe.hset(f"{self._p}:idle:{backend}", str(window), idle_nano)
+        pipe.sadd(f"{self._p}:backends", backend)
+        await pipe.execute()
+
+    async def reconciled_through(self, backend: str) -> int | None:
+        """The reconciliation cursor of ``backend``."""
+        found = await self.redis.get(f"{self._p}:recon:{backend}")
+        return int(found) if found is not None else None
+
+    async def mark_reconciled(self, backend: str, window: int) -> None:
+        """Advance the cursor (only ever forwards)."""
+        key = f"{self._p}:recon:{backend}"
+        current = await self.redis.get(key)
+        if current is None or int(current) < window:
+            await self.redis.set(key, window)
+
+    async def take_late_windows(self) -> list[tuple[str, int]]:
+        """Windows that got records after they could have been reconciled, emptied on read."""
+        found: list[str] = await self.redis.spop(f"{self._p}:late", 10_000) or []  # type: ignore[assignment]
+        pairs = [entry.rpartition("|") for entry in found]
+        return sorted((backend, int(window)) for backend, _, window in pairs)
+
+    async def try_lock(self, name: str, ttl_s: float) -> str | None:
+        """A fleet-wide lock (SET NX PX); ``None`` when another replica holds it."""
+        token = secrets.token_hex(8)
+        taken = await self.redis.set(f"{self._p}:lock:{name}", token, nx=True, px=int(ttl_s * 1000))
+        return token if taken else None
+
+    async def unlock(self, name: str, token: str) -> None:
+        """Release the lock if this replica still holds it."""
+        await self._unlock(keys=[f"{self._p}:lock:{name}"], args=[token])
+
+
+def _cells(tenant: str, hour: int, data: Mapping[str, Any]) -> list[tuple[Cell, Counters]]:
+    """Parse one tenant-hour aggregate hash (fields ``backend|model|counter``)."""
+    by_cell: dict[Cell, Counters] = {}
+    for name, value in data.items():
+        backend, model, counter = name.split("|", 2)
+        c = by_cell.setdefault(Cell(tenant, hour, backend, model), Counters())
+        number = int(value)
+        if counter == "n":
+            c.requests = number
+        elif counter == "p":
+            c.prompt_tokens = number
+        elif counter == "c":
+            c.completion_tokens = number
+        elif counter == "cost":
+            c.cost_nano = number
+        elif counter == "adj":
+            c.adjust_nano = number
+    return list(by_cell.items())

@@ -1,0 +1,149 @@
+"""The Lua scripts of ``RedisStore``; each touches one tenant's hash slot and runs atomically.
+
+They mirror ``limits.TenantMeter`` line for line. The clock is Redis ``TIME``, so every replica
+measures windows on one clock. Numbers come back as strings: Redis truncates Lua floats.
+"""
+
+from __future__ import annotations
+
+# KEYS: accepted log, token buckets, leases, holds, reserved cost, spend by month
+# ARGV: rid, window_s, tokens, cost_nano, rpm, tpm, concurrency, budget_nano (-1 = none),
+#       month, lease_s, buckets
+# Returns {"ok", now} | {"quota"} | {"too_large"} | {limit, retry_after, now}
+ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rid, window = ARGV[1], tonumber(ARGV[2])
+local tokens, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
+local rpm, tpm = tonumber(ARGV[5]), tonumber(ARGV[6])
+local conc, budget = tonumber(ARGV[7]), tonumber(ARGV[8])
+local lease, nbuckets = tonumber(ARGV[10]), tonumber(ARGV[11])
+local bucket_s = window / nbuckets
+local current = math.floor(now / bucket_s)
+local fmt = function(x) return string.format('%.6f', x) end
+
+-- Leases of requests that never settled (a crashed replica) give their budget back.
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
+  local hold = redis.call('HGET', KEYS[4], id)
+  if hold then
+    local _, _, held_cost = string.match(hold, '(%S+) (%S+) (%S+)')
+    redis.call('DECRBY', KEYS[5], held_cost)
+    redis.call('HDEL', KEYS[4], id)
+  end
+  redis.call('ZREM', KEYS[3], id)
+end
+
+if budget >= 0 then
+  local spent = tonumber(redis.call('HGET', KEYS[6], ARGV[9]) or '0')
+  if spent + tonumber(redis.call('GET', KEYS[5]) or '0') >= budget then return {'quota'} end
+end
+if conc >= 0 and redis.call('ZCARD', KEYS[3]) >= conc then
+  return {'concurrency', '1', fmt(now)}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if rpm >= 0 then
+  local n = redis.call('ZCARD', KEYS[1])
+  if n >= rpm then
+    local oldest = redis.call('ZRANGE', KEYS[1], n - rpm, n - rpm, 'WITHSCORES')
+    return {'requests', fmt(tonumber(oldest[2]) + window - now), fmt(now)}
+  end
+end
+local flat = redis.call('HGETALL', KEYS[2])
+local used, held = 0, {}
+for i = 1, #flat, 2 do
+  local b = tonumber(flat[i])
+  if b <= current - nbuckets then
+    redis.call('HDEL', KEYS[2], flat[i])
+  else
+    used = used + tonumber(flat[i + 1])
+    held[#held + 1] = {b, tonumber(flat[i + 1])}
+  end
+end
+if tpm >= 0 then
+  if tokens > tpm then return {'too_large'} end
+  if used + tokens > tpm then
+    table.sort(held, function(a, b) return a[1] < b[1] end)
+    local freed = 0
+    for _, entry in ipairs(held) do
+      freed = freed + entry[2]
+      if used - freed + tokens <= tpm then
+        return {'tokens', fmt(math.max((entry[1] + nbuckets) * bucket_s - now, 0)), fmt(now)}
+      end
+    end
+    return {'tokens', '1', fmt(now)}
+  end
+end
+
+redis.call('ZADD', KEYS[1], now, rid)
+redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
+redis.call('HINCRBY', KEYS[2], current, tokens)
+redis.call('PEXPIRE', KEYS[2], math.ceil(window * 1000) + 1000)
+redis.call('ZADD', KEYS[3], now + lease, rid)
+redis.call('HSET', KEYS[4], rid, tokens .. ' ' .. current .. ' ' .. cost)
+redis.call('INCRBY', KEYS[5], cost)
+return {'ok', fmt(now)}
+"""
+
+# KEYS: leases, holds, token buckets, reserved cost, spend by month, record, record index,
+#       hour aggregate, tenant's backend-window shares, index of hours with usage
+# ARGV: rid, window_s, t_end, tokens, cost_nano, month, record, started_at, cell ("backend|model|"),
+#       prompt, completion, weighted, model, retention_s, buckets, late_after, hour
+# Returns 0 for a repeat, 1 when settled, 2 when settled into an already reconcilable window.
+SETTLE = """
+if redis.call('SET', KEYS[6], ARGV[7], 'NX', 'EX', ARGV[14]) == false then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rid, window, nbuckets = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[15])
+local bucket_s = window / nbuckets
+local current = math.floor(now / bucket_s)
+
+local hold = redis.call('HGET', KEYS[2], rid)
+if hold then
+  local held_tokens, held_bucket, held_cost = string.match(hold, '(%S+) (%S+) (%S+)')
+  redis.call('DECRBY', KEYS[4], held_cost)
+  if redis.call('HEXISTS', KEYS[3], held_bucket) == 1 then
+    redis.call('HINCRBY', KEYS[3], held_bucket, -tonumber(held_tokens))
+  end
+  redis.call('HDEL', KEYS[2], rid)
+end
+redis.call('ZREM', KEYS[1], rid)
+
+local done = math.min(math.floor(tonumber(ARGV[3]) / bucket_s), current)
+if done > current - nbuckets then
+  redis.call('HINCRBY', KEYS[3], done, ARGV[4])
+  redis.call('PEXPIRE', KEYS[3], math.ceil(window * 1000) + 1000)
+end
+redis.call('HINCRBY', KEYS[5], ARGV[6], ARGV[5])
+
+redis.call('ZADD', KEYS[7], ARGV[8], rid)
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - tonumber(ARGV[14]))
+local cell = ARGV[9]
+redis.call('HINCRBY', KEYS[8], cell .. 'n', 1)
+redis.call('HINCRBY', KEYS[8], cell .. 'p', ARGV[10])
+redis.call('HINCRBY', KEYS[8], cell .. 'c', ARGV[11])
+redis.call('HINCRBY', KEYS[8], cell .. 'cost', ARGV[5])
+redis.call('ZADD', KEYS[10], ARGV[17], ARGV[17])
+redis.call('HINCRBYFLOAT', KEYS[9], ARGV[13] .. '|wt', ARGV[12])
+redis.call('HINCRBY', KEYS[9], ARGV[13] .. '|pc', ARGV[5])
+redis.call('EXPIRE', KEYS[9], ARGV[14])
+if now >= tonumber(ARGV[16]) then return 2 end
+return 1
+"""
+
+# KEYS: tenant's backend-window shares, hour aggregate
+# ARGV: model, reconciled_nano, cell ("backend|model|")
+# Sets the model's adjustment to reconciled - provisional, moving the aggregate by the change.
+BOOK = """
+local provisional = tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. '|pc') or '0')
+local adjust = tonumber(ARGV[2]) - provisional
+local previous = tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. '|adj') or '0')
+redis.call('HSET', KEYS[1], ARGV[1] .. '|adj', string.format('%d', adjust))
+redis.call('HINCRBY', KEYS[2], ARGV[3] .. 'adj', string.format('%d', adjust - previous))
+return 1
+"""
+
+# KEYS: lock; ARGV: token. Deletes the lock only if this replica still holds it.
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
