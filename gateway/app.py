@@ -140,4 +140,3 @@ def _generated_admin_key() -> str:
     key = "tg-admin-" + secrets.token_urlsafe(24)
     log.warning("TOLLGATE_ADMIN_KEY is not set; generated admin key for this process: %s", key)
     return key
-

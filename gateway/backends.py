@@ -24,7 +24,10 @@ def build_backend(cfg: BackendSettings) -> Backend:
     if cfg.kind == "embedded":
         from adapters.embedded import EmbeddedBackend
 
-        return EmbeddedBackend.from_settings(cfg.name, cfg.models, cfg.engine, cfg.options)
+        embedded: Backend = EmbeddedBackend.from_settings(
+            cfg.name, cfg.models, cfg.engine, cfg.options
+        )
+        return embedded
     module, cls_name = ADAPTERS[cfg.kind]
     cls: Any = getattr(importlib.import_module(module), cls_name)
     backend: Backend = cls(

@@ -10,6 +10,7 @@ import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -30,7 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", help="YAML file (default: $TOLLGATE_CONFIG or config/tollgate.yaml)")
+    serve.add_argument(
+        "--config", help="YAML file (default: $TOLLGATE_CONFIG or config/tollgate.yaml)"
+    )
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
@@ -90,9 +93,11 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["TOLLGATE_CONFIG"] = str(Path(args.config).resolve())
     _configure_logging()
     if not settings.store.redis_url:
-        print("tollgate: using the in-process store (one replica; state is lost on restart)",
-              file=sys.stderr)
-    common = dict(
+        print(
+            "tollgate: using the in-process store (one replica; state is lost on restart)",
+            file=sys.stderr,
+        )
+    common: dict[str, Any] = dict(
         host=server.host,
         port=server.port,
         loop="uvloop",

@@ -140,7 +140,7 @@ class RequestContext:
 def _client_request_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            text = value.decode("latin-1")
+            text: str = value.decode("latin-1")
             if 0 < len(text) <= _MAX_CLIENT_ID and text.isprintable():
                 return text
             return None
@@ -191,4 +191,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BackendError, domain)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(HTTPException, http)
-

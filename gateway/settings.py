@@ -242,7 +242,10 @@ def parse_settings(data: Mapping[str, Any], env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     merged = dict(data)
     if env.get("TOLLGATE_REDIS_URL"):
-        merged["store"] = {**dict(merged.get("store") or {}), "redis_url": env["TOLLGATE_REDIS_URL"]}
+        merged["store"] = {
+            **dict(merged.get("store") or {}),
+            "redis_url": env["TOLLGATE_REDIS_URL"],
+        }
     if env.get("TOLLGATE_ADMIN_KEY"):
         merged["admin_key"] = env["TOLLGATE_ADMIN_KEY"]
     return Settings.model_validate(merged)

@@ -9,9 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from opentelemetry.metrics import Counter, Histogram, UpDownCounter
+from opentelemetry.metrics import (
+    Counter,
+    Histogram,
+    MeterProvider,
+    NoOpMeterProvider,
+    UpDownCounter,
+)
 from opentelemetry.metrics import Meter as OtelMeter
-from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 from opentelemetry.trace import NoOpTracerProvider, Tracer, TracerProvider
 
 SEMCONV_VERSION = "1.37.0"
@@ -65,16 +70,69 @@ METRIC_IN_FLIGHT = "tollgate.requests.in_flight"
 
 # Bucket boundaries the GenAI conventions recommend.
 DURATION_BUCKETS = (
-    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
 )
 TTFT_BUCKETS = (
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
 )
 TPOT_BUCKETS = (
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
 )
 TOKEN_BUCKETS = (
-    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+    1,
+    4,
+    16,
+    64,
+    256,
+    1024,
+    4096,
+    16384,
+    65536,
+    262144,
+    1048576,
+    4194304,
+    16777216,
+    67108864,
 )
 
 
@@ -113,19 +171,27 @@ class Telemetry:
         self.record_content = record_content
         self.metrics = Instruments(
             duration=meter.create_histogram(
-                METRIC_REQUEST_DURATION, unit="s", description="Time to last byte",
+                METRIC_REQUEST_DURATION,
+                unit="s",
+                description="Time to last byte",
                 explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
             ),
             ttft=meter.create_histogram(
-                METRIC_TTFT, unit="s", description="Time to first token",
+                METRIC_TTFT,
+                unit="s",
+                description="Time to first token",
                 explicit_bucket_boundaries_advisory=TTFT_BUCKETS,
             ),
             tpot=meter.create_histogram(
-                METRIC_TPOT, unit="s", description="Time per output token after the first",
+                METRIC_TPOT,
+                unit="s",
+                description="Time per output token after the first",
                 explicit_bucket_boundaries_advisory=TPOT_BUCKETS,
             ),
             tokens=meter.create_histogram(
-                METRIC_TOKEN_USAGE, unit="{token}", description="Tokens used per request",
+                METRIC_TOKEN_USAGE,
+                unit="{token}",
+                description="Tokens used per request",
                 explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
             ),
             cost=meter.create_counter(METRIC_COST, unit="USD", description="Provisional cost"),

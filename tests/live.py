@@ -14,8 +14,14 @@ class LiveServer:
 
     def __init__(self, app: ASGIApp, *, lifespan: str = "on") -> None:
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, loop="asyncio", http="httptools",
-            lifespan=lifespan, log_level="warning", access_log=False,
+            app,
+            host="127.0.0.1",
+            port=0,
+            loop="asyncio",
+            http="httptools",
+            lifespan=lifespan,
+            log_level="warning",
+            access_log=False,
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, daemon=True)
@@ -35,8 +41,6 @@ class LiveServer:
             self._thread.join(0.01)
         return self
 
-    def __exit__(
-        self, *exc: type[BaseException] | BaseException | TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.server.should_exit = True
         self._thread.join(10)

@@ -67,9 +67,10 @@ class Generation:
     @property
     def output_tokens(self) -> int:
         """Tokens to bill: the backend's count for a completed stream, else what arrived."""
-        if self.usage is not None and self.error is None and self.finish_reason is not None:
-            if self._matcher is None or not self._matcher.stopped:
-                return self.usage.completion_tokens
+        completed = self.error is None and self.finish_reason is not None
+        cut_short = self._matcher is not None and self._matcher.stopped
+        if self.usage is not None and completed and not cut_short:
+            return self.usage.completion_tokens
         return self.completion_tokens
 
     async def pieces(self) -> AsyncIterator[Piece]:
@@ -90,7 +91,7 @@ class Generation:
             raise
         finally:
             self.ended_at = time.monotonic()
-            await self.stream.aclose()  # cancels upstream when we stop early
+            await close_stream(self.stream)  # cancels upstream when we stop early
 
     def _take(self, delta: Delta) -> Piece | None:
         if delta.echo:
@@ -110,6 +111,13 @@ class Generation:
         if text or delta.logprobs:
             return Piece(text, delta.logprobs)
         return None
+
+
+async def close_stream(stream: AsyncIterator[Delta]) -> None:
+    """Close an adapter's stream, which cancels the upstream request."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 async def open_generation(
@@ -138,13 +146,13 @@ async def open_generation(
             first = await anext(stream, None)
         except BackendError as exc:
             router.attempt_failed(backend.name, exc)
-            await stream.aclose()
+            await close_stream(stream)
             if isinstance(exc, BadRequest):
                 raise
             last = exc
             continue
         except BaseException:
-            await stream.aclose()
+            await close_stream(stream)
             router.finished(backend.name, ok=False, output_tokens=0, decode_s=0.0)
             raise
         now = time.monotonic()

@@ -158,8 +158,20 @@ class JobBuilder:
                         **self._sampling(body, extras),
                     )
                 )
-        return self._job("completion", principal, model, body, meta, requests, prompt_of,
-                         counts, echo, candidates, max_tokens, bool(body.logprobs))
+        return self._job(
+            "completion",
+            principal,
+            model,
+            body,
+            meta,
+            requests,
+            prompt_of,
+            counts,
+            echo,
+            candidates,
+            max_tokens,
+            bool(body.logprobs),
+        )
 
     # -- chat ---------------------------------------------------------------------------
 
@@ -169,8 +181,10 @@ class JobBuilder:
         extras = body.vendor_extras()
         _refuse_unsupported_chat(body)
         messages = [_flatten(i, m.role, m.content) for i, m in enumerate(body.messages)]
-        limit = body.max_completion_tokens if body.max_completion_tokens is not None else (
-            body.max_tokens
+        limit = (
+            body.max_completion_tokens
+            if body.max_completion_tokens is not None
+            else (body.max_tokens)
         )
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         max_tokens = self._max_tokens(limit, self.settings.server.default_max_tokens, model, param)
@@ -189,11 +203,10 @@ class JobBuilder:
             if not candidates:
                 raise InvalidRequest(
                     f"The model '{model.id}' has no chat template and no backend that "
-                    "accepts chat messages.", param="messages",
+                    "accepts chat messages.",
+                    param="messages",
                 )
-        rendered = template.render(messages) if template else "\n".join(
-            m.content for m in messages
-        )
+        rendered = template.render(messages) if template else "\n".join(m.content for m in messages)
         count = self.counter.count(model.id, rendered)
         top = body.top_logprobs if body.logprobs else None
         requests = [
@@ -207,8 +220,20 @@ class JobBuilder:
             )
             for _ in range(body.n)
         ]
-        job = self._job("chat", principal, model, body, meta, requests, [0] * body.n, [count],
-                        [""] * body.n, candidates, max_tokens, body.logprobs)
+        job = self._job(
+            "chat",
+            principal,
+            model,
+            body,
+            meta,
+            requests,
+            [0] * body.n,
+            [count],
+            [""] * body.n,
+            candidates,
+            max_tokens,
+            body.logprobs,
+        )
         job.messages, job.template = messages, template
         return job
 
@@ -258,11 +283,22 @@ class JobBuilder:
         prefix = "cmpl-" if endpoint == "completion" else "chatcmpl-"
         envelope = Envelope(endpoint, prefix + meta.request_id, int(time.time()), model.id)
         return Job(
-            endpoint=endpoint, principal=principal, model=model, envelope=envelope,
-            requests=requests, prompt_of=prompt_of, prompt_counts=counts, echo_texts=echo,
-            candidates=candidates, policy=policy, objectives=self._objectives(meta),
-            max_tokens=max_tokens, stops=body.stop_list, stream=body.stream,
-            include_usage=body.stream and body.include_usage, wants_logprobs=wants_logprobs,
+            endpoint=endpoint,
+            principal=principal,
+            model=model,
+            envelope=envelope,
+            requests=requests,
+            prompt_of=prompt_of,
+            prompt_counts=counts,
+            echo_texts=echo,
+            candidates=candidates,
+            policy=policy,
+            objectives=self._objectives(meta),
+            max_tokens=max_tokens,
+            stops=body.stop_list,
+            stream=body.stream,
+            include_usage=body.stream and body.include_usage,
+            wants_logprobs=wants_logprobs,
             client_request_id=meta.client_request_id,
         )
 
@@ -287,7 +323,8 @@ class JobBuilder:
         if asked > limit:
             raise InvalidRequest(
                 f"{param} is too large: {asked}. This model supports at most {limit} "
-                "completion tokens.", param=param,
+                "completion tokens.",
+                param=param,
             )
         return asked
 
@@ -331,8 +368,9 @@ def _refuse_unsupported_chat(body: ChatCompletionRequest) -> None:
     if body.tools:
         raise InvalidRequest("Tool calling is not supported by any backend yet.", param="tools")
     if body.tool_choice not in (None, "none"):
-        raise InvalidRequest("Tool calling is not supported by any backend yet.",
-                             param="tool_choice")
+        raise InvalidRequest(
+            "Tool calling is not supported by any backend yet.", param="tool_choice"
+        )
     if body.response_format and body.response_format.get("type") != "text":
         raise InvalidRequest(
             "Only response_format {'type': 'text'} is supported.", param="response_format"

@@ -109,7 +109,10 @@ class Envelope:
         if self.endpoint == "completion":
             lp = Logprobs(list(logprobs)).completion_json() if logprobs else None
             choice: dict[str, Any] = {
-                "index": index, "text": text or "", "logprobs": lp, "finish_reason": finish,
+                "index": index,
+                "text": text or "",
+                "logprobs": lp,
+                "finish_reason": finish,
             }
             obj = "text_completion"
         else:
@@ -122,8 +125,12 @@ class Envelope:
             choice = {"index": index, "delta": delta, "logprobs": lp_chat, "finish_reason": finish}
             obj = "chat.completion.chunk"
         body: dict[str, Any] = {
-            "id": self.id, "object": obj, "created": self.created, "model": self.model,
-            "system_fingerprint": None, "choices": [choice],
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": [choice],
         }
         if with_usage_field:
             body["usage"] = None
@@ -133,6 +140,11 @@ class Envelope:
         """The final chunk of a stream that asked for usage: no choices, the usage."""
         obj = "text_completion" if self.endpoint == "completion" else "chat.completion.chunk"
         return {
-            "id": self.id, "object": obj, "created": self.created, "model": self.model,
-            "system_fingerprint": None, "choices": [], "usage": usage,
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": [],
+            "usage": usage,
         }

@@ -21,9 +21,7 @@ async def completions(request: Request, principal: CurrentPrincipal, state: Stat
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(
-    request: Request, principal: CurrentPrincipal, state: State
-) -> Response:
+async def chat_completions(request: Request, principal: CurrentPrincipal, state: State) -> Response:
     """Chat completions, streamed or not."""
     body = parse_body(ChatCompletionRequest, await read_body(request, state))
     return await state.serving.chat(principal, body, request_meta(request))

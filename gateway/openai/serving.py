@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from adapters.base import BackendError
 from gateway.errors import GatewayError, error_body, http_answer
 from gateway.metering.meter import Meter
-from gateway.openai.generation import Generation, Piece, open_generation
+from gateway.openai.generation import Generation, Piece, close_stream, open_generation
 from gateway.openai.jobs import Job, JobBuilder
 from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.openai.responses import Logprobs, usage_json
@@ -145,7 +145,7 @@ class Serving:
         gens = [r for r in done if isinstance(r, Generation)]
         if errors:
             for g in gens:
-                await g.stream.aclose()
+                await close_stream(g.stream)
                 self.router.finished(g.backend.name, ok=False, output_tokens=0, decode_s=0.0)
             raise errors[0]
         return gens
@@ -169,8 +169,10 @@ class Serving:
             raise
         finally:
             tally = self._finish(job, admission, gens, status, meta)
-        choices = [env.choice(g.index, text, g.finish_reason, lp) for g, (text, lp) in
-                   zip(gens, folded, strict=True)]
+        choices = [
+            env.choice(g.index, text, g.finish_reason, lp)
+            for g, (text, lp) in zip(gens, folded, strict=True)
+        ]
         body = env.response(choices, usage_json(tally.prompt_tokens, tally.completion_tokens))
         headers["x-tollgate-cost-usd"] = f"{tally.cost_usd:.10f}"
         return Response(orjson.dumps(body), media_type=JSON, headers=headers)
@@ -196,15 +198,28 @@ class Serving:
                 if job.endpoint == "chat":
                     yield sse(env.chunk(g.index, "", role=True, with_usage_field=usage_field))
                 if job.echo_texts[g.index]:
-                    yield sse(env.chunk(g.index, job.echo_texts[g.index],
-                                        with_usage_field=usage_field))
+                    yield sse(
+                        env.chunk(g.index, job.echo_texts[g.index], with_usage_field=usage_field)
+                    )
             async for gen, piece in _interleave(gens):
                 if piece is None:
-                    yield sse(env.chunk(gen.index, None if job.endpoint == "chat" else "",
-                                        finish=gen.finish_reason, with_usage_field=usage_field))
+                    yield sse(
+                        env.chunk(
+                            gen.index,
+                            None if job.endpoint == "chat" else "",
+                            finish=gen.finish_reason,
+                            with_usage_field=usage_field,
+                        )
+                    )
                 else:
-                    yield sse(env.chunk(gen.index, piece.text, logprobs=piece.logprobs,
-                                        with_usage_field=usage_field))
+                    yield sse(
+                        env.chunk(
+                            gen.index,
+                            piece.text,
+                            logprobs=piece.logprobs,
+                            with_usage_field=usage_field,
+                        )
+                    )
             status = 200
             tally = self._finish(job, admission, gens, status, meta)
             if job.include_usage:
@@ -248,8 +263,9 @@ class Serving:
             cost += self.meter.provisional_cost(name, prompt, out)
             self.meter.observe(name, prompt, out)
             decode_s = max(0.0, (gen.ended_at or time.monotonic()) - gen.first_at)
-            self.router.finished(name, ok=gen.error is None and status < 500,
-                                 output_tokens=out, decode_s=decode_s)
+            self.router.finished(
+                name, ok=gen.error is None and status < 500, output_tokens=out, decode_s=decode_s
+            )
         tally = Tally(prompt_total, completion_total, cost)
         job.tally = tally
         first = gens[0] if gens else None
@@ -271,7 +287,9 @@ class Serving:
         )
         meta.backend = record.backend
         meta.prompt_tokens, meta.completion_tokens, meta.cost_usd = (
-            prompt_total, completion_total, cost
+            prompt_total,
+            completion_total,
+            cost,
         )
         task = asyncio.ensure_future(self._settle(admission, record))
         self._settling.add(task)
@@ -315,7 +333,7 @@ async def _interleave(gens: Sequence[Generation]) -> AsyncIterator[tuple[Generat
             async for piece in gen.pieces():
                 await queue.put((gen, piece))
             await queue.put((gen, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+        except BaseException as exc:
             await queue.put(exc)
 
     tasks = [asyncio.ensure_future(pump(g)) for g in gens]
@@ -332,4 +350,3 @@ async def _interleave(gens: Sequence[Generation]) -> AsyncIterator[tuple[Generat
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-

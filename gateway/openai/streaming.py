@@ -27,7 +27,7 @@ class StopMatcher:
     shows whether it is; ``flush`` releases it when the stream ends without a stop.
     """
 
-    __slots__ = ("_stops", "_held", "stopped")
+    __slots__ = ("_held", "_stops", "stopped")
 
     def __init__(self, stops: Sequence[str]) -> None:
         self._stops = tuple(stops)

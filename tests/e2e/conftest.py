@@ -54,9 +54,7 @@ class Gateway:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.key, max_retries=0, **kw)
 
     def async_client(self, **kw: Any) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=f"{self.url}/v1", api_key=self.key, max_retries=0, **kw
-        )
+        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=self.key, max_retries=0, **kw)
 
     def key_for(self, tenant: str, limits: Limits | None = None) -> str:
         async def issue() -> str:

@@ -31,7 +31,10 @@ def test_completion_length_and_alias(gateway: Gateway) -> None:
 
 def test_completion_stream_with_usage(gateway: Gateway) -> None:
     stream = gateway.client().completions.create(
-        model="test-model", prompt="x", max_tokens=8, stream=True,
+        model="test-model",
+        prompt="x",
+        max_tokens=8,
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -47,8 +50,10 @@ def test_chat_and_chat_stream(gateway: Gateway) -> None:
     client = gateway.client()
     resp = client.chat.completions.create(
         model="test-model",
-        messages=[{"role": "system", "content": "Be brief."},
-                  {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        ],
         max_completion_tokens=8,
     )
     assert resp.choices[0].message.content == "Hello, world!"
@@ -57,7 +62,9 @@ def test_chat_and_chat_stream(gateway: Gateway) -> None:
     assert sent.messages is not None and sent.messages[1].content == "Hi"
 
     stream = client.chat.completions.create(
-        model="test-model", messages=[{"role": "user", "content": "Hi"}], stream=True,
+        model="test-model",
+        messages=[{"role": "user", "content": "Hi"}],
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -83,8 +90,11 @@ def test_stop_sequences_enforced_by_gateway(gateway: Gateway) -> None:
     resp = client.completions.create(model="test-model", prompt="x", stop=[", w"], max_tokens=8)
     assert resp.choices[0].text == "Hello"
     assert resp.choices[0].finish_reason == "stop"
-    chunks = list(client.completions.create(
-        model="test-model", prompt="x", stop="ld", max_tokens=8, stream=True))
+    chunks = list(
+        client.completions.create(
+            model="test-model", prompt="x", stop="ld", max_tokens=8, stream=True
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks) == "Hello, wor"
     assert gateway.backend.cancelled >= 1  # upstream was cancelled once the stop matched
 
@@ -130,8 +140,13 @@ def test_bad_parameters_are_400_naming_the_param(
 
 def test_neutral_values_are_accepted(gateway: Gateway) -> None:
     resp = gateway.client().completions.create(
-        model="test-model", prompt="x", max_tokens=4, presence_penalty=0, frequency_penalty=0,
-        logit_bias={}, suffix="",
+        model="test-model",
+        prompt="x",
+        max_tokens=4,
+        presence_penalty=0,
+        frequency_penalty=0,
+        logit_bias={},
+        suffix="",
     )
     assert resp.choices[0].text
 
@@ -140,15 +155,17 @@ def test_chat_refuses_tools_and_images(gateway: Gateway) -> None:
     client = gateway.client()
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
-            model="test-model", messages=[{"role": "user", "content": "x"}],
+            model="test-model",
+            messages=[{"role": "user", "content": "x"}],
             tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
         )
     assert info.value.param == "tools" if hasattr(info.value, "param") else True
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(
             model="test-model",
-            messages=[{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": "data:,"}}]}],
+            messages=[
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}
+            ],
         )
 
 
@@ -202,9 +219,13 @@ def test_backend_errors_map_to_sdk_exceptions(
 def test_mid_stream_failure_ends_with_error_event(gateway: Gateway) -> None:
     gateway.backend.script = lambda _: Script(error_after=2, error_mid=Unavailable("gone"))
     stream = gateway.client().completions.create(
-        model="test-model", prompt="x", max_tokens=8, stream=True)
-    received = []
+        model="test-model", prompt="x", max_tokens=8, stream=True
+    )
+    received: list[str] = []
+
+    def read() -> None:
+        received.extend(chunk.choices[0].text for chunk in stream)
+
     with pytest.raises(openai.APIError):
-        for chunk in stream:
-            received.append(chunk.choices[0].text)
+        read()
     assert "".join(received) == "Hello,"

@@ -49,8 +49,14 @@ class ScriptedBackend:
         self.name = name
         self.models = dict(models or {"test-model": "upstream-test-model"})
         self.capabilities = capabilities or Capabilities(
-            chat=True, token_prompts=True, echo=True, logprobs=5, stop=False, seed=True,
-            logit_bias=True, penalties=True,
+            chat=True,
+            token_prompts=True,
+            echo=True,
+            logprobs=5,
+            stop=False,
+            seed=True,
+            logit_bias=True,
+            penalties=True,
         )
         self.script = script or (lambda _: Script())
         self.healthy = healthy
@@ -68,8 +74,11 @@ class ScriptedBackend:
         finished = False
         try:
             if req.echo:
-                yield Delta(text=req.prompt or "", echo=True,
-                            logprobs=[TokenLogprob(req.prompt or "", None)])
+                yield Delta(
+                    text=req.prompt or "",
+                    echo=True,
+                    logprobs=[TokenLogprob(req.prompt or "", None)],
+                )
             for token in script.tokens[: req.max_tokens]:
                 if script.gate is not None:
                     await script.gate.wait()
@@ -77,7 +86,9 @@ class ScriptedBackend:
                     assert script.error_mid is not None
                     raise script.error_mid
                 sent += 1
-                lp = [TokenLogprob(token, -0.5, {token: -0.5})] if req.logprobs is not None else None
+                lp = (
+                    [TokenLogprob(token, -0.5, {token: -0.5})] if req.logprobs is not None else None
+                )
                 yield Delta(text=token, tokens=1, logprobs=lp)
             reason = "length" if sent == req.max_tokens else "stop"
             finished = True
