@@ -18,7 +18,8 @@ from adapters.base import (
     Unavailable,
 )
 from adapters.openai_compatible import OpenAICompatibleBackend
-from tests.fakes import Failure, FakeVLLM
+from adapters.tgi import TGIBackend
+from tests.fakes import Failure, FakeTGI, FakeVLLM
 from tests.fakes._server import FakeUpstream
 
 PROMPT = "Say hello to the world"
@@ -33,6 +34,7 @@ class Harness:
     make_fake: Callable[..., FakeUpstream]
     make_backend: Callable[[Any, Timeouts, dict[str, Any]], Backend]  # fake or stand-in
     prompt_tokens: int | None  # what the upstream reports for PROMPT (None: not reported)
+    eos_tokens: int = 0  # tokens the upstream counts for an EOS ending it does not show
     errors: dict[str, tuple[Failure, type[BackendError]]] = field(default_factory=dict)
     mid_stream_error: Failure = field(default_factory=lambda: Failure("error_event", after=2))
 
@@ -90,6 +92,12 @@ def _vllm_backend(fake: FakeUpstream, timeouts: Timeouts, options: dict[str, Any
     )
 
 
+def _tgi_backend(fake: FakeUpstream, timeouts: Timeouts, options: dict[str, Any]) -> Backend:
+    return TGIBackend(
+        "tgi-test", fake.url, {"m": "upstream-model"}, timeouts=timeouts, options=options
+    )
+
+
 HARNESSES = {
     "vllm": Harness(
         kind="vllm",
@@ -100,6 +108,19 @@ HARNESSES = {
             **HTTP_ERRORS,
             "overloaded_503": (Failure("status", 503), Overloaded),
             "not_found": (Failure("status", 404, message="model does not exist"), BadRequest),
+        },
+    ),
+    "tgi": Harness(
+        kind="tgi",
+        make_fake=FakeTGI,
+        make_backend=_tgi_backend,
+        prompt_tokens=5,
+        eos_tokens=1,
+        errors={
+            "overloaded": HTTP_ERRORS["overloaded"],
+            "unavailable": (Failure("status", 424, message="CUDA out of memory"), Unavailable),
+            "bad_request": (Failure("status", 422, message="Input validation error"), BadRequest),
+            "server_error": (Failure("status", 500, message="Incomplete generation"), Unavailable),
         },
     ),
 }

@@ -40,9 +40,9 @@ async def test_fold_of_the_stream_is_the_whole_answer(harness: Harness) -> None:
     assert _text(deltas) == "Hello, world! Bye"
     assert final.finish_reason == "stop"
     assert final.usage is not None
-    assert final.usage.completion_tokens == len(TOKENS)
+    assert final.usage.completion_tokens == len(TOKENS) + harness.eos_tokens
     assert final.usage.prompt_tokens == harness.prompt_tokens
-    assert sum(d.tokens for d in deltas) == len(TOKENS)
+    assert sum(d.tokens for d in deltas) == final.usage.completion_tokens
     assert all(d.finish_reason is None for d in deltas[:-1])
 
 

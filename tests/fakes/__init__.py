@@ -1,6 +1,7 @@
 """Faithful fakes of the upstream wire protocols, each on a real 127.0.0.1 socket."""
 
 from tests.fakes._server import Failure, Recorded, Signal
+from tests.fakes.tgi import FakeTGI
 from tests.fakes.vllm import FakeVLLM
 
-__all__ = ["Failure", "FakeVLLM", "Recorded", "Signal"]
+__all__ = ["Failure", "FakeTGI", "FakeVLLM", "Recorded", "Signal"]
