@@ -1,0 +1,95 @@
+"""Price models: exact per-token prices, and live-rate provisional costs for hourly instances.
+
+An instance-priced backend's provisional cost is its weighted tokens (prefill x
+``prefill_weight`` + output) times the backend's live rate: dollars per weighted token over its
+last busy closed windows, or, before any, the capacity prior (``usd_per_hour`` over the output
+tokens per hour it is expected to sustain).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.settings import BackendSettings
+
+MTOK = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class BackendPrice:
+    """One backend's price: hourly (``usd_per_hour``) or per million tokens."""
+
+    name: str
+    usd_per_hour: float | None
+    usd_per_mtok_input: float
+    usd_per_mtok_output: float
+    prior_usd_per_weighted_token: float
+
+    @property
+    def hourly(self) -> bool:
+        """Whether the backend is paid by the hour (and so reconciled per window)."""
+        return self.usd_per_hour is not None
+
+    def window_cost_nano(self, window_s: float) -> int:
+        """What one window of this instance costs, in nano-dollars."""
+        return round((self.usd_per_hour or 0.0) * window_s / 3600 * 1e9)
+
+
+def price_of(backend: BackendSettings) -> BackendPrice:
+    """The price model config describes for ``backend``."""
+    price = backend.price
+    hourly = price.usd_per_hour
+    per_token_s = backend.capacity.output_tokens_per_s
+    return BackendPrice(
+        name=backend.name,
+        usd_per_hour=hourly,
+        usd_per_mtok_input=price.usd_per_mtok_input or 0.0,
+        usd_per_mtok_output=price.usd_per_mtok_output or 0.0,
+        prior_usd_per_weighted_token=(hourly or 0.0) / 3600 / per_token_s,
+    )
+
+
+class PriceBook:
+    """Every backend's price and live rate; pure arithmetic, safe on the request path."""
+
+    def __init__(self, backends: Sequence[BackendSettings], prefill_weight: float) -> None:
+        self.prices = {b.name: price_of(b) for b in backends}
+        self.prefill_weight = prefill_weight
+        self._rates = {name: p.prior_usd_per_weighted_token for name, p in self.prices.items()}
+
+    def weighted_tokens(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Prefill-weighted tokens: prefill is cheap per token next to decode."""
+        return prompt_tokens * self.prefill_weight + completion_tokens
+
+    def rate(self, backend: str) -> float:
+        """The live $ per weighted token of an hourly backend."""
+        return self._rates.get(backend, 0.0)
+
+    def set_rate(self, backend: str, usd_per_weighted_token: float | None) -> None:
+        """Adopt a measured rate (``None``: fall back to the capacity prior)."""
+        price = self.prices[backend]
+        self._rates[backend] = (
+            price.prior_usd_per_weighted_token
+            if usd_per_weighted_token is None
+            else usd_per_weighted_token
+        )
+
+    def provisional_cost(self, backend: str, prompt_tokens: int, completion_tokens: int) -> float:
+        """Exact for per-token prices; weighted tokens x live rate for hourly ones."""
+        price = self.prices.get(backend)
+        if price is None:
+            return 0.0
+        if price.hourly:
+            return self.weighted_tokens(prompt_tokens, completion_tokens) * self.rate(backend)
+        return (
+            prompt_tokens * price.usd_per_mtok_input + completion_tokens * price.usd_per_mtok_output
+        ) / MTOK
+
+    def worst_case_cost(
+        self, backends: Sequence[str], prompt_tokens: int, max_tokens: int
+    ) -> float:
+        """The most the request could cost on any candidate: reserved against the budget."""
+        return max(
+            (self.provisional_cost(b, prompt_tokens, max_tokens) for b in backends), default=0.0
+        )

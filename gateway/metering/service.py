@@ -1,0 +1,104 @@
+"""``CostMeter``: the ``Meter`` serving calls, with its flush and reconciliation loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from redis.exceptions import RedisError
+
+from gateway.errors import GatewayError
+from gateway.metering.cost import PriceBook
+from gateway.metering.reports import BackendEfficiency, backend_efficiency
+from gateway.metering.windows import OpenWindows, Reconciler
+from gateway.settings import BackendSettings, MeteringSettings
+from gateway.tenancy.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class CostMeter:
+    """Prices requests on the request path (no I/O) and books windows in the background."""
+
+    def __init__(
+        self,
+        settings: MeteringSettings,
+        backends: Sequence[BackendSettings],
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        tick_s: float | None = None,
+    ) -> None:
+        self.window_s = settings.window_s
+        self.prices = PriceBook(backends, settings.prefill_weight)
+        self.ledger = store.windows
+        self.open = OpenWindows(self.window_s)
+        self.reconciler = Reconciler(self.ledger, self.prices, self.window_s)
+        self._clock = clock
+        self._tick_s = tick_s if tick_s is not None else min(1.0, self.window_s / 4)
+        self._task: asyncio.Task[None] | None = None
+
+    def worst_case_cost(self, backends: list[str], prompt_tokens: int, max_tokens: int) -> float:
+        """The most a request could cost on any of ``backends`` (reserved at admission)."""
+        return self.prices.worst_case_cost(backends, prompt_tokens, max_tokens)
+
+    def provisional_cost(self, backend: str, prompt_tokens: int, completion_tokens: int) -> float:
+        """Cost at completion: exact for per-token prices, live-rate based for hourly ones."""
+        return self.prices.provisional_cost(backend, prompt_tokens, completion_tokens)
+
+    def weighted_tokens(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Prefill-weighted tokens, the unit instance cost is shared by."""
+        return self.prices.weighted_tokens(prompt_tokens, completion_tokens)
+
+    def observe(self, backend: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Add a finished generation to the backend's open window (in memory, no I/O)."""
+        weighted = self.weighted_tokens(prompt_tokens, completion_tokens)
+        self.open.observe(backend, self._clock(), prompt_tokens, completion_tokens, weighted)
+
+    async def start(self) -> None:
+        """Start window flushing and reconciliation."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def aclose(self) -> None:
+        """Flush what is pending and stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Send this replica's window totals in one batch; kept for the next try on failure."""
+        batch = self.open.take()
+        if not batch:
+            return
+        try:
+            await self.ledger.add_window_totals(batch)
+        except (RedisError, GatewayError):
+            self.open.put_back(batch)
+
+    async def tick(self) -> None:
+        """One round of background work: flush, reconcile if due, refresh live rates."""
+        await self.flush()
+        now = self._clock()
+        try:
+            await self.reconciler.run(now)
+            await self.reconciler.refresh_rates(now)
+        except (RedisError, GatewayError) as exc:
+            log.warning("window reconciliation deferred: %s", exc)
+
+    async def efficiency(self, windows: int = 60) -> list[BackendEfficiency]:
+        """Realised $ / 1M output tokens per backend over its last closed windows."""
+        return await backend_efficiency(
+            self.ledger, self.prices, self.window_s, self._clock(), windows
+        )
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_s)  # a timer: the work is periodic by nature
+            await self.tick()
