@@ -1,0 +1,211 @@
+"""``tollgate tenants | keys | usage``: the admin HTTP API from a terminal (httpx)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+_LIMIT_FLAGS = (
+    ("--rpm", "requests_per_minute", int),
+    ("--tpm", "tokens_per_minute", int),
+    ("--concurrency", "max_concurrent", int),
+    ("--budget", "monthly_budget_usd", float),
+)
+
+
+def add_subcommands(sub: Subparsers) -> None:
+    """Register ``tenants``, ``keys`` and ``usage`` on the ``tollgate`` parser."""
+    tenants = _group(sub, "tenants", "manage tenants and their limits")
+    create = _command(tenants, "create", "create a tenant", _tenants_create)
+    create.add_argument("id")
+    _limit_flags(create)
+    _command(tenants, "list", "list tenants", _tenants_list)
+    _command(tenants, "show", "show one tenant", _tenants_show).add_argument("id")
+    limits = _command(tenants, "set-limits", "change a tenant's limits", _tenants_set_limits)
+    limits.add_argument("id")
+    _limit_flags(limits)
+    _command(tenants, "delete", "delete a tenant, revoking its keys", _tenants_delete).add_argument(
+        "id"
+    )
+
+    keys = _group(sub, "keys", "issue, list and revoke API keys")
+    _command(keys, "create", "issue a key (shown once)", _keys_create).add_argument("tenant")
+    _command(keys, "list", "list keys", _keys_list).add_argument("--tenant")
+    _command(keys, "revoke", "revoke a key", _keys_revoke).add_argument("id")
+
+    usage = sub.add_parser("usage", help="tokens, cost and tokens per dollar")
+    _connection_flags(usage)
+    usage.add_argument("--tenant")
+    usage.add_argument("--from", dest="start", help="unix seconds or ISO 8601 (month start)")
+    usage.add_argument("--to", dest="end", help="unix seconds or ISO 8601 (default: now)")
+    usage.add_argument("--group-by", default="tenant,backend,model")
+    usage.add_argument("--csv", metavar="FILE", help="write CSV to FILE ('-' for stdout)")
+    usage.set_defaults(func=_usage)
+
+
+def _group(sub: Subparsers, name: str, help_text: str) -> Subparsers:
+    parser = sub.add_parser(name, help=help_text)
+    commands = parser.add_subparsers(dest=f"{name}_command", required=True)
+    return commands
+
+
+def _command(group: Subparsers, name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
+    parser = group.add_parser(name, help=help_text)
+    _connection_flags(parser)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _connection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", default=os.environ.get("TOLLGATE_URL", "http://127.0.0.1:8080"),
+        help="gateway address (env TOLLGATE_URL)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--admin-key", default=os.environ.get("TOLLGATE_ADMIN_KEY"),
+        help="admin key (env TOLLGATE_ADMIN_KEY)",
+    )  # fmt: skip
+
+
+def _limit_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, _, kind in _LIMIT_FLAGS:
+        parser.add_argument(flag, type=kind)
+    parser.add_argument("--models", help="comma-separated allowed models")
+    parser.add_argument("--policy", choices=["cost", "latency", "balanced"])
+
+
+def _limits_body(args: argparse.Namespace) -> dict[str, Any]:
+    body = {field: getattr(args, flag[2:]) for flag, field, _ in _LIMIT_FLAGS}
+    body["allowed_models"] = args.models.split(",") if args.models else None
+    body["policy"] = args.policy
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    """One admin API call; prints the gateway's error message and exits 1 on failure."""
+    if not args.admin_key:
+        sys.exit("tollgate: set TOLLGATE_ADMIN_KEY or pass --admin-key")
+    headers = {"Authorization": f"Bearer {args.admin_key}"}
+    try:
+        answer = httpx.request(method, args.url.rstrip("/") + path, headers=headers, **kwargs)
+    except httpx.HTTPError as exc:
+        sys.exit(f"tollgate: cannot reach {args.url}: {exc}")
+    if answer.status_code >= 400:
+        try:
+            message = answer.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = answer.text
+        sys.exit(f"tollgate: {answer.status_code}: {message}")
+    return answer.json()
+
+
+def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _show_tenants(tenants: Sequence[dict[str, Any]]) -> None:
+    _print_table(
+        [{"id": t["id"], **t["limits"]} for t in tenants],
+        ["id", "requests_per_minute", "tokens_per_minute", "max_concurrent",
+         "monthly_budget_usd", "allowed_models", "policy"],
+    )  # fmt: skip
+
+
+def _tenants_create(args: argparse.Namespace) -> int:
+    body = {"id": args.id, **_limits_body(args)}
+    _show_tenants([_call(args, "POST", "/admin/tenants", json=body)])
+    return 0
+
+
+def _tenants_list(args: argparse.Namespace) -> int:
+    _show_tenants(_call(args, "GET", "/admin/tenants")["data"])
+    return 0
+
+
+def _tenants_show(args: argparse.Namespace) -> int:
+    _show_tenants([_call(args, "GET", f"/admin/tenants/{args.id}")])
+    return 0
+
+
+def _tenants_set_limits(args: argparse.Namespace) -> int:
+    _show_tenants([_call(args, "PATCH", f"/admin/tenants/{args.id}", json=_limits_body(args))])
+    return 0
+
+
+def _tenants_delete(args: argparse.Namespace) -> int:
+    _call(args, "DELETE", f"/admin/tenants/{args.id}")
+    print(f"deleted tenant {args.id}")
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    issued = _call(args, "POST", "/admin/keys", json={"tenant": args.tenant})
+    print(f"key id: {issued['id']}\ntenant: {issued['tenant']}")
+    print(f"secret (shown once): {issued['key']}")
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    params = {"tenant": args.tenant} if args.tenant else None
+    keys = _call(args, "GET", "/admin/keys", params=params)["data"]
+    _print_table(keys, ["id", "tenant", "prefix", "created_at", "revoked"])
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    _call(args, "DELETE", f"/admin/keys/{args.id}")
+    print(f"revoked {args.id}")
+    return 0
+
+
+def _usage(args: argparse.Namespace) -> int:
+    params = {"group_by": args.group_by}
+    for name in ("tenant", "start", "end"):
+        if getattr(args, name):
+            params[{"start": "from", "end": "to"}.get(name, name)] = getattr(args, name)
+    answer = _call(args, "GET", "/admin/usage", params=params)
+    columns = [*answer["group_by"], "requests", "prompt_tokens", "completion_tokens",
+               "cost_usd", "tokens_per_dollar"]  # fmt: skip
+    if args.csv:
+        _write_csv(args.csv, answer["data"], columns)
+        return 0
+    _print_table(answer["data"], columns)
+    if answer.get("backends"):
+        print()
+        _print_table(answer["backends"], ["backend", "output_tokens", "cost_usd",
+                                           "usd_per_mtok_output", "tokens_per_dollar"])  # fmt: skip
+    return 0
+
+
+def _write_csv(target: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    if target == "-":
+        sys.stdout.write(buffer.getvalue())
+    else:
+        with open(target, "w", newline="") as handle:
+            handle.write(buffer.getvalue())
