@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 from adapters.base import (
@@ -19,7 +20,8 @@ from adapters.base import (
 )
 from adapters.openai_compatible import OpenAICompatibleBackend
 from adapters.tgi import TGIBackend
-from tests.fakes import Failure, FakeTGI, FakeVLLM
+from adapters.triton import TritonBackend
+from tests.fakes import Failure, FakeTGI, FakeTriton, FakeVLLM
 from tests.fakes._server import FakeUpstream
 
 PROMPT = "Say hello to the world"
@@ -98,6 +100,12 @@ def _tgi_backend(fake: FakeUpstream, timeouts: Timeouts, options: dict[str, Any]
     )
 
 
+def _triton_backend(fake: FakeUpstream, timeouts: Timeouts, options: dict[str, Any]) -> Backend:
+    return TritonBackend(
+        "triton-test", fake.url, {"m": "upstream-model"}, timeouts=timeouts, options=options
+    )
+
+
 HARNESSES = {
     "vllm": Harness(
         kind="vllm",
@@ -121,6 +129,19 @@ HARNESSES = {
             "unavailable": (Failure("status", 424, message="CUDA out of memory"), Unavailable),
             "bad_request": (Failure("status", 422, message="Input validation error"), BadRequest),
             "server_error": (Failure("status", 500, message="Incomplete generation"), Unavailable),
+        },
+    ),
+    "triton": Harness(
+        kind="triton",
+        make_fake=partial(FakeTriton, model="upstream-model"),
+        make_backend=_triton_backend,
+        prompt_tokens=5,
+        errors={
+            **HTTP_ERRORS,
+            "overloaded_503": (
+                Failure("status", 503, message="Exceeds maximum queue size"),
+                Overloaded,
+            ),
         },
     ),
 }

@@ -2,6 +2,7 @@
 
 from tests.fakes._server import Failure, Recorded, Signal
 from tests.fakes.tgi import FakeTGI
+from tests.fakes.triton import FakeTriton
 from tests.fakes.vllm import FakeVLLM
 
-__all__ = ["Failure", "FakeTGI", "FakeVLLM", "Recorded", "Signal"]
+__all__ = ["Failure", "FakeTGI", "FakeTriton", "FakeVLLM", "Recorded", "Signal"]

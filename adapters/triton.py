@@ -1,0 +1,153 @@
+"""Kind ``triton``: TensorRT-LLM behind Triton's generate extension.
+
+``/v2/models/{model}/generate_stream`` (SSE) or, with option ``stream: false`` for models
+that are not decoupled, ``/generate``. Each response reports its own ``num_output_tokens``
+(and ``num_input_tokens``) when asked, so usage is exact; there is no finish reason, so
+``length`` is inferred when ``max_tokens`` tokens came. Errors arrive as
+``{"error": "..."}``, also inside a 200 stream.
+
+Options: ``stream`` (true), ``token_counts`` (true: ask for ``return_num_*_tokens``),
+``exclude_input_in_output`` (true), ``input_names`` (rename inputs for a custom ensemble,
+e.g. ``{"seed": "random_seed"}``), ``max_context``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
+from typing import Any
+from urllib.parse import quote
+
+from adapters._deadline import Deadline
+from adapters._http import HTTPBackend, code_error, loads
+from adapters._prometheus import parse_metrics, total
+from adapters.base import (
+    BackendError,
+    Capabilities,
+    Delta,
+    GenerationRequest,
+    LoadSnapshot,
+    Overloaded,
+    UpstreamProtocolError,
+    Usage,
+)
+
+_RESERVED = frozenset({"text_input", "max_tokens", "stream", "stop_words"})
+_MALFORMED = (KeyError, TypeError, AttributeError, ValueError)
+_METRICS = (
+    "nv_trt_llm_request_metrics",
+    "nv_inference_pending_request_count",
+    "nv_trt_llm_kv_cache_block_metrics",
+)
+
+
+class TritonBackend(HTTPBackend):
+    """A Triton Inference Server serving a TensorRT-LLM model through ``generate``."""
+
+    kind = "triton"
+
+    def _configure(self, opts: Mapping[str, Any]) -> Capabilities:
+        self._stream = bool(opts.get("stream", True))
+        self._counts = bool(opts.get("token_counts", True))
+        self._exclude_input = bool(opts.get("exclude_input_in_output", True))
+        self._names: Mapping[str, str] = dict(opts.get("input_names") or {})
+        return Capabilities(stop=True, seed=True, max_context=opts.get("max_context"))
+
+    async def generate(self, req: GenerationRequest) -> AsyncIterator[Delta]:
+        """Stream one generation; closing the iterator drops the upstream call."""
+        deadline = Deadline(self.timeouts, self.name)
+        base = f"/v2/models/{quote(req.model, safe='')}"
+        body = self._request(req)
+        prompt_tokens: int | None = None
+        produced = 0
+        source: AsyncGenerator[Any, None]
+        if self._stream:
+            source = self._events(f"{base}/generate_stream", body, deadline)
+        else:
+            source = self._single(f"{base}/generate", body, deadline)
+        async with aclosing(source) as events:
+            async for data in events:
+                deadline.started = True
+                event = loads(data, self.name) if isinstance(data, str) else data
+                try:
+                    if "error" in event:
+                        raise _error(event["error"], self.name)
+                    text = event.get("text_output") or ""
+                    count = event.get("num_output_tokens")
+                    # Without counts (older ensembles) each response is one decode step.
+                    tokens = int(count) if count is not None else (1 if text else 0)
+                    if event.get("num_input_tokens") is not None:
+                        prompt_tokens = int(event["num_input_tokens"])
+                except _MALFORMED as exc:
+                    raise UpstreamProtocolError(
+                        f"unreadable response: {str(data)[:200]!r}", backend=self.name
+                    ) from exc
+                if not isinstance(text, str):
+                    raise UpstreamProtocolError("text_output is not text", backend=self.name)
+                if text or tokens:
+                    produced += tokens
+                    yield Delta(text=text, tokens=tokens)
+        yield Delta(
+            finish_reason="length" if produced >= req.max_tokens else "stop",
+            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=produced),
+        )
+
+    async def _single(
+        self, path: str, body: Mapping[str, Any], deadline: Deadline
+    ) -> AsyncGenerator[Any, None]:
+        """``/generate`` for non-decoupled models: the whole answer as one response."""
+        yield await self._post_json(path, body, deadline)
+
+    def _request(self, req: GenerationRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "text_input": req.prompt or "",
+            "max_tokens": req.max_tokens,
+            "stream": self._stream,
+        }
+        if self._exclude_input:
+            body["exclude_input_in_output"] = True
+        if self._counts:
+            body["return_num_input_tokens"] = True
+            body["return_num_output_tokens"] = True
+        if req.stop:
+            body["stop_words"] = list(req.stop)
+        for key, value in (
+            ("temperature", req.temperature),
+            ("top_p", req.top_p),
+            ("seed", req.seed),
+        ):
+            if value is not None:
+                body[key] = value
+        for key, value in req.extra.items():  # top_k, bad_words, repetition_penalty, ...
+            if key not in _RESERVED:
+                body[key] = value
+        names = self._names
+        return {names.get(k, k): v for k, v in body.items()} if names else body
+
+    async def probe(self) -> LoadSnapshot:
+        """``/v2/health/ready``; TRT-LLM request and KV-cache metrics from Triton's exporter."""
+        load = None
+        fetched = await self._metrics_text()
+        if fetched is not None:
+            samples = parse_metrics(fetched[0], _METRICS)
+            running = total(samples, "nv_trt_llm_request_metrics", request_type="active")
+            waiting = total(samples, "nv_trt_llm_request_metrics", request_type="waiting")
+            if waiting is None:
+                waiting = total(samples, "nv_inference_pending_request_count")
+            used = total(samples, "nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="used")
+            most = total(samples, "nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="max")
+            load = LoadSnapshot(
+                healthy=True,
+                running=int(running) if running is not None else None,
+                waiting=int(waiting) if waiting is not None else None,
+                kv_usage=used / most if used is not None and most else None,
+            )
+        return await self._probe("/v2/health/ready", load)
+
+
+def _error(message: object, backend: str) -> BackendError:
+    """An error inside a 200 stream has no status; a full queue still means overloaded."""
+    text = str(message)
+    if "queue size" in text.lower():  # Triton's "Exceeds maximum queue size"
+        return Overloaded(f"upstream: {text}", backend=backend)
+    return code_error(500, text, backend)
