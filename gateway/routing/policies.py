@@ -1,9 +1,11 @@
 """Routing policies: rank candidate backends by marginal cost, predicted latency, or both.
 
-``cost``: among backends predicted to meet the objectives, lowest marginal $ per output
-token (falls back to ``latency`` when none meets them). ``latency``: lowest predicted
-end-to-end time. ``balanced``: ``0.5·cost/min_cost + 0.5·time/min_time``. Candidates within
-``NEAR_TIE`` of the best are broken by power-of-two-choices on load so replicas do not herd.
+``cost``: among backends predicted to meet the objectives, the lowest marginal $ per output
+token; when none meets them, the lowest predicted end-to-end time. ``latency``: the lowest
+predicted end-to-end time (TTFT + TPOT x expected answer length). ``balanced``: among those
+meeting the objectives, ``BALANCED_COST_WEIGHT * cost/best_cost + (1 - BALANCED_COST_WEIGHT) *
+time/best_time`` (1.0 is a backend best at both). Candidates within ``NEAR_TIE`` of the best
+score are broken by power-of-two-choices on load so replicas do not herd.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from gateway.routing.stats import BackendStats
 from gateway.settings import Price
 
 NEAR_TIE = 0.05
+HEADROOM = 0.9  # a prediction right at the objective is a coin toss: keep 10% in hand
+BALANCED_COST_WEIGHT = 0.5
+POLICIES = ("cost", "latency", "balanced")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,17 +41,21 @@ class Estimate:
     tpot_s: float
     usd_per_output_token: float
     load: int
+    expected_tokens: int = 256  # answer length the end-to-end time is predicted for
+    healthy: bool = True  # False: the last probe failed; ranked after every healthy one
 
     @property
     def duration_s(self) -> float:
-        """Predicted end-to-end time for a typical answer length."""
-        return self.ttft_s + self.tpot_s * 256
+        """Predicted end-to-end time for this request's expected answer length."""
+        return self.ttft_s + self.tpot_s * self.expected_tokens
 
     def meets(self, objectives: Objectives) -> bool:
-        """Whether the prediction is within the request's objectives."""
-        ttft_ok = objectives.max_ttft_s is None or self.ttft_s <= objectives.max_ttft_s
-        tpot_ok = objectives.max_tpot_s is None or self.tpot_s <= objectives.max_tpot_s
-        return ttft_ok and tpot_ok
+        """Whether the prediction is within the request's objectives (with headroom)."""
+        ttft = objectives.max_ttft_s
+        tpot = objectives.max_tpot_s
+        return (ttft is None or self.ttft_s <= ttft * HEADROOM) and (
+            tpot is None or self.tpot_s <= tpot * HEADROOM
+        )
 
 
 def marginal_cost(price: Price, stats: BackendStats, prompt_tokens: int, max_tokens: int) -> float:
@@ -59,7 +68,13 @@ def marginal_cost(price: Price, stats: BackendStats, prompt_tokens: int, max_tok
 
 
 def estimate(
-    backend: Backend, price: Price, stats: BackendStats, prompt_tokens: int, max_tokens: int
+    backend: Backend,
+    price: Price,
+    stats: BackendStats,
+    prompt_tokens: int,
+    max_tokens: int,
+    *,
+    healthy: bool = True,
 ) -> Estimate:
     """The prediction for sending this request to ``backend`` now."""
     return Estimate(
@@ -68,6 +83,8 @@ def estimate(
         tpot_s=stats.predicted_tpot(),
         usd_per_output_token=marginal_cost(price, stats, prompt_tokens, max_tokens),
         load=stats.concurrency,
+        expected_tokens=max_tokens,
+        healthy=healthy,
     )
 
 
@@ -76,29 +93,39 @@ def _score(policy: str, est: Estimate, best_cost: float, best_time: float) -> fl
         return est.duration_s
     if policy == "balanced":
         cost = est.usd_per_output_token / best_cost if best_cost > 0 else 1.0
-        return 0.5 * cost + 0.5 * est.duration_s / best_time
+        w = BALANCED_COST_WEIGHT
+        return w * cost + (1.0 - w) * est.duration_s / best_time
     return est.usd_per_output_token
 
 
 def rank(
     policy: str, estimates: Sequence[Estimate], objectives: Objectives, rng: random.Random
 ) -> list[Estimate]:
-    """Candidates best first under ``policy``; the rest stay as fallbacks."""
+    """Candidates best first under ``policy``; the rest stay in order as fallbacks.
+
+    Backends predicted to meet the objectives come first, ranked by the policy; then the
+    others, fastest first, so a fallback gets as close to the objectives as it can.
+    """
     if not estimates:
         return []
-    meeting = [e for e in estimates if e.meets(objectives)]
-    if policy == "cost" and not meeting:
-        policy = "latency"  # nobody can meet the objective: get as close as possible
-    pool = meeting or list(estimates)
+    pool = [e for e in estimates if e.meets(objectives)]
+    if not pool:
+        pool, policy = list(estimates), "latency"  # nobody meets them: get as close as we can
     best_cost = min(e.usd_per_output_token for e in pool)
     best_time = min(e.duration_s for e in pool) or 1e-9
-    scored = sorted(pool, key=lambda e: _score(policy, e, best_cost, best_time))
-    scored += sorted((e for e in estimates if e not in pool), key=lambda e: e.duration_s)
-    top = _score(policy, scored[0], best_cost, best_time)
-    tied = [e for e in scored if _score(policy, e, best_cost, best_time) <= top * (1 + NEAR_TIE)]
+    scores = {id(e): _score(policy, e, best_cost, best_time) for e in pool}
+    ranked = sorted(pool, key=lambda e: scores[id(e)])
+    if len(pool) < len(estimates):
+        ranked += sorted((e for e in estimates if id(e) not in scores), key=_duration)
+    top = scores[id(ranked[0])]
+    tied = [e for e in ranked[: len(pool)] if scores[id(e)] <= top * (1 + NEAR_TIE)]
     if len(tied) > 1:
         a, b = rng.sample(tied, 2)
         first = a if a.load <= b.load else b
-        scored.remove(first)
-        scored.insert(0, first)
-    return scored
+        ranked.remove(first)
+        ranked.insert(0, first)
+    return ranked
+
+
+def _duration(est: Estimate) -> float:
+    return est.duration_s

@@ -1,7 +1,8 @@
 """The router: candidates by model and capability, ranked by policy, with health and budget.
 
 Fallback happens in serving, before the first byte, over the ranked list ``plan`` returns;
-the router decides whether another attempt is allowed (breakers, retry budget).
+the router decides whether another attempt is allowed (breakers, retry budget). Every
+timestamp comes from the injected ``clock`` so tests and the fleet simulator run on virtual time.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from adapters.base import Backend, BackendError, BadRequest, Capabilities, LoadSnapshot, Overloaded
 from gateway.errors import InvalidRequest
 from gateway.routing.breaker import CircuitBreaker
 from gateway.routing.policies import Estimate, Objectives, estimate, rank
-from gateway.routing.stats import BackendStats
+from gateway.routing.stats import BackendStats, Clock
 from gateway.settings import BackendSettings, RoutingSettings, TimeoutSettings
 
 log = logging.getLogger("tollgate.routing")
@@ -76,13 +77,15 @@ class Router:
         settings: RoutingSettings,
         *,
         seed: int | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.settings = settings
+        self.clock: Callable[[], float] = clock
         self._members = {
             b.name: _Member(
                 backend=b,
                 config=configs[b.name],
-                stats=BackendStats(prior=configs[b.name].capacity),
+                stats=BackendStats(prior=configs[b.name].capacity, clock=clock),
                 breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s),
             )
             for b in backends
@@ -130,13 +133,41 @@ class Router:
         prompt_tokens: int,
         max_tokens: int,
     ) -> list[Estimate]:
-        """Candidates that may be tried now, best first under ``policy``."""
-        now = time.monotonic()
-        open_ = [m for b in candidates if (m := self._members[b.name]).breaker.allows(now)]
-        estimates = [
-            estimate(m.backend, m.config.price, m.stats, prompt_tokens, max_tokens) for m in open_
-        ]
-        return rank(policy, estimates, objectives, self._rng)
+        """Candidates that may be tried now, best first under ``policy``.
+
+        Backends whose breaker is open or who asked us to back off are left out; those whose
+        last probe failed come after every healthy one. The list is what fallback walks.
+        """
+        now = self.clock()
+        healthy: list[Estimate] = []
+        sick: list[Estimate] = []
+        for backend in candidates:
+            m = self._members[backend.name]
+            if not m.breaker.allows(now):
+                continue
+            ok = m.healthy or not m.probed  # not probed yet: give it the benefit of the doubt
+            est = estimate(backend, m.config.price, m.stats, prompt_tokens, max_tokens, healthy=ok)
+            (healthy if ok else sick).append(est)
+        ranked = rank(policy, healthy, objectives, self._rng)
+        if ranked and policy != "latency":
+            self._count_spills(ranked[0], healthy, objectives)
+        if sick:
+            ranked += rank("latency", sick, Objectives(), self._rng)
+        return ranked
+
+    def _count_spills(
+        self, chosen: Estimate, estimates: Sequence[Estimate], objectives: Objectives
+    ) -> None:
+        """Cheaper backends passed over for their load: the demand an autoscaler should see."""
+        for est in estimates:
+            if est.usd_per_output_token < chosen.usd_per_output_token and not est.meets(
+                objectives
+            ):
+                self._members[est.backend.name].stats.spilled()
+
+    def allows(self, name: str) -> bool:
+        """Whether ``name`` may be tried now (its breaker is not open, no back-off asked)."""
+        return self._members[name].breaker.allows(self.clock())
 
     def may_retry(self) -> bool:
         """Whether the fleet-wide retry budget allows one more attempt."""
@@ -160,11 +191,14 @@ class Router:
     def attempt_failed(self, name: str, exc: BackendError) -> None:
         """The attempt failed before its first token."""
         member = self._members[name]
-        member.stats.finished(ok=False, output_tokens=0, decode_s=0.0)
+        member.stats.failed()
         if isinstance(exc, Overloaded):
-            member.breaker.back_off(exc.retry_after)
-        elif not isinstance(exc, BadRequest):
-            member.breaker.on_failure()
+            member.breaker.back_off(exc.retry_after, self.clock())
+            member.breaker.trial_in_flight = False  # a half-open trial that was refused
+        elif isinstance(exc, BadRequest):
+            member.breaker.on_success()  # it answered: the request was at fault, not the server
+        else:
+            member.breaker.on_failure(self.clock())
 
     def finished(self, name: str, *, ok: bool, output_tokens: int, decode_s: float) -> None:
         """A started generation ended (completed, broken or cancelled)."""
@@ -181,15 +215,34 @@ class Router:
         )
 
     def health(self) -> dict[str, dict[str, object]]:
-        """Per-backend health and breaker state, for /readyz and metrics."""
+        """Per-backend health, breaker state and live figures, for /readyz and metrics."""
+        return {name: self._health(m) for name, m in self._members.items()}
+
+    def _health(self, m: _Member) -> dict[str, object]:
+        s = m.stats
+        load = s.load
         return {
-            name: {
-                "healthy": m.healthy,
-                "breaker": m.breaker.state.value,
-                "in_flight": m.stats.in_flight,
-            }
-            for name, m in self._members.items()
+            "healthy": m.healthy,
+            "breaker": m.breaker.state.value,
+            "in_flight": s.in_flight,
+            "waiting": load.waiting if load is not None else None,
+            "kv_usage": load.kv_usage if load is not None else None,
+            "error_rate": round(s.error_rate, 4),
+            "ttft_s": {"ewma": s.ttft_s, "p50": s.ttft_percentile(0.5),
+                       "p99": s.ttft_percentile(0.99)},
+            "tpot_s": {"ewma": s.tpot_s, "p50": s.tpot_percentile(0.5),
+                       "p99": s.tpot_percentile(0.99)},
+            "output_tokens_per_s": round(s.output_tokens_per_s(), 2),
+            "spill_per_s": round(s.spill_rate(), 3),
         }
+
+    def observe_load(self, name: str, snapshot: LoadSnapshot) -> None:
+        """Record a probe's answer: health, and the load figures predictions use."""
+        member = self._members[name]
+        if snapshot.healthy != member.healthy or not member.probed:
+            log.info("backend %s healthy=%s %s", name, snapshot.healthy, snapshot.detail)
+        member.healthy, member.probed = snapshot.healthy, True
+        member.stats.observe_load(snapshot)
 
     async def probe_all(self) -> None:
         """Probe every backend once, concurrently."""
@@ -199,13 +252,9 @@ class Router:
         timeout = member.config.timeouts.connect_s * 2
         try:
             snapshot = await asyncio.wait_for(member.backend.probe(), timeout)
-        except Exception as exc:  # noqa: BLE001 - any probe failure means unhealthy
+        except Exception as exc:  # any probe failure means unhealthy
             snapshot = LoadSnapshot(healthy=False, detail=f"{type(exc).__name__}: {exc}")
-        if snapshot.healthy != member.healthy or not member.probed:
-            log.info("backend %s healthy=%s %s", member.backend.name, snapshot.healthy,
-                     snapshot.detail)
-        member.healthy, member.probed = snapshot.healthy, True
-        member.stats.load = snapshot
+        self.observe_load(member.backend.name, snapshot)
 
     async def start(self) -> None:
         """Probe now, then on an interval in the background."""

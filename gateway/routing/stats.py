@@ -1,17 +1,40 @@
-"""Live per-backend measurements and the predictions routing ranks on."""
+"""Live per-backend measurements and the predictions routing ranks on.
+
+Predictions start from the backend's ``CapacityPrior`` and are corrected by what this replica
+measures: TPOT samples rescale the prior's batch curve, the probe's running/KV figures give the
+slots in service, and requests still waiting for a first token put a floor under the next TTFT.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from adapters.base import LoadSnapshot
 from gateway.settings import CapacityPrior
 
+Clock = Callable[[], float]
+
+SERVED_HORIZON_S = 30.0  # window of "output tokens per second served"
+SPILL_HORIZON_S = 10.0  # time constant of the spill rate
+TTFT_CLIP = 4.0  # one cold start must not hide a backend: clip samples at 4x the estimate
+RATIO_RANGE = (0.1, 10.0)  # a TPOT sample moves the calibration at most this far
+TYPICAL_ANSWER_TOKENS = 256  # slot holding time before any request has finished
+
 
 def _ewma(old: float | None, sample: float, alpha: float) -> float:
     return sample if old is None else old + alpha * (sample - old)
+
+
+def percentile(samples: deque[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of ``samples`` by nearest rank, or None when empty."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 @dataclass(slots=True)
@@ -19,31 +42,59 @@ class BackendStats:
     """What one replica has seen of a backend: latencies, load, errors, throughput."""
 
     prior: CapacityPrior
+    clock: Clock = time.monotonic
     alpha: float = 0.2
-    ttft_s: float | None = None
-    tpot_s: float | None = None
+    ttft_s: float | None = None  # EWMA of (clipped) time-to-first-token samples
+    tpot_s: float | None = None  # EWMA of measured seconds per output token
+    tpot_ratio: float = 1.0  # measured TPOT over the prior's curve at the batch it ran at
+    hold_s: float | None = None  # EWMA of how long a request holds a decode slot
     in_flight: int = 0
     requests: int = 0
     errors: int = 0
     error_rate: float = 0.0
     load: LoadSnapshot | None = None
+    slots: float = 0.0  # decode slots in service (all instances); the prior until a probe
     recent_ttft: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     recent_tpot: deque[float] = field(default_factory=lambda: deque(maxlen=256))
-    _served: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=4096))
+    _pending: deque[float] = field(default_factory=deque)  # starts still awaiting a token
+    _served: deque[tuple[float, int]] = field(default_factory=deque)
+    _served_total: int = 0
+    _spill: float = 0.0
+    _spill_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.slots:
+            self.slots = float(self.prior.max_concurrency)
+
+    # -- observations ---------------------------------------------------------------------
 
     def started(self) -> None:
         """A request was sent."""
         self.in_flight += 1
         self.requests += 1
+        self._pending.append(self.clock())
 
     def first_token(self, ttft_s: float) -> None:
         """The first token of a request arrived after ``ttft_s``."""
+        if self._pending:
+            self._pending.popleft()  # FIFO is close enough: only the oldest age is read
+        if self.ttft_s is not None:
+            ttft_s = min(ttft_s, self.ttft_s * TTFT_CLIP)
         self.ttft_s = _ewma(self.ttft_s, ttft_s, self.alpha)
         self.recent_ttft.append(ttft_s)
 
+    def failed(self) -> None:
+        """A request failed before its first token."""
+        if self._pending:
+            self._pending.popleft()
+        self.finished(ok=False, output_tokens=0, decode_s=0.0)
+
     def finished(self, *, ok: bool, output_tokens: int, decode_s: float) -> None:
         """A request ended; ``decode_s`` is the time after its first token."""
+        batch = self._per_instance(self.concurrency)
         self.in_flight = max(0, self.in_flight - 1)
+        while len(self._pending) > self.in_flight:  # ended without a first token
+            self._pending.popleft()
         self.error_rate = _ewma(self.error_rate, 0.0 if ok else 1.0, self.alpha)
         if not ok:
             self.errors += 1
@@ -51,15 +102,28 @@ class BackendStats:
             tpot = decode_s / (output_tokens - 1)
             self.tpot_s = _ewma(self.tpot_s, tpot, self.alpha)
             self.recent_tpot.append(tpot)
+            low, high = RATIO_RANGE
+            ratio = min(high, max(low, tpot / self._prior_tpot(batch)))
+            self.tpot_ratio = _ewma(self.tpot_ratio, ratio, self.alpha)
+        if ok and decode_s > 0:
+            self.hold_s = _ewma(self.hold_s, decode_s, self.alpha)
         if output_tokens:
-            self._served.append((time.monotonic(), output_tokens))
+            self._served.append((self.clock(), output_tokens))
+            self._served_total += output_tokens
 
-    def output_tokens_per_s(self, horizon_s: float = 30.0) -> float:
-        """Output tokens per second served over the last ``horizon_s`` seconds."""
-        cutoff = time.monotonic() - horizon_s
-        while self._served and self._served[0][0] < cutoff:
-            self._served.popleft()
-        return sum(n for _, n in self._served) / horizon_s
+    def observe_load(self, snapshot: LoadSnapshot) -> None:
+        """Take the backend's own load report; running/KV share tells the slots in service."""
+        self.load = snapshot
+        if snapshot.running and snapshot.kv_usage:
+            self.slots = max(1.0, snapshot.running / snapshot.kv_usage)
+
+    def spilled(self) -> None:
+        """A request this backend would have won went elsewhere because it was saturated."""
+        now = self.clock()
+        self._spill = self._spill * math.exp((self._spill_at - now) / SPILL_HORIZON_S) + 1.0
+        self._spill_at = now
+
+    # -- what has been measured -----------------------------------------------------------
 
     @property
     def concurrency(self) -> int:
@@ -69,24 +133,78 @@ class BackendStats:
             upstream = (self.load.running or 0) + (self.load.waiting or 0)
         return max(self.in_flight, upstream)
 
+    @property
+    def instances(self) -> float:
+        """How many prior-sized instances the slots in service amount to."""
+        return max(self.slots / self.prior.max_concurrency, 1e-9)
+
+    def output_tokens_per_s(self, horizon_s: float = SERVED_HORIZON_S) -> float:
+        """Output tokens per second served over the last ``horizon_s`` seconds."""
+        cutoff = self.clock() - horizon_s
+        while self._served and self._served[0][0] < cutoff:
+            self._served_total -= self._served.popleft()[1]
+        return self._served_total / horizon_s
+
+    def spill_rate(self) -> float:
+        """Requests per second spilled past this backend (what an autoscaler should add)."""
+        elapsed = self.clock() - self._spill_at
+        return self._spill * math.exp(-elapsed / SPILL_HORIZON_S) / SPILL_HORIZON_S
+
+    def oldest_wait_s(self) -> float:
+        """How long the oldest request still waiting for its first token has waited."""
+        return self.clock() - self._pending[0] if self._pending else 0.0
+
+    def ttft_percentile(self, q: float) -> float | None:
+        """Recent TTFT quantile (for health and telemetry, not the request path)."""
+        return percentile(self.recent_ttft, q)
+
+    def tpot_percentile(self, q: float) -> float | None:
+        """Recent TPOT quantile (for health and telemetry, not the request path)."""
+        return percentile(self.recent_tpot, q)
+
+    # -- predictions ----------------------------------------------------------------------
+
     def predicted_tpot(self, extra: int = 1) -> float:
-        """Seconds per output token for a new request, given the load it joins."""
-        base = self.tpot_s if self.tpot_s is not None else self.prior.tpot_s
-        # Decode steps slow as the batch fills; past the backend's concurrency they queue.
-        load = self.concurrency + extra
-        over = max(0, load - self.prior.max_concurrency) / self.prior.max_concurrency
-        return base * (1.0 + over)
+        """Seconds per output token for a new request, given the batch it joins."""
+        return self.tpot_ratio * self._prior_tpot(self._per_instance(self.concurrency + extra))
 
     def predicted_ttft(self, prompt_tokens: int, extra: int = 1) -> float:
-        """Seconds to the first token for a new request, including any queueing."""
-        base = self.ttft_s if self.ttft_s is not None else self.prior.ttft_s
-        waiting = self.load.waiting if self.load is not None and self.load.waiting else 0
-        load = self.concurrency + extra
-        queued = max(waiting, load - self.prior.max_concurrency)
-        return base + queued * base
+        """Seconds to the first token for a new request, including any wait for a slot.
 
-    def sustained_tokens_per_s(self, extra: int = 1) -> float:
-        """Output tokens/s the backend sustains at its current load plus ``extra`` requests."""
-        streams = min(self.concurrency + extra, self.prior.max_concurrency)
-        measured = streams / self.predicted_tpot(extra)
-        return min(measured, self.prior.output_tokens_per_s * 4)
+        ``prompt_tokens`` is accepted for models that charge prefill per token; the live
+        TTFT estimate already reflects the prompts this backend usually sees.
+        """
+        base = self.ttft_s if self.ttft_s is not None else self.prior.ttft_s
+        over = self.concurrency + extra - self.slots
+        if over > 0:
+            hold = self.hold_s
+            if hold is None:
+                hold = TYPICAL_ANSWER_TOKENS * self.predicted_tpot(extra)
+            base += over / self.slots * hold  # slots free at slots/hold per second
+        # A request still waiting says the next one will wait at least as long (cold start,
+        # a stalled server) before any failure has been counted.
+        return max(base, self.oldest_wait_s())
+
+    def sustained_tokens_per_s(self) -> float:
+        """Output tokens/s one instance sustains with its slots filled, as measured now.
+
+        A request that takes a free slot rides a batch whose throughput is the filled one
+        (the slot is paid for either way), so an idle accelerator is priced at what its
+        tokens cost when it is used; saturation shows in the TTFT prediction, not here.
+        """
+        full = self.prior.max_concurrency
+        filled = full / (self.tpot_ratio * self._prior_tpot(full))
+        return max(filled, self.output_tokens_per_s() / self.instances)
+
+    def _per_instance(self, requests: float) -> float:
+        return requests / self.instances
+
+    def _prior_tpot(self, batch: float) -> float:
+        """The prior's decode curve: ``tpot_s`` alone, ``max_concurrency / tokens/s`` full."""
+        slots = self.prior.max_concurrency
+        alone = self.prior.tpot_s
+        full = max(alone, slots / self.prior.output_tokens_per_s)
+        if slots == 1:
+            return full
+        b = min(max(batch, 1.0), float(slots))
+        return alone + (full - alone) * (b - 1.0) / (slots - 1)
