@@ -131,9 +131,8 @@ async def test_a_late_record_reopens_its_window() -> None:
     clock.now = T0 + 2 * W + 1
     await meter.tick()
     rows = await store.usage(tenant=None, start=T0, end=T0 + 3600, group_by=["tenant"])
-    assert [(r.group["tenant"], r.cost_usd) for r in rows] == [
-        ("acme", pytest.approx(3.6 * W / 3600, abs=1e-9))
-    ]
+    assert [r.group["tenant"] for r in rows] == ["acme"]
+    assert rows[0].cost_usd == pytest.approx(3.6 * W / 3600, abs=1e-9)
 
 
 async def test_live_rate_and_realised_cost_follow_measured_throughput() -> None:

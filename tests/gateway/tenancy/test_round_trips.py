@@ -26,7 +26,7 @@ async def test_one_round_trip_to_admit_and_one_to_settle(
     await store.authenticate(secret)  # warm the key cache and load the scripts
     warm = await store.admit(await store.authenticate(secret), tokens=1, cost_usd=0.0)
     sent: list[tuple[Any, ...]] = []
-    real = store.redis.execute_command
+    real: Any = store.redis.execute_command
 
     async def counting(*args: Any, **options: Any) -> Any:
         sent.append(args)
