@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import secrets
 import time
@@ -13,16 +12,19 @@ from fastapi import FastAPI
 from starlette.responses import Response
 
 from adapters.base import Backend
+from gateway.admin.routes import admin_router, usage_router
 from gateway.backends import build_backends, build_token_counter
 from gateway.deps import State
 from gateway.http import ORJSONResponse, RequestContext, install_error_handlers
+from gateway.metering.factory import build_meter
 from gateway.metering.meter import Meter
+from gateway.metrics import metrics
 from gateway.openai.routes import router as openai_router
 from gateway.openai.serving import Serving
 from gateway.routing.router import Router
 from gateway.settings import Settings
 from gateway.state import AppState
-from gateway.telemetry import Telemetry
+from gateway.telemetry import Telemetry, build_telemetry
 from gateway.tenancy.factory import build_store, seed_tenants
 from gateway.tenancy.store import Store
 
@@ -42,8 +44,8 @@ def create_app(
     backends = list(backends) if backends is not None else build_backends(settings)
     configs = {b.name: b for b in settings.backends}
     router = Router(backends, configs, settings.routing)
-    meter = meter or _build_meter(settings, store)
-    telemetry = telemetry or Telemetry(record_content=settings.telemetry.record_content)
+    meter = meter or build_meter(settings, store)
+    telemetry = telemetry or build_telemetry(settings.telemetry)
     counter = build_token_counter(settings, backends)
     admin_key = settings.admin_key or _generated_admin_key()
     state = AppState(
@@ -56,6 +58,8 @@ def create_app(
         serving=Serving(settings, store, router, meter, telemetry, counter),
         started_at=int(time.time()),
     )
+    telemetry.watch(router.health, {b.name: b.kind for b in backends},
+                    lambda: state.serving.in_flight)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -71,6 +75,7 @@ def create_app(
             await meter.aclose()
             await router.aclose()
             await store.aclose()
+            await telemetry.aclose()
 
     app = FastAPI(
         title="Tollgate",
@@ -83,10 +88,14 @@ def create_app(
     app.state.tollgate = state
     install_error_handlers(app)
     app.include_router(openai_router)
-    _mount_optional_routers(app)
+    app.include_router(admin_router)
+    app.include_router(usage_router)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
-    app.add_middleware(RequestContext, log_access=settings.server.access_log)
+    if telemetry.registry is not None:
+        app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
+    app.add_middleware(RequestContext, log_access=settings.server.access_log,
+                       telemetry=telemetry)
     return app
 
 
@@ -100,16 +109,6 @@ async def readyz(state: State) -> Response:
     ready = state.router.ready() and not state.draining
     body = {"status": "ready" if ready else "not_ready", "backends": state.router.health()}
     return ORJSONResponse(body, status_code=200 if ready else 503)
-
-
-def _mount_optional_routers(app: FastAPI) -> None:
-    # Admin and usage routes belong to tenancy.
-    if importlib.util.find_spec("gateway.admin.routes") is None:
-        return
-    from gateway.admin.routes import admin_router, usage_router
-
-    app.include_router(admin_router)
-    app.include_router(usage_router)
 
 
 async def _issue_dev_keys(store: Store, settings: Settings) -> None:
@@ -128,12 +127,6 @@ async def _issue_dev_keys(store: Store, settings: Settings) -> None:
             f'"max_tokens": 16}}\'\n',
             flush=True,
         )
-
-
-def _build_meter(settings: Settings, store: Store) -> Meter:
-    from gateway.metering.factory import build_meter
-
-    return build_meter(settings, store)
 
 
 def _generated_admin_key() -> str:
