@@ -8,11 +8,14 @@ import io
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import httpx
 
-Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+if TYPE_CHECKING:  # the class is not subscriptable at run time on Python 3.11
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    Subparsers = argparse._SubParsersAction
 _LIMIT_FLAGS = (
     ("--rpm", "requests_per_minute", int),
     ("--tpm", "tokens_per_minute", int),
