@@ -18,10 +18,11 @@ from adapters.base import (
     Timeouts,
     Unavailable,
 )
+from adapters.jetstream import JetStreamBackend
 from adapters.openai_compatible import OpenAICompatibleBackend
 from adapters.tgi import TGIBackend
 from adapters.triton import TritonBackend
-from tests.fakes import Failure, FakeTGI, FakeTriton, FakeVLLM
+from tests.fakes import Failure, FakeJetStream, FakeTGI, FakeTriton, FakeVLLM
 from tests.fakes._server import FakeUpstream
 
 PROMPT = "Say hello to the world"
@@ -106,6 +107,16 @@ def _triton_backend(fake: FakeUpstream, timeouts: Timeouts, options: dict[str, A
     )
 
 
+def _jetstream_backend(fake: FakeUpstream, timeouts: Timeouts, options: dict[str, Any]) -> Backend:
+    return JetStreamBackend(
+        "jetstream-test", fake.url, {"m": "upstream-model"}, timeouts=timeouts, options=options
+    )
+
+
+def _grpc(code: str, **kwargs: Any) -> Failure:
+    return Failure("status", error_type=code, **kwargs)
+
+
 HARNESSES = {
     "vllm": Harness(
         kind="vllm",
@@ -143,5 +154,25 @@ HARNESSES = {
                 Overloaded,
             ),
         },
+    ),
+    "jetstream": Harness(
+        kind="jetstream",
+        make_fake=FakeJetStream,
+        make_backend=_jetstream_backend,
+        prompt_tokens=None,
+        errors={
+            "overloaded": (
+                _grpc(
+                    "RESOURCE_EXHAUSTED",
+                    message="prefill queue is full",
+                    headers={"retry-after": "7"},
+                ),
+                Overloaded,
+            ),
+            "unavailable": (_grpc("UNAVAILABLE", message="server shutting down"), Unavailable),
+            "bad_request": (_grpc("INVALID_ARGUMENT", message="max_tokens too large"), BadRequest),
+            "internal": (_grpc("INTERNAL", message="engine failure"), Unavailable),
+        },
+        mid_stream_error=Failure("error_event", after=2, error_type="INTERNAL"),
     ),
 }

@@ -1,0 +1,277 @@
+"""Kind ``jetstream``: a JetStream server (TPU) over gRPC, ``jetstream_proto.Orchestrator``.
+
+JetStream reports no usage and no finish reason: completion tokens are counted from each
+sample's ``token_ids``, prompt tokens are left to the gateway, and the finish reason is
+``length`` when ``max_tokens`` tokens came, else ``stop``. The request carries only the
+fields both 0.2.x and current servers know (``max_tokens`` and the prompt) unless options
+ask for more: ``priority`` and ``session_cache`` (0.2.x), ``num_samples``, ``has_bos`` and
+``lora_adapter_id`` (current). Other options: ``max_context``.
+
+Responses are parsed here rather than by grpc's deserializer so that an unreadable
+message surfaces as ``UpstreamProtocolError`` instead of a generic RPC failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import grpc
+import httpx
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from grpc import aio
+
+from adapters._deadline import Deadline
+from adapters._http import DEFAULT_TIMEOUTS, build_client
+from adapters._prometheus import mean, parse_metrics, total
+from adapters.base import (
+    BackendError,
+    BadRequest,
+    Capabilities,
+    Delta,
+    GenerationRequest,
+    LoadSnapshot,
+    Overloaded,
+    Timeout,
+    Timeouts,
+    Unavailable,
+    UpstreamProtocolError,
+    Usage,
+)
+
+# Generated code is kept out of mypy's sight (its stubs are not strict-clean): typed as Any.
+pb: Any = importlib.import_module("adapters.jetstream_pb.jetstream_pb2")
+DECODE = "/jetstream_proto.Orchestrator/Decode"
+HEALTH_CHECK = "/jetstream_proto.Orchestrator/HealthCheck"
+_METRICS = (
+    "jetstream_prefill_backlog_size",
+    "jetstream_slots_used_percentage",
+    "jetstream_slots_available_percentage",  # 0.2.x
+    "jetstream_num_requests_waiting",
+    "num_requests_waiting",
+)
+_BAD_REQUEST = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def _raw(data: bytes) -> bytes:
+    return data
+
+
+class JetStreamBackend:
+    """A JetStream orchestrator reached over gRPC (plaintext ``grpc://``, TLS ``grpcs://``)."""
+
+    kind = "jetstream"
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        models: Mapping[str, str],
+        *,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        api_key: str | None = None,
+        tls_ca_file: str | None = None,
+        tls_insecure: bool = False,
+        metrics_url: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        channel_credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        if tls_insecure:
+            raise ValueError("gRPC cannot skip certificate checks; give tls_ca_file instead")
+        self.name = name
+        self.models: Mapping[str, str] = dict(models)
+        self.timeouts = timeouts
+        self.options: Mapping[str, Any] = dict(options or {})
+        self.capabilities = Capabilities(
+            token_prompts=True, max_context=self.options.get("max_context")
+        )
+        target, secure = _target(url)
+        if channel_credentials is None and (secure or tls_ca_file):
+            root = open(tls_ca_file, "rb").read() if tls_ca_file else None  # noqa: SIM115
+            channel_credentials = grpc.ssl_channel_credentials(root_certificates=root)
+        self._channel = (
+            aio.secure_channel(target, channel_credentials)
+            if channel_credentials is not None
+            else aio.insecure_channel(target)
+        )
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self._decode = self._channel.unary_stream(
+            DECODE, request_serializer=_raw, response_deserializer=_raw
+        )
+        self._health = self._channel.unary_unary(
+            HEALTH_CHECK, request_serializer=_raw, response_deserializer=_raw
+        )
+        self._metrics_url = metrics_url
+        self._metrics: httpx.AsyncClient | None = None
+        if metrics_url:
+            self._metrics = build_client(
+                metrics_url,
+                timeouts,
+                api_key=None,
+                tls_ca_file=tls_ca_file,
+                tls_insecure=False,
+                max_connections=2,
+            )
+
+    async def generate(self, req: GenerationRequest) -> AsyncIterator[Delta]:
+        """Stream one generation; closing the iterator cancels the RPC."""
+        deadline = Deadline(self.timeouts, self.name)
+        await self._connected()
+        call = self._decode(
+            self._request(req).SerializeToString(),
+            timeout=self.timeouts.total,
+            metadata=self._metadata,
+        )
+        produced = 0
+        try:
+            while True:
+                try:
+                    raw = await deadline.run(call.read())
+                except aio.AioRpcError as exc:
+                    raise _rpc_error(exc, self.name) from exc
+                if raw is aio.EOF:
+                    break
+                for text, tokens in self._samples(raw):
+                    deadline.started = True
+                    produced += tokens
+                    yield Delta(text=text, tokens=tokens)
+        finally:
+            call.cancel()  # a no-op once the RPC has ended
+        yield Delta(
+            finish_reason="length" if produced >= req.max_tokens else "stop",
+            usage=Usage(prompt_tokens=None, completion_tokens=produced),
+        )
+
+    def _samples(self, raw: Any) -> Sequence[tuple[str, int]]:
+        """(text, tokens) of the first sample; nothing for initial or empty responses."""
+        try:
+            response = pb.DecodeResponse.FromString(raw)
+        except (DecodeError, TypeError) as exc:
+            raise UpstreamProtocolError("unreadable DecodeResponse", backend=self.name) from exc
+        if not response.HasField("stream_content") or not response.stream_content.samples:
+            return ()  # initial_content: the request was admitted, nothing decoded yet
+        sample = response.stream_content.samples[0]
+        # Without ids (some servers) a non-empty sample is one decode step; 0.2.x ends
+        # every stream with an empty sample, which carries nothing.
+        tokens = len(sample.token_ids) or (1 if sample.text else 0)
+        return ((sample.text, tokens),) if tokens else ()
+
+    def _request(self, req: GenerationRequest) -> Any:
+        request = pb.DecodeRequest(max_tokens=req.max_tokens)
+        if req.prompt_token_ids is not None:
+            request.token_content.token_ids.extend(req.prompt_token_ids)
+        else:
+            request.text_content.text = req.prompt or ""
+        opts = self.options
+        for key in ("priority", "session_cache", "num_samples", "has_bos", "lora_adapter_id"):
+            if key in opts:
+                setattr(request, key, opts[key])
+        return request
+
+    async def _connected(self) -> None:
+        """Fail fast when the server refuses connections; wait at most ``connect`` otherwise."""
+        state = self._channel.get_state(try_to_connect=True)
+        try:
+            async with asyncio.timeout(self.timeouts.connect):
+                while state is not grpc.ChannelConnectivity.READY:
+                    if state in (
+                        grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                        grpc.ChannelConnectivity.SHUTDOWN,
+                    ):
+                        raise Unavailable(f"cannot connect ({state.name})", backend=self.name)
+                    await self._channel.wait_for_state_change(state)
+                    state = self._channel.get_state()
+        except TimeoutError:
+            raise Timeout("connect deadline passed", backend=self.name) from None
+
+    async def probe(self) -> LoadSnapshot:
+        """``HealthCheck.is_live``, and load from the Prometheus metrics when configured."""
+        try:
+            raw = await self._health(
+                pb.HealthCheckRequest().SerializeToString(),
+                timeout=self.timeouts.connect,
+                metadata=self._metadata,
+            )
+            live = pb.HealthCheckResponse.FromString(raw).is_live
+            detail = "" if live else "HealthCheck says not live"
+        except (aio.AioRpcError, DecodeError) as exc:
+            live, detail = False, f"HealthCheck failed: {exc}"
+        load = await self._load() if live else None
+        if load is None:
+            return LoadSnapshot(healthy=live, detail=detail)
+        return LoadSnapshot(
+            healthy=True, running=None, waiting=load.waiting, kv_usage=load.kv_usage
+        )
+
+    async def _load(self) -> LoadSnapshot | None:
+        if self._metrics is None or self._metrics_url is None:
+            return None
+        try:
+            response = await self._metrics.get(self._metrics_url, timeout=self.timeouts.connect)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        samples = parse_metrics(response.text, _METRICS)
+        used = mean(samples, "jetstream_slots_used_percentage")
+        if used is None:
+            available = mean(samples, "jetstream_slots_available_percentage")
+            used = 1.0 - available if available is not None else None
+        # The backlog and a waiting count describe the same queue where both exist.
+        queued = [
+            v
+            for v in (
+                total(samples, "jetstream_prefill_backlog_size"),
+                total(samples, "jetstream_num_requests_waiting"),
+                total(samples, "num_requests_waiting"),
+            )
+            if v is not None
+        ]
+        return LoadSnapshot(
+            healthy=True, waiting=int(max(queued)) if queued else None, kv_usage=used
+        )
+
+    async def aclose(self) -> None:
+        """Close the channel and the metrics client."""
+        await self._channel.close()
+        if self._metrics is not None:
+            await self._metrics.aclose()
+
+
+def _target(url: str) -> tuple[str, bool]:
+    """``host:port`` and whether TLS was asked for by the scheme."""
+    for scheme, secure in (("grpcs://", True), ("https://", True), ("grpc://", False)):
+        if url.startswith(scheme):
+            return url[len(scheme) :].rstrip("/"), secure
+    return url.rstrip("/"), False
+
+
+def _rpc_error(exc: aio.AioRpcError, backend: str) -> BackendError:
+    code = exc.code()
+    message = f"upstream {code.name}: {exc.details()}"
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return Overloaded(message, backend=backend, retry_after=_retry_after(exc) or 1.0)
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Timeout(message, backend=backend)
+    if code in _BAD_REQUEST:
+        return BadRequest(message, backend=backend)
+    if code is grpc.StatusCode.DATA_LOSS:
+        return UpstreamProtocolError(message, backend=backend)
+    # UNAVAILABLE is "down"; UNKNOWN/INTERNAL/ABORTED/auth failures: try another backend.
+    return Unavailable(message, backend=backend)
+
+
+def _retry_after(exc: aio.AioRpcError) -> float | None:
+    for key, value in exc.trailing_metadata() or ():
+        if key == "retry-after":
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                return None
+    return None
