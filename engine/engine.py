@@ -134,7 +134,7 @@ class GemmaEngine:
         target = _bucket(self.kv_buckets, max(needed, 1))
         current = self.capacity(state)
         if target > current or target * 2 <= current:
-            return self._resize(state, target)  # type: ignore[no-any-return]
+            return self._resize(state, target)
         return state
 
     # -- the engine API --------------------------------------------------------------------
@@ -159,7 +159,7 @@ class GemmaEngine:
         """Copy the prefix's KV entries into ``slot`` and arm it to decode from ``token``."""
         state = self.fit_capacity(state, max(len(prefix.tokens) + 1, self._needed(state)))
         rows = _sampling_rows([sampling])
-        return self._insert(  # type: ignore[no-any-return]
+        return self._insert(
             state,
             prefix.k,
             prefix.v,

@@ -101,7 +101,8 @@ def _config(reader: object, vocab_size: int) -> ModelConfig:
     )
 
 
-def _vocabulary(reader: object) -> Vocabulary:
+def read_vocabulary(reader: object) -> Vocabulary:
+    """The tokenizer fields of an open ``gguf.GGUFReader``."""
     fields = reader.fields  # type: ignore[attr-defined]
     tokens = fields["tokenizer.ggml.tokens"]
     # Reading parts directly is ~10x faster than contents() for 262k strings.
@@ -138,7 +139,7 @@ def read_gguf(path: str | Path) -> Checkpoint:
     import gguf  # heavy import, only when a GGUF is actually read
 
     reader = gguf.GGUFReader(str(path))
-    vocabulary = _vocabulary(reader)
+    vocabulary = read_vocabulary(reader)
     config = _config(reader, vocab_size=len(vocabulary.pieces))
     tensors: dict[str, np.ndarray] = {}
     for tensor in reader.tensors:

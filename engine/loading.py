@@ -86,3 +86,22 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
+
+
+def load_tokenizer(engine_config: EngineConfig) -> GemmaTokenizer:
+    """The tokenizer alone: from the disk cache, else rebuilt from the GGUF metadata."""
+    source = _source(engine_config)
+    root = engine_config.cache_dir / "models" / f"{source.stem}-{_fingerprint(source)}"
+    cached = root / "tokenizer.model"
+    if cached.exists():
+        return GemmaTokenizer.from_file(cached)
+    if source.is_dir():
+        return GemmaTokenizer.from_file(source / "tokenizer.model")
+    import gguf
+
+    from engine.gguf_loader import read_vocabulary
+
+    tokenizer = GemmaTokenizer.from_vocabulary(read_vocabulary(gguf.GGUFReader(str(source))))
+    root.mkdir(parents=True, exist_ok=True)
+    _atomic_write(cached, tokenizer.model_proto)
+    return tokenizer

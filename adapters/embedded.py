@@ -1,0 +1,198 @@
+"""The embedded JAX engine as a backend (kind ``embedded``): Gemma served in this process.
+
+Loading happens in a worker thread so the event loop never blocks; until the model is ready
+``probe`` reports unhealthy and ``generate`` waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+from adapters.base import (
+    BadRequest,
+    Capabilities,
+    Delta,
+    GenerationRequest,
+    LoadSnapshot,
+    Overloaded,
+    TokenLogprob,
+    Unavailable,
+    Usage,
+)
+from engine.chat import render_gemma_chat
+from engine.config import EngineConfig
+from engine.errors import EngineClosed, PromptTooLong, QueueFull
+from engine.runtime import StartupTimes, start_server
+from engine.serving import Chunk, GenerationParams, GenerationServer, TokenInfo
+from engine.tokenizer import GemmaTokenizer
+
+DEFAULT_MODELS: Mapping[str, str] = {"gemma-3-270m": "gemma-3-270m"}
+
+
+class EmbeddedBackend:
+    """A ``Backend`` that runs the Gemma engine in-process (instance-priced, like a GPU box)."""
+
+    kind = "embedded"
+
+    def __init__(
+        self,
+        name: str,
+        engine_config: EngineConfig | None = None,
+        models: Mapping[str, str] | None = None,
+        *,
+        usd_per_hour: float | None = None,
+        server: GenerationServer | None = None,
+    ) -> None:
+        self.name = name
+        self.engine_config = engine_config or EngineConfig()
+        self.models = dict(models or DEFAULT_MODELS)
+        self.usd_per_hour = usd_per_hour  # what the host costs; metering prices tokens from it
+        self.capabilities = Capabilities(
+            chat=False,
+            token_prompts=True,
+            echo=True,
+            logprobs=self.engine_config.max_top_logprobs,
+            stop=True,
+            seed=True,
+            max_context=self.engine_config.max_context,
+        )
+        self._server = server
+        self._loading: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+        self.startup: StartupTimes | None = None
+
+    @classmethod
+    def default(cls, name: str = "embedded", **engine_options: object) -> EmbeddedBackend:
+        """The Gemma 3 270M GGUF from PyPI; nothing loads until ``start``/first use."""
+        return cls(name, EngineConfig(**engine_options))  # type: ignore[arg-type]
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin loading in a thread (idempotent); returns once loading has been scheduled."""
+        if self._server is None and self._loading is None:
+            self._loading = asyncio.create_task(self._load())
+
+    async def ready(self) -> GenerationServer:
+        """Wait until the model is loaded (starting the load if needed)."""
+        if self._server is not None:
+            return self._server
+        await self.start()
+        assert self._loading is not None
+        await asyncio.shield(self._loading)
+        if self._server is None:
+            raise Unavailable(f"embedded engine failed to load: {self._error}", backend=self.name)
+        return self._server
+
+    async def _load(self) -> None:
+        try:
+            self._server, self.startup = await asyncio.to_thread(start_server, self.engine_config)
+        except Exception as error:  # reported through probe() and generate()
+            self._error = error
+
+    @property
+    def tokenizer(self) -> GemmaTokenizer | None:
+        """The model's tokenizer once loaded (``encode(text) -> ids``, ``decode(ids) -> text``)."""
+        return self._server.tokenizer if self._server is not None else None
+
+    async def probe(self) -> LoadSnapshot:
+        """Slots and queue of the batch loop; unhealthy while loading or after a failed load."""
+        if self._server is None:
+            await self.start()
+            detail = f"load failed: {self._error}" if self._error else "loading"
+            return LoadSnapshot(healthy=False, detail=detail)
+        load = self._server.load()
+        return LoadSnapshot(
+            healthy=True,
+            running=load.running,
+            waiting=load.waiting,
+            kv_usage=load.running / load.slots,
+        )
+
+    async def aclose(self) -> None:
+        """Stop the batch loop thread."""
+        if self._loading is not None and not self._loading.done():
+            await asyncio.shield(self._loading)
+        if self._server is not None:
+            await asyncio.to_thread(self._server.close)
+
+    # -- generation --------------------------------------------------------------------------
+
+    def generate(self, req: GenerationRequest) -> AsyncIterator[Delta]:
+        """Stream one generation; closing the iterator cancels it in the engine."""
+        return self._generate(req)
+
+    async def _generate(self, req: GenerationRequest) -> AsyncIterator[Delta]:
+        server = await self.ready()
+        prompt = _prompt(req)
+        params = GenerationParams(
+            max_tokens=req.max_tokens,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=int(req.extra.get("top_k", 0) or 0),
+            seed=req.seed,
+            stop=tuple(req.stop),
+            logprobs=req.logprobs,
+            prompt_logprobs=(req.logprobs or 0) if req.echo and req.logprobs is not None else None,
+        )
+        try:
+            stream = server.stream(prompt, params)
+        except PromptTooLong as error:
+            raise BadRequest(str(error), backend=self.name, param="prompt") from error
+        except QueueFull as error:
+            raise Overloaded(str(error), backend=self.name, retry_after=1.0) from error
+        except EngineClosed as error:
+            raise Unavailable(str(error), backend=self.name) from error
+        except ValueError as error:
+            raise BadRequest(str(error), backend=self.name) from error
+        if req.echo and params.prompt_logprobs is None:
+            yield Delta(text=_prompt_text(server, prompt), echo=True)
+        try:
+            async for chunk in stream:
+                if chunk.prompt_logprobs is not None:
+                    yield Delta(
+                        text=_prompt_text(server, prompt),
+                        logprobs=_logprobs(chunk.prompt_logprobs),
+                        echo=True,
+                    )
+                    continue
+                yield _delta(chunk)
+        except EngineClosed as error:
+            raise Unavailable(str(error), backend=self.name) from error
+        finally:
+            await stream.aclose()
+
+
+def _prompt(req: GenerationRequest) -> str | list[int]:
+    if req.prompt_token_ids is not None:
+        return list(req.prompt_token_ids)
+    if req.messages is not None:
+        return render_gemma_chat(req.messages)
+    return req.prompt or ""
+
+
+def _prompt_text(server: GenerationServer, prompt: str | list[int]) -> str:
+    return prompt if isinstance(prompt, str) else server.tokenizer.decode(prompt)
+
+
+def _logprobs(infos: Sequence[TokenInfo]) -> list[TokenLogprob]:
+    return [
+        TokenLogprob(
+            token=info.text,
+            logprob=info.logprob,
+            top_logprobs={text: lp for _, text, lp in info.top} if info.top else None,
+        )
+        for info in infos
+    ]
+
+
+def _delta(chunk: Chunk) -> Delta:
+    finished = chunk.finish_reason is not None
+    return Delta(
+        text=chunk.text,
+        tokens=len(chunk.token_ids),
+        logprobs=_logprobs(chunk.logprobs) if chunk.logprobs is not None else None,
+        finish_reason=chunk.finish_reason,
+        usage=Usage(chunk.prompt_tokens, chunk.completion_tokens) if finished else None,
+    )
