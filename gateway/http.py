@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from opentelemetry import context, trace
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,10 +32,14 @@ from gateway.errors import (
 from gateway.openai.serving import RequestMeta
 from gateway.routing.policies import Objectives
 from gateway.state import AppState
+from gateway.telemetry import Telemetry
+from gateway.telemetry.server_span import end_server_span, start_server_span
 
 access_log = logging.getLogger("tollgate.access")
 log = logging.getLogger("tollgate.http")
 _MAX_CLIENT_ID = 128
+# Scraped and probed every few seconds: spans for them would only be noise.
+_UNTRACED = frozenset({"/metrics", "/healthz", "/readyz"})
 
 
 class ORJSONResponse(Response):
@@ -103,9 +108,12 @@ class RequestContext:
     stack trace, with the request id still attached.
     """
 
-    def __init__(self, app: ASGIApp, *, log_access: bool = True) -> None:
+    def __init__(
+        self, app: ASGIApp, *, log_access: bool = True, telemetry: Telemetry | None = None
+    ) -> None:
         self.app = app
         self.log_access = log_access
+        self.telemetry = telemetry or Telemetry()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -117,6 +125,10 @@ class RequestContext:
         echo = (client_id or meta.request_id).encode()
         status = 0
         started = time.perf_counter()
+        span, token, failure = None, None, None
+        if self.telemetry.tracing and scope["path"] not in _UNTRACED:
+            span = meta.span = start_server_span(self.telemetry.tracer, scope, meta.request_id)
+            token = context.attach(trace.set_span_in_context(span))
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -128,11 +140,15 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
+            failure = exc
             log.exception("unhandled error on %s", scope.get("path"))
             if status:
                 raise
             await error_response(exc)(scope, receive, send_with_id)
         finally:
+            if span is not None and token is not None:
+                end_server_span(span, scope, status or 499, failure)
+                context.detach(token)
             if self.log_access:
                 _log_access(scope, meta, status or 499, time.perf_counter() - started)
 

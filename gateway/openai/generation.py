@@ -11,6 +11,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
+from opentelemetry.trace import INVALID_SPAN, Span
+
 from adapters.base import (
     Backend,
     BackendError,
@@ -25,6 +27,9 @@ from adapters.base import (
 from gateway.openai.streaming import StopMatcher
 from gateway.routing.policies import Estimate
 from gateway.routing.router import Router
+from gateway.telemetry import Telemetry
+
+_NO_TELEMETRY = Telemetry()  # no providers: every call is a no-op
 
 
 @dataclass(slots=True)
@@ -53,6 +58,8 @@ class Generation:
     finish_reason: FinishReason | None = None
     error: BaseException | None = None
     ended_at: float = 0.0
+    span: Span = INVALID_SPAN  # the attempt's CLIENT span, ended when the request settles
+    transcript: list[str] | None = None  # output text, kept only when content is recorded
     _matcher: StopMatcher | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +90,8 @@ class Generation:
                 if piece is not None:
                     yield piece
                 if self.finish_reason is not None:
+                    if delta.finish_reason is not None:
+                        await self._drain()
                     return
                 delta = await anext(self.stream, None)
             self.finish_reason = "stop"  # a stream that simply ends has finished
@@ -92,6 +101,14 @@ class Generation:
         finally:
             self.ended_at = time.monotonic()
             await close_stream(self.stream)  # cancels upstream when we stop early
+
+    async def _drain(self) -> None:
+        # The backend finished on its own: read its stream to the end (trailing usage,
+        # ``[DONE]``) so the upstream connection goes back to the pool instead of being
+        # dropped, which would cost a new TCP connection on the next request.
+        async for delta in self.stream:
+            if delta.usage is not None:
+                self.usage = delta.usage
 
     def _take(self, delta: Delta) -> Piece | None:
         if delta.echo:
@@ -108,6 +125,8 @@ class Generation:
                 text += self._matcher.flush()
         if delta.finish_reason is not None and self.finish_reason is None:
             self.finish_reason = delta.finish_reason
+        if self.transcript is not None and text:
+            self.transcript.append(text)
         if text or delta.logprobs:
             return Piece(text, delta.logprobs)
         return None
@@ -126,6 +145,9 @@ async def open_generation(
     router: Router,
     build: Callable[[Backend], tuple[GenerationRequest, Sequence[str]]],
     deadline: float,
+    *,
+    telemetry: Telemetry = _NO_TELEMETRY,
+    policy: str = "",
 ) -> Generation:
     """Try the ranked backends in turn until one yields its first delta.
 
@@ -141,17 +163,21 @@ async def open_generation(
         request, stops = build(backend)
         router.attempt_started(backend.name, retry=attempt > 0)
         started = time.monotonic()
+        span = telemetry.start_attempt(backend, request, attempt, index)
         stream = backend.generate(request)
         try:
-            first = await anext(stream, None)
+            with telemetry.current(span):  # the HTTP/gRPC client's spans nest under it
+                first = await anext(stream, None)
         except BackendError as exc:
+            telemetry.attempt_failed(span, backend, exc, policy)
             router.attempt_failed(backend.name, exc)
             await close_stream(stream)
             if isinstance(exc, BadRequest):
                 raise
             last = exc
             continue
-        except BaseException:
+        except BaseException as exc:
+            telemetry.attempt_failed(span, backend, exc, policy)
             await close_stream(stream)
             router.finished(backend.name, ok=False, output_tokens=0, decode_s=0.0)
             raise
@@ -166,6 +192,8 @@ async def open_generation(
             opened_at=opened,
             first_at=now,
             fallbacks=attempt,
+            span=span,
+            transcript=[] if telemetry.record_content else None,
         )
     if last is not None:
         raise last

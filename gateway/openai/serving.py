@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 
 import orjson
+from opentelemetry.trace import INVALID_SPAN, Span
 from starlette.responses import Response, StreamingResponse
 
 from adapters.base import BackendError
@@ -51,6 +52,7 @@ class RequestMeta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    span: Span = INVALID_SPAN  # the request's SERVER span, when tracing
 
 
 @dataclass(slots=True)
@@ -102,9 +104,11 @@ class Serving:
 
     async def _run(self, job: Job, meta: RequestMeta) -> Response:
         meta.tenant, meta.model = job.principal.tenant.id, job.model_id
-        admission = await self.store.admit(
-            job.principal, tokens=job.reserved_tokens, cost_usd=self._worst_case(job)
-        )
+        self.telemetry.request_started(meta.span, job)
+        with self.telemetry.admitting(job.principal.tenant.id):
+            admission = await self.store.admit(
+                job.principal, tokens=job.reserved_tokens, cost_usd=self._worst_case(job)
+            )
         self.in_flight += 1
         try:
             gens = await self._open_all(job)
@@ -125,16 +129,19 @@ class Serving:
         return self.meter.worst_case_cost(names, job.prompt_token_total, job.max_tokens_total)
 
     async def _open_all(self, job: Job) -> list[Generation]:
-        plan = self.router.plan(
-            job.candidates, job.policy, job.objectives, job.prompt_counts[0], job.max_tokens
-        )
+        with self.telemetry.routing(job.policy) as route:
+            plan = self.router.plan(
+                job.candidates, job.policy, job.objectives, job.prompt_counts[0], job.max_tokens
+            )
+            route.ranked(plan)
         deadline = time.monotonic() + max(
             self.router.timeouts(b.name).first_token_s for b in job.candidates
         )
 
         def open_one(index: int) -> Coroutine[None, None, Generation]:
             return open_generation(
-                index, plan, self.router, lambda b: self.jobs.upstream(job, index, b), deadline
+                index, plan, self.router, lambda b: self.jobs.upstream(job, index, b), deadline,
+                telemetry=self.telemetry, policy=job.policy,
             )
 
         if len(job.requests) == 1:
@@ -147,6 +154,7 @@ class Serving:
             for g in gens:
                 await close_stream(g.stream)
                 self.router.finished(g.backend.name, ok=False, output_tokens=0, decode_s=0.0)
+                g.span.end()
             raise errors[0]
         return gens
 
@@ -260,12 +268,14 @@ class Serving:
                 prompt_total += prompt
             completion_total += out
             name = gen.backend.name
-            cost += self.meter.provisional_cost(name, prompt, out)
+            gen_cost = self.meter.provisional_cost(name, prompt, out)
+            cost += gen_cost
             self.meter.observe(name, prompt, out)
             decode_s = max(0.0, (gen.ended_at or time.monotonic()) - gen.first_at)
             self.router.finished(
                 name, ok=gen.error is None and status < 500, output_tokens=out, decode_s=decode_s
             )
+            self.telemetry.generation_done(job, gen, prompt, out, gen_cost, decode_s)
         tally = Tally(prompt_total, completion_total, cost)
         job.tally = tally
         first = gens[0] if gens else None
@@ -285,6 +295,7 @@ class Serving:
             client_request_id=job.client_request_id,
             weighted_tokens=self.meter.weighted_tokens(prompt_total, completion_total),
         )
+        self.telemetry.request_done(meta.span, job, record, gens)
         meta.backend = record.backend
         meta.prompt_tokens, meta.completion_tokens, meta.cost_usd = (
             prompt_total,

@@ -1,0 +1,342 @@
+"""``Telemetry``: the tracer and instruments one app records into, with the request path's hooks.
+
+Every hook checks ``span.is_recording()`` before it builds attributes, so with tracing off a
+request pays for a few no-op calls; metrics are recorded once per request, in ``request_done``
+and ``generation_done``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import orjson
+from opentelemetry import trace
+from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
+from opentelemetry.trace import INVALID_SPAN, NoOpTracerProvider, Span, SpanKind, TracerProvider
+from opentelemetry.trace.status import Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+from prometheus_client import CollectorRegistry
+
+from gateway.errors import http_answer
+from gateway.telemetry import semconv as sc
+from gateway.telemetry.instruments import (
+    BackendHealth,
+    TokensPerDollar,
+    create_instruments,
+    watch_fleet,
+)
+
+if TYPE_CHECKING:
+    from adapters.base import Backend, GenerationRequest
+    from gateway.openai.generation import Generation
+    from gateway.openai.jobs import Job
+    from gateway.routing.policies import Estimate
+    from gateway.tenancy.models import UsageRecord
+
+VERSION = "0.1.0"
+
+
+class Telemetry:
+    """The tracer and instruments one app uses; no-ops unless providers are given.
+
+    Providers are always passed in (tests use in-memory readers); nothing is set globally.
+    ``registry`` is what ``GET /metrics`` renders, when a Prometheus reader feeds it.
+    """
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        *,
+        record_content: bool = False,
+        registry: CollectorRegistry | None = None,
+        on_shutdown: Sequence[Callable[[], object]] = (),
+    ) -> None:
+        self.tracing = tracer_provider is not None and not isinstance(
+            tracer_provider, NoOpTracerProvider
+        )
+        self.tracer = (tracer_provider or NoOpTracerProvider()).get_tracer(
+            sc.SCOPE, VERSION, schema_url=sc.SCHEMA_URL
+        )
+        self.meter = (meter_provider or NoOpMeterProvider()).get_meter(
+            sc.SCOPE, VERSION, schema_url=sc.SCHEMA_URL
+        )
+        self.record_content = record_content
+        self.registry = registry
+        self.metrics = create_instruments(self.meter)
+        self.tokens_per_dollar = TokensPerDollar()
+        self._on_shutdown = list(on_shutdown)
+
+    def watch(
+        self, health: BackendHealth, kinds: Mapping[str, str], in_flight: Callable[[], int]
+    ) -> None:
+        """Register the gauges read from live state (backend health, breakers, in flight)."""
+        watch_fleet(self.meter, health, kinds, in_flight, self.tokens_per_dollar)
+
+    async def aclose(self) -> None:
+        """Flush and stop the providers this object built (not those a caller passed in)."""
+        for stop in self._on_shutdown:
+            await asyncio.to_thread(stop)
+
+    # -- stages of a request -----------------------------------------------------------------
+
+    def current(self, span: Span) -> contextlib.AbstractContextManager[object]:
+        """Make ``span`` the parent of what runs inside (the HTTP client's own spans)."""
+        if not span.is_recording():
+            return contextlib.nullcontext()
+        return trace.use_span(span, record_exception=False, set_status_on_exception=False)
+
+    def admitting(self, tenant: str) -> Stage:
+        """The admission span; a rejection it sees is counted by tenant and reason."""
+        span: Span = INVALID_SPAN
+        if self.tracing:
+            attributes = {sc.TOLLGATE_TENANT: tenant}
+            span = self.tracer.start_span(sc.SPAN_ADMISSION, attributes=attributes)
+        return Stage(span, self, tenant)
+
+    def routing(self, policy: str) -> Stage:
+        """The routing span; ``Stage.ranked`` records why each candidate stands where it does."""
+        span: Span = INVALID_SPAN
+        if self.tracing:
+            span = self.tracer.start_span(sc.SPAN_ROUTING, attributes={sc.TOLLGATE_POLICY: policy})
+        return Stage(span, self, None)
+
+    def request_started(self, span: Span, job: Job) -> None:
+        """The GenAI facts of the request on its SERVER span."""
+        if not span.is_recording():
+            return
+        first = job.requests[0]
+        span.set_attributes(_drop_none({
+            sc.GEN_AI_OPERATION_NAME: _operation(job.endpoint),
+            sc.GEN_AI_REQUEST_MODEL: job.model_id,
+            sc.GEN_AI_REQUEST_MAX_TOKENS: job.max_tokens,
+            sc.GEN_AI_REQUEST_TEMPERATURE: first.temperature,
+            sc.GEN_AI_REQUEST_TOP_P: first.top_p,
+            sc.GEN_AI_REQUEST_STREAM: job.stream,
+            sc.GEN_AI_REQUEST_CHOICE_COUNT: len(job.requests) if len(job.requests) > 1 else None,
+            sc.TOLLGATE_TENANT: job.principal.tenant.id,
+            sc.TOLLGATE_POLICY: job.policy,
+        }))
+
+    # -- backend attempts -------------------------------------------------------------------
+
+    def start_attempt(
+        self, backend: Backend, request: GenerationRequest, attempt: int, choice: int
+    ) -> Span:
+        """A CLIENT span for one try on one backend, named ``{operation} {model}``."""
+        if not self.tracing:
+            return INVALID_SPAN
+        op = sc.OP_CHAT if request.messages is not None else sc.OP_COMPLETION
+        attributes = _drop_none({
+            sc.GEN_AI_OPERATION_NAME: op,
+            sc.GEN_AI_PROVIDER_NAME: backend.kind,
+            sc.GEN_AI_REQUEST_MODEL: request.model,
+            sc.GEN_AI_REQUEST_MAX_TOKENS: request.max_tokens,
+            sc.GEN_AI_REQUEST_TEMPERATURE: request.temperature,
+            sc.GEN_AI_REQUEST_TOP_P: request.top_p,
+            sc.GEN_AI_REQUEST_SEED: request.seed,
+            sc.GEN_AI_REQUEST_STREAM: True,  # every adapter streams from its backend
+            sc.TOLLGATE_BACKEND: backend.name,
+            sc.TOLLGATE_ATTEMPT: attempt,
+            sc.TOLLGATE_CHOICE: choice,
+        })
+        if self.record_content:
+            attributes[sc.GEN_AI_INPUT_MESSAGES] = _input_messages(request)
+        return self.tracer.start_span(f"{op} {request.model}", kind=SpanKind.CLIENT,
+                                      attributes=attributes)
+
+    def attempt_failed(self, span: Span, backend: Backend, exc: BaseException, policy: str) -> None:
+        """An attempt ended before its first token: counted, and its span closed."""
+        kind = error_type(exc)
+        self.metrics.fallbacks.add(1, {
+            sc.TOLLGATE_POLICY: policy, sc.TOLLGATE_BACKEND: backend.name, sc.ERROR_TYPE: kind,
+        })
+        if span.is_recording():
+            _fail(span, kind, exc)
+            span.end()
+
+    def generation_done(
+        self,
+        job: Job,
+        gen: Generation,
+        prompt_tokens: int,
+        output_tokens: int,
+        cost_usd: float,
+        decode_s: float,
+    ) -> None:
+        """Per-generation metrics, and the attempt's CLIENT span completed and ended."""
+        backend = gen.backend
+        tenant = job.principal.tenant.id
+        base = {
+            sc.GEN_AI_OPERATION_NAME: _operation(job.endpoint),
+            sc.GEN_AI_PROVIDER_NAME: backend.kind,
+            sc.GEN_AI_REQUEST_MODEL: job.model_id,
+            sc.TOLLGATE_BACKEND: backend.name,
+        }
+        m = self.metrics
+        m.ttft.record(gen.ttft_s, base)
+        if output_tokens > 1 and decode_s > 0:
+            m.tpot.record(decode_s / (output_tokens - 1), base)
+        with_tenant = {**base, sc.TOLLGATE_TENANT: tenant}
+        m.tokens.record(prompt_tokens, {**with_tenant, sc.GEN_AI_TOKEN_TYPE: sc.TOKEN_INPUT})
+        m.tokens.record(output_tokens, {**with_tenant, sc.GEN_AI_TOKEN_TYPE: sc.TOKEN_OUTPUT})
+        m.cost.add(cost_usd, with_tenant)
+        m.decisions.add(1, {sc.TOLLGATE_POLICY: job.policy, sc.TOLLGATE_BACKEND: backend.name})
+        self.tokens_per_dollar.add(tenant, backend.name, output_tokens, cost_usd)
+        span = gen.span
+        if not span.is_recording():
+            return
+        span.set_attributes(_drop_none({
+            sc.GEN_AI_RESPONSE_MODEL: backend.models.get(job.model_id),
+            sc.GEN_AI_RESPONSE_FINISH_REASONS: [gen.finish_reason] if gen.finish_reason else None,
+            sc.GEN_AI_USAGE_INPUT_TOKENS: prompt_tokens,
+            sc.GEN_AI_USAGE_OUTPUT_TOKENS: output_tokens,
+            sc.TOLLGATE_COST_USD: cost_usd,
+            sc.TOLLGATE_TTFT_S: gen.ttft_s,
+        }))
+        if self.record_content and gen.transcript is not None:
+            span.set_attribute(sc.GEN_AI_OUTPUT_MESSAGES, _output_messages(gen))
+        if gen.error is not None:
+            _fail(span, error_type(gen.error), gen.error)
+        span.end()
+
+    def request_done(self, span: Span, job: Job, record: UsageRecord,
+                     gens: Sequence[Generation]) -> None:
+        """Per-request metrics, and the outcome on the SERVER span."""
+        first = gens[0] if gens else None
+        failure = _failure(record.status, gens)
+        outcome: dict[str, AttributeValue] = {
+            sc.TOLLGATE_TENANT: record.tenant,
+            sc.TOLLGATE_BACKEND: record.backend,
+            sc.TOLLGATE_POLICY: job.policy,
+            sc.HTTP_RESPONSE_STATUS_CODE: record.status,
+        }
+        latency: dict[str, AttributeValue] = {
+            sc.GEN_AI_OPERATION_NAME: _operation(job.endpoint),
+            sc.GEN_AI_PROVIDER_NAME: first.backend.kind if first else "",
+            sc.GEN_AI_REQUEST_MODEL: job.model_id,
+            sc.TOLLGATE_BACKEND: record.backend,
+        }
+        if failure is not None:
+            outcome[sc.ERROR_TYPE] = latency[sc.ERROR_TYPE] = failure
+        m = self.metrics
+        m.requests.add(1, outcome)
+        m.duration.record(record.duration_s, latency)
+        budget = job.principal.tenant.limits.monthly_budget_usd
+        if budget is not None:
+            m.budget.set(budget, {sc.TOLLGATE_TENANT: record.tenant})
+        if not span.is_recording():
+            return
+        reasons = [g.finish_reason for g in gens if g.finish_reason]
+        span.set_attributes(_drop_none({
+            sc.GEN_AI_PROVIDER_NAME: first.backend.kind if first else None,
+            sc.GEN_AI_RESPONSE_MODEL: job.model_id if first else None,
+            sc.GEN_AI_RESPONSE_ID: job.envelope.id,
+            sc.GEN_AI_RESPONSE_FINISH_REASONS: reasons or None,
+            sc.GEN_AI_USAGE_INPUT_TOKENS: record.prompt_tokens,
+            sc.GEN_AI_USAGE_OUTPUT_TOKENS: record.completion_tokens,
+            sc.TOLLGATE_BACKEND: record.backend or None,
+            sc.TOLLGATE_COST_USD: record.cost_usd,
+            sc.TOLLGATE_FALLBACKS: sum(g.fallbacks for g in gens),
+            sc.TOLLGATE_TTFT_S: record.ttft_s,
+        }))
+        if failure is not None and record.status >= 500:
+            span.set_attribute(sc.ERROR_TYPE, failure)
+            span.set_status(Status(StatusCode.ERROR, failure))
+
+
+class Stage:
+    """A span around one stage of the request (admission, routing), used with ``with``."""
+
+    __slots__ = ("_telemetry", "_tenant", "span")
+
+    def __init__(self, span: Span, telemetry: Telemetry, tenant: str | None) -> None:
+        self.span = span
+        self._telemetry = telemetry
+        self._tenant = tenant
+
+    def __enter__(self) -> Stage:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _: TracebackType | None
+    ) -> None:
+        if exc is not None:
+            reason = error_type(exc)
+            if self._tenant is not None:
+                self._telemetry.metrics.rejections.add(
+                    1, {sc.TOLLGATE_TENANT: self._tenant, sc.ERROR_TYPE: reason}
+                )
+            if self.span.is_recording():
+                _fail(self.span, reason, exc)
+        self.span.end()
+
+    def ranked(self, plan: Sequence[Estimate]) -> None:
+        """Record the candidates in rank order, each with what routing predicted for it."""
+        span = self.span
+        if not span.is_recording():
+            return
+        span.set_attribute(sc.TOLLGATE_CANDIDATES, [e.backend.name for e in plan])
+        for rank, est in enumerate(plan):
+            span.add_event(sc.EVENT_ESTIMATE, {
+                sc.TOLLGATE_RANK: rank,
+                sc.TOLLGATE_BACKEND: est.backend.name,
+                sc.GEN_AI_PROVIDER_NAME: est.backend.kind,
+                sc.TOLLGATE_EST_TTFT_S: est.ttft_s,
+                sc.TOLLGATE_EST_TPOT_S: est.tpot_s,
+                sc.TOLLGATE_EST_USD_PER_MTOK: est.usd_per_output_token * 1e6,
+                sc.TOLLGATE_EST_LOAD: est.load,
+            })
+
+
+def error_type(exc: BaseException) -> str:
+    """A low-cardinality ``error.type``: the OpenAI error code the client sees."""
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return "cancelled"
+    answer = http_answer(exc)
+    return answer.code or answer.type
+
+
+def _failure(status: int, gens: Sequence[Generation]) -> str | None:
+    for gen in gens:
+        if gen.error is not None:
+            return error_type(gen.error)
+    if status == 499:
+        return "cancelled"
+    return str(status) if status >= 400 else None
+
+
+def _fail(span: Span, kind: str, exc: BaseException) -> None:
+    span.set_attribute(sc.ERROR_TYPE, kind)
+    span.set_status(Status(StatusCode.ERROR, kind))
+    if not isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        span.record_exception(exc)
+
+
+def _operation(endpoint: str) -> str:
+    return sc.OP_CHAT if endpoint == "chat" else sc.OP_COMPLETION
+
+
+def _drop_none(values: Mapping[str, AttributeValue | None]) -> dict[str, AttributeValue]:
+    """Attributes without the ``None`` values OpenTelemetry refuses."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _input_messages(request: GenerationRequest) -> str:
+    if request.messages is not None:
+        messages = [{"role": m.role, "parts": [{"type": "text", "content": m.content}]}
+                    for m in request.messages]
+    else:
+        messages = [{"role": "user", "parts": [{"type": "text", "content": request.prompt or ""}]}]
+    return orjson.dumps(messages).decode()
+
+
+def _output_messages(gen: Generation) -> str:
+    text = "".join(gen.transcript or ())
+    message = {"role": "assistant", "parts": [{"type": "text", "content": text}],
+               "finish_reason": gen.finish_reason or "error"}
+    return orjson.dumps([message]).decode()
