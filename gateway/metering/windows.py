@@ -80,7 +80,8 @@ class Reconciler:
 
     async def run(self, now: float) -> int:
         """One pass if this replica wins the lock; returns how many windows it booked."""
-        token = await self.ledger.try_lock(LOCK, ttl_s=max(30.0, self.window_s))
+        # Short enough that a replica dying mid-pass delays the next pass by about a window.
+        token = await self.ledger.try_lock(LOCK, ttl_s=min(30.0, max(2.0, 2 * self.window_s)))
         if token is None:
             return 0
         try:

@@ -345,7 +345,9 @@ class RedisStore:
         if self._spool is not None and self._replayer is None and self._spool.pending():
             self._start_replay()  # leftovers of an earlier run or of a dead replica
 
-    async def _settle_now(self, admission: Admission, usage: UsageRecord) -> None:
+    async def _settle_now(
+        self, admission: Admission, usage: UsageRecord, *, replay: bool = False
+    ) -> None:
         tenant, rid = admission.tenant, admission.request_id
         t_end = usage.started_at + usage.duration_s
         window = int(t_end // self._metering_window_s)
@@ -363,7 +365,9 @@ class RedisStore:
                   usage.weighted_tokens, usage.model, RETENTION_S, BUCKETS,
                   (window + 1.5) * self._metering_window_s, hour],
         )  # fmt: skip
-        if answer == 2:  # reconciliation may already have run: have it run again
+        # Reconciliation may already have run: have it run again. A replayed repeat (0) may be
+        # one whose first run was cut off before this marker was written.
+        if answer == 2 or (replay and answer == 0):
             await self.redis.sadd(f"{self._p}:late", f"{usage.backend}|{window}")
 
     def _start_replay(self) -> None:
@@ -380,7 +384,7 @@ class RedisStore:
                 self._spool.close_segment()
                 for segment in self._spool.segments():
                     for admission, usage in read_segment(segment):
-                        await self._settle_now(admission, usage)
+                        await self._settle_now(admission, usage, replay=True)
                     segment.unlink(missing_ok=True)
             except RedisError:
                 await asyncio.sleep(0.2)  # Redis offers nothing to await on; poll gently
