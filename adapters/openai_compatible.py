@@ -86,8 +86,13 @@ class OpenAICompatibleBackend(HTTPBackend):
         async with aclosing(self._events(path, body, deadline)) as events:
             async for data in events:
                 if data == "[DONE]":
+                    # Read on to the end of the body rather than break: a response closed
+                    # early drops its keep-alive connection, and the next request then pays
+                    # for a new TCP connection.
                     done = True
-                    break
+                    continue
+                if done:
+                    raise UpstreamProtocolError("data after [DONE]", backend=self.name)
                 deadline.started = True
                 chunk = loads(data, self.name)
                 try:

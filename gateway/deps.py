@@ -12,7 +12,7 @@ from gateway.state import AppState
 from gateway.tenancy.models import Principal
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     """The app's parts (set by ``create_app``)."""
     state: AppState = request.app.state.tollgate
     return state
@@ -42,7 +42,7 @@ async def authenticate(request: Request, state: State) -> Principal:
     return principal
 
 
-def require_admin(request: Request, state: State) -> None:
+async def require_admin(request: Request, state: State) -> None:
     """Only the admin key passes; compared in constant time."""
     if not hmac.compare_digest(bearer_token(request).encode(), state.admin_key.encode()):
         raise Unauthenticated("This endpoint needs the admin key.")
