@@ -41,19 +41,27 @@ def create_instruments(meter: Meter) -> Instruments:
     """Create every synchronous instrument, with the buckets the GenAI conventions recommend."""
     return Instruments(
         duration=meter.create_histogram(
-            sc.METRIC_REQUEST_DURATION, unit="s", description="Time from admission to last byte",
+            sc.METRIC_REQUEST_DURATION,
+            unit="s",
+            description="Time from admission to last byte",
             explicit_bucket_boundaries_advisory=sc.DURATION_BUCKETS,
         ),
         ttft=meter.create_histogram(
-            sc.METRIC_TTFT, unit="s", description="Time to first token, fallbacks included",
+            sc.METRIC_TTFT,
+            unit="s",
+            description="Time to first token, fallbacks included",
             explicit_bucket_boundaries_advisory=sc.TTFT_BUCKETS,
         ),
         tpot=meter.create_histogram(
-            sc.METRIC_TPOT, unit="s", description="Time per output token after the first",
+            sc.METRIC_TPOT,
+            unit="s",
+            description="Time per output token after the first",
             explicit_bucket_boundaries_advisory=sc.TPOT_BUCKETS,
         ),
         tokens=meter.create_histogram(
-            sc.METRIC_TOKEN_USAGE, unit="{token}", description="Tokens per generation by type",
+            sc.METRIC_TOKEN_USAGE,
+            unit="{token}",
+            description="Tokens per generation by type",
             explicit_bucket_boundaries_advisory=sc.TOKEN_BUCKETS,
         ),
         cost=meter.create_counter(sc.METRIC_COST, unit="USD", description="Provisional cost"),
@@ -61,15 +69,18 @@ def create_instruments(meter: Meter) -> Instruments:
             sc.METRIC_REQUESTS, unit="{request}", description="Admitted requests by outcome"
         ),
         decisions=meter.create_counter(
-            sc.METRIC_ROUTING_DECISIONS, unit="{decision}",
+            sc.METRIC_ROUTING_DECISIONS,
+            unit="{decision}",
             description="Generations served, by routing policy and backend",
         ),
         fallbacks=meter.create_counter(
-            sc.METRIC_FALLBACKS, unit="{attempt}",
+            sc.METRIC_FALLBACKS,
+            unit="{attempt}",
             description="Attempts that failed before the first byte (the router fell back)",
         ),
         rejections=meter.create_counter(
-            sc.METRIC_REJECTIONS, unit="{request}",
+            sc.METRIC_REJECTIONS,
+            unit="{request}",
             description="Requests refused at admission (rate limits, budget)",
         ),
         budget=meter.create_gauge(
@@ -132,19 +143,27 @@ def watch_fleet(
         sc.METRIC_BACKEND_HEALTHY, [healthy], unit="1", description="1 when the last probe passed"
     )
     meter.create_observable_gauge(
-        sc.METRIC_BACKEND_BREAKER, [breaker], unit="1",
+        sc.METRIC_BACKEND_BREAKER,
+        [breaker],
+        unit="1",
         description="Circuit breaker state: 1 for the current state",
     )
     meter.create_observable_gauge(
-        sc.METRIC_BACKEND_IN_FLIGHT, [backend_in_flight], unit="{request}",
+        sc.METRIC_BACKEND_IN_FLIGHT,
+        [backend_in_flight],
+        unit="{request}",
         description="Generations in flight per backend",
     )
     meter.create_observable_up_down_counter(
-        sc.METRIC_IN_FLIGHT, [requests_in_flight], unit="{request}",
+        sc.METRIC_IN_FLIGHT,
+        [requests_in_flight],
+        unit="{request}",
         description="Admitted requests not yet finished",
     )
     meter.create_observable_gauge(
-        sc.METRIC_TOKENS_PER_DOLLAR, [tokens_per_dollar.observe], unit="{token}/USD",
+        sc.METRIC_TOKENS_PER_DOLLAR,
+        [tokens_per_dollar.observe],
+        unit="{token}",
         description="Output tokens per provisional dollar since start (per replica; "
         "dashboards divide rates instead)",
     )

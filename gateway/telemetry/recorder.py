@@ -110,17 +110,23 @@ class Telemetry:
         if not span.is_recording():
             return
         first = job.requests[0]
-        span.set_attributes(_drop_none({
-            sc.GEN_AI_OPERATION_NAME: _operation(job.endpoint),
-            sc.GEN_AI_REQUEST_MODEL: job.model_id,
-            sc.GEN_AI_REQUEST_MAX_TOKENS: job.max_tokens,
-            sc.GEN_AI_REQUEST_TEMPERATURE: first.temperature,
-            sc.GEN_AI_REQUEST_TOP_P: first.top_p,
-            sc.GEN_AI_REQUEST_STREAM: job.stream,
-            sc.GEN_AI_REQUEST_CHOICE_COUNT: len(job.requests) if len(job.requests) > 1 else None,
-            sc.TOLLGATE_TENANT: job.principal.tenant.id,
-            sc.TOLLGATE_POLICY: job.policy,
-        }))
+        span.set_attributes(
+            _drop_none(
+                {
+                    sc.GEN_AI_OPERATION_NAME: _operation(job.endpoint),
+                    sc.GEN_AI_REQUEST_MODEL: job.model_id,
+                    sc.GEN_AI_REQUEST_MAX_TOKENS: job.max_tokens,
+                    sc.GEN_AI_REQUEST_TEMPERATURE: first.temperature,
+                    sc.GEN_AI_REQUEST_TOP_P: first.top_p,
+                    sc.GEN_AI_REQUEST_STREAM: job.stream,
+                    sc.GEN_AI_REQUEST_CHOICE_COUNT: len(job.requests)
+                    if len(job.requests) > 1
+                    else None,
+                    sc.TOLLGATE_TENANT: job.principal.tenant.id,
+                    sc.TOLLGATE_POLICY: job.policy,
+                }
+            )
+        )
 
     # -- backend attempts -------------------------------------------------------------------
 
@@ -131,30 +137,38 @@ class Telemetry:
         if not self.tracing:
             return INVALID_SPAN
         op = sc.OP_CHAT if request.messages is not None else sc.OP_COMPLETION
-        attributes = _drop_none({
-            sc.GEN_AI_OPERATION_NAME: op,
-            sc.GEN_AI_PROVIDER_NAME: backend.kind,
-            sc.GEN_AI_REQUEST_MODEL: request.model,
-            sc.GEN_AI_REQUEST_MAX_TOKENS: request.max_tokens,
-            sc.GEN_AI_REQUEST_TEMPERATURE: request.temperature,
-            sc.GEN_AI_REQUEST_TOP_P: request.top_p,
-            sc.GEN_AI_REQUEST_SEED: request.seed,
-            sc.GEN_AI_REQUEST_STREAM: True,  # every adapter streams from its backend
-            sc.TOLLGATE_BACKEND: backend.name,
-            sc.TOLLGATE_ATTEMPT: attempt,
-            sc.TOLLGATE_CHOICE: choice,
-        })
+        attributes = _drop_none(
+            {
+                sc.GEN_AI_OPERATION_NAME: op,
+                sc.GEN_AI_PROVIDER_NAME: backend.kind,
+                sc.GEN_AI_REQUEST_MODEL: request.model,
+                sc.GEN_AI_REQUEST_MAX_TOKENS: request.max_tokens,
+                sc.GEN_AI_REQUEST_TEMPERATURE: request.temperature,
+                sc.GEN_AI_REQUEST_TOP_P: request.top_p,
+                sc.GEN_AI_REQUEST_SEED: request.seed,
+                sc.GEN_AI_REQUEST_STREAM: True,  # every adapter streams from its backend
+                sc.TOLLGATE_BACKEND: backend.name,
+                sc.TOLLGATE_ATTEMPT: attempt,
+                sc.TOLLGATE_CHOICE: choice,
+            }
+        )
         if self.record_content:
             attributes[sc.GEN_AI_INPUT_MESSAGES] = _input_messages(request)
-        return self.tracer.start_span(f"{op} {request.model}", kind=SpanKind.CLIENT,
-                                      attributes=attributes)
+        return self.tracer.start_span(
+            f"{op} {request.model}", kind=SpanKind.CLIENT, attributes=attributes
+        )
 
     def attempt_failed(self, span: Span, backend: Backend, exc: BaseException, policy: str) -> None:
         """An attempt ended before its first token: counted, and its span closed."""
         kind = error_type(exc)
-        self.metrics.fallbacks.add(1, {
-            sc.TOLLGATE_POLICY: policy, sc.TOLLGATE_BACKEND: backend.name, sc.ERROR_TYPE: kind,
-        })
+        self.metrics.fallbacks.add(
+            1,
+            {
+                sc.TOLLGATE_POLICY: policy,
+                sc.TOLLGATE_BACKEND: backend.name,
+                sc.ERROR_TYPE: kind,
+            },
+        )
         if span.is_recording():
             _fail(span, kind, exc)
             span.end()
@@ -190,22 +204,29 @@ class Telemetry:
         span = gen.span
         if not span.is_recording():
             return
-        span.set_attributes(_drop_none({
-            sc.GEN_AI_RESPONSE_MODEL: backend.models.get(job.model_id),
-            sc.GEN_AI_RESPONSE_FINISH_REASONS: [gen.finish_reason] if gen.finish_reason else None,
-            sc.GEN_AI_USAGE_INPUT_TOKENS: prompt_tokens,
-            sc.GEN_AI_USAGE_OUTPUT_TOKENS: output_tokens,
-            sc.TOLLGATE_COST_USD: cost_usd,
-            sc.TOLLGATE_TTFT_S: gen.ttft_s,
-        }))
+        span.set_attributes(
+            _drop_none(
+                {
+                    sc.GEN_AI_RESPONSE_MODEL: backend.models.get(job.model_id),
+                    sc.GEN_AI_RESPONSE_FINISH_REASONS: [gen.finish_reason]
+                    if gen.finish_reason
+                    else None,
+                    sc.GEN_AI_USAGE_INPUT_TOKENS: prompt_tokens,
+                    sc.GEN_AI_USAGE_OUTPUT_TOKENS: output_tokens,
+                    sc.TOLLGATE_COST_USD: cost_usd,
+                    sc.TOLLGATE_TTFT_S: gen.ttft_s,
+                }
+            )
+        )
         if self.record_content and gen.transcript is not None:
             span.set_attribute(sc.GEN_AI_OUTPUT_MESSAGES, _output_messages(gen))
         if gen.error is not None:
             _fail(span, error_type(gen.error), gen.error)
         span.end()
 
-    def request_done(self, span: Span, job: Job, record: UsageRecord,
-                     gens: Sequence[Generation]) -> None:
+    def request_done(
+        self, span: Span, job: Job, record: UsageRecord, gens: Sequence[Generation]
+    ) -> None:
         """Per-request metrics, and the outcome on the SERVER span."""
         first = gens[0] if gens else None
         failure = _failure(record.status, gens)
@@ -232,18 +253,22 @@ class Telemetry:
         if not span.is_recording():
             return
         reasons = [g.finish_reason for g in gens if g.finish_reason]
-        span.set_attributes(_drop_none({
-            sc.GEN_AI_PROVIDER_NAME: first.backend.kind if first else None,
-            sc.GEN_AI_RESPONSE_MODEL: job.model_id if first else None,
-            sc.GEN_AI_RESPONSE_ID: job.envelope.id,
-            sc.GEN_AI_RESPONSE_FINISH_REASONS: reasons or None,
-            sc.GEN_AI_USAGE_INPUT_TOKENS: record.prompt_tokens,
-            sc.GEN_AI_USAGE_OUTPUT_TOKENS: record.completion_tokens,
-            sc.TOLLGATE_BACKEND: record.backend or None,
-            sc.TOLLGATE_COST_USD: record.cost_usd,
-            sc.TOLLGATE_FALLBACKS: sum(g.fallbacks for g in gens),
-            sc.TOLLGATE_TTFT_S: record.ttft_s,
-        }))
+        span.set_attributes(
+            _drop_none(
+                {
+                    sc.GEN_AI_PROVIDER_NAME: first.backend.kind if first else None,
+                    sc.GEN_AI_RESPONSE_MODEL: job.model_id if first else None,
+                    sc.GEN_AI_RESPONSE_ID: job.envelope.id,
+                    sc.GEN_AI_RESPONSE_FINISH_REASONS: reasons or None,
+                    sc.GEN_AI_USAGE_INPUT_TOKENS: record.prompt_tokens,
+                    sc.GEN_AI_USAGE_OUTPUT_TOKENS: record.completion_tokens,
+                    sc.TOLLGATE_BACKEND: record.backend or None,
+                    sc.TOLLGATE_COST_USD: record.cost_usd,
+                    sc.TOLLGATE_FALLBACKS: sum(g.fallbacks for g in gens),
+                    sc.TOLLGATE_TTFT_S: record.ttft_s,
+                }
+            )
+        )
         if failure is not None and record.status >= 500:
             span.set_attribute(sc.ERROR_TYPE, failure)
             span.set_status(Status(StatusCode.ERROR, failure))
@@ -282,15 +307,18 @@ class Stage:
             return
         span.set_attribute(sc.TOLLGATE_CANDIDATES, [e.backend.name for e in plan])
         for rank, est in enumerate(plan):
-            span.add_event(sc.EVENT_ESTIMATE, {
-                sc.TOLLGATE_RANK: rank,
-                sc.TOLLGATE_BACKEND: est.backend.name,
-                sc.GEN_AI_PROVIDER_NAME: est.backend.kind,
-                sc.TOLLGATE_EST_TTFT_S: est.ttft_s,
-                sc.TOLLGATE_EST_TPOT_S: est.tpot_s,
-                sc.TOLLGATE_EST_USD_PER_MTOK: est.usd_per_output_token * 1e6,
-                sc.TOLLGATE_EST_LOAD: est.load,
-            })
+            span.add_event(
+                sc.EVENT_ESTIMATE,
+                {
+                    sc.TOLLGATE_RANK: rank,
+                    sc.TOLLGATE_BACKEND: est.backend.name,
+                    sc.GEN_AI_PROVIDER_NAME: est.backend.kind,
+                    sc.TOLLGATE_EST_TTFT_S: est.ttft_s,
+                    sc.TOLLGATE_EST_TPOT_S: est.tpot_s,
+                    sc.TOLLGATE_EST_USD_PER_MTOK: est.usd_per_output_token * 1e6,
+                    sc.TOLLGATE_EST_LOAD: est.load,
+                },
+            )
 
 
 def error_type(exc: BaseException) -> str:
@@ -328,8 +356,10 @@ def _drop_none(values: Mapping[str, AttributeValue | None]) -> dict[str, Attribu
 
 def _input_messages(request: GenerationRequest) -> str:
     if request.messages is not None:
-        messages = [{"role": m.role, "parts": [{"type": "text", "content": m.content}]}
-                    for m in request.messages]
+        messages = [
+            {"role": m.role, "parts": [{"type": "text", "content": m.content}]}
+            for m in request.messages
+        ]
     else:
         messages = [{"role": "user", "parts": [{"type": "text", "content": request.prompt or ""}]}]
     return orjson.dumps(messages).decode()
@@ -337,6 +367,9 @@ def _input_messages(request: GenerationRequest) -> str:
 
 def _output_messages(gen: Generation) -> str:
     text = "".join(gen.transcript or ())
-    message = {"role": "assistant", "parts": [{"type": "text", "content": text}],
-               "finish_reason": gen.finish_reason or "error"}
+    message = {
+        "role": "assistant",
+        "parts": [{"type": "text", "content": text}],
+        "finish_reason": gen.finish_reason or "error",
+    }
     return orjson.dumps([message]).decode()

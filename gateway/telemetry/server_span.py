@@ -76,4 +76,3 @@ def _route(scope: Scope) -> str | None:
     route = scope.get("route")
     path: object = getattr(route, "path", None)
     return path if isinstance(path, str) else None
-

@@ -30,9 +30,7 @@ from gateway.telemetry.recorder import VERSION, Telemetry
 PROTOCOLS = ("http/protobuf", "grpc")
 
 
-def build_telemetry(
-    settings: TelemetrySettings, env: Mapping[str, str] | None = None
-) -> Telemetry:
+def build_telemetry(settings: TelemetrySettings, env: Mapping[str, str] | None = None) -> Telemetry:
     """Providers for what is configured; a no-op ``Telemetry`` when nothing is."""
     env = os.environ if env is None else env
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
@@ -55,8 +53,13 @@ def build_telemetry(
     if readers:
         meter_provider = MeterProvider(metric_readers=readers, resource=resource)
         stops.append(meter_provider.shutdown)
-    return Telemetry(tracer_provider, meter_provider, record_content=settings.record_content,
-                     registry=registry, on_shutdown=stops)
+    return Telemetry(
+        tracer_provider,
+        meter_provider,
+        record_content=settings.record_content,
+        registry=registry,
+        on_shutdown=stops,
+    )
 
 
 def prometheus_reader() -> tuple[CollectorRegistry, MetricReader]:

@@ -31,18 +31,23 @@ def settings_for(names: list[str]) -> Settings:
     """One model served by the named backends, priced per token."""
     backends = [
         {
-            "name": name, "kind": "vllm", "url": "http://127.0.0.1:9",
+            "name": name,
+            "kind": "vllm",
+            "url": "http://127.0.0.1:9",
             "models": {"test-model": "upstream-test-model"},
             "price": {"usd_per_mtok_input": 0.1, "usd_per_mtok_output": PRICES.get(name, 2.0)},
         }
         for name in names
     ]
-    return parse_settings({
-        "models": [{"id": "test-model", "chat_template": "chatml"}],
-        "backends": backends,
-        "server": {"access_log": False},
-        "admin_key": "tg-admin-test",
-    }, env={})
+    return parse_settings(
+        {
+            "models": [{"id": "test-model", "chat_template": "chatml"}],
+            "backends": backends,
+            "server": {"access_log": False},
+            "admin_key": "tg-admin-test",
+        },
+        env={},
+    )
 
 
 @dataclass
@@ -55,8 +60,13 @@ class Traced:
     spans: InMemorySpanExporter
     metrics: InMemoryMetricReader
 
-    def post(self, path: str, body: dict[str, Any], key: str | None = None,
-             headers: dict[str, str] | None = None) -> httpx.Response:
+    def post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         auth = {"authorization": f"Bearer {key or self.key}", **(headers or {})}
         return httpx.post(f"{self.url}{path}", json=body, headers=auth, timeout=10)
 
@@ -91,19 +101,26 @@ def traced() -> Iterator[Factory]:
     """Build a traced gateway over ``backends`` (a ScriptedBackend named scripted by default)."""
     servers: list[LiveServer] = []
 
-    def build(backends: list[ScriptedBackend] | None = None, *,
-              record_content: bool = False) -> Traced:
+    def build(
+        backends: list[ScriptedBackend] | None = None, *, record_content: bool = False
+    ) -> Traced:
         backends = backends or [ScriptedBackend()]
         exporter = InMemorySpanExporter()
         tracer_provider = TracerProvider()
         tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
         reader = InMemoryMetricReader()
-        telemetry = Telemetry(tracer_provider, MeterProvider(metric_readers=[reader]),
-                              record_content=record_content)
+        telemetry = Telemetry(
+            tracer_provider, MeterProvider(metric_readers=[reader]), record_content=record_content
+        )
         store = MemoryStore()
         key = asyncio.run(store.create_key("team-a")).secret
-        app = create_app(settings_for([b.name for b in backends]), store=store,
-                         backends=backends, meter=PerTokenMeter(), telemetry=telemetry)
+        app = create_app(
+            settings_for([b.name for b in backends]),
+            store=store,
+            backends=backends,
+            meter=PerTokenMeter(),
+            telemetry=telemetry,
+        )
         server = LiveServer(app).__enter__()
         servers.append(server)
         return Traced(server.url, key, store, exporter, reader)

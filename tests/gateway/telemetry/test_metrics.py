@@ -56,8 +56,9 @@ def test_request_metrics_after_a_streamed_and_a_plain_request(traced: Factory) -
     assert isinstance(tpot, HistogramDataPoint) and tpot.count == 2
     assert list(tpot.explicit_bounds) == list(sc.TPOT_BUCKETS)
 
-    (out,) = where(data, sc.METRIC_TOKEN_USAGE, gen_ai__token__type="output",
-                   tollgate__tenant="team-a")
+    (out,) = where(
+        data, sc.METRIC_TOKEN_USAGE, gen_ai__token__type="output", tollgate__tenant="team-a"
+    )
     (inp,) = where(data, sc.METRIC_TOKEN_USAGE, gen_ai__token__type="input")
     assert isinstance(out, HistogramDataPoint) and out.sum == 8
     assert isinstance(inp, HistogramDataPoint) and inp.sum == 14
@@ -87,18 +88,23 @@ def test_fleet_gauges_fallbacks_and_rejections(traced: Factory) -> None:
 
     (fallback,) = where(data, sc.METRIC_FALLBACKS)
     assert (fallback.attributes or {}) == {
-        sc.TOLLGATE_POLICY: "cost", sc.TOLLGATE_BACKEND: "cheap",
+        sc.TOLLGATE_POLICY: "cost",
+        sc.TOLLGATE_BACKEND: "cheap",
         sc.ERROR_TYPE: "backend_unavailable",
     }
     (rejection,) = where(data, sc.METRIC_REJECTIONS)
     assert (rejection.attributes or {}) == {
-        sc.TOLLGATE_TENANT: "team-broke", sc.ERROR_TYPE: refused.json()["error"]["code"],
+        sc.TOLLGATE_TENANT: "team-broke",
+        sc.ERROR_TYPE: refused.json()["error"]["code"],
     }
-    open_state = where(data, sc.METRIC_BACKEND_BREAKER, tollgate__backend="dear",
-                       tollgate__breaker__state="closed")
+    open_state = where(
+        data, sc.METRIC_BACKEND_BREAKER, tollgate__backend="dear", tollgate__breaker__state="closed"
+    )
     assert [p.value for p in open_state] == [1]  # type: ignore[union-attr]
-    healthy = {(p.attributes or {})[sc.TOLLGATE_BACKEND]: p.value  # type: ignore[union-attr]
-               for p in where(data, sc.METRIC_BACKEND_HEALTHY)}
+    healthy = {
+        (p.attributes or {})[sc.TOLLGATE_BACKEND]: p.value  # type: ignore[union-attr]
+        for p in where(data, sc.METRIC_BACKEND_HEALTHY)
+    }
     assert healthy == {"cheap": 1, "dear": 1}
 
 
@@ -112,7 +118,11 @@ def test_no_providers_means_no_spans_and_no_metrics_endpoint(traced: Factory) ->
 
     telemetry = build_telemetry(TelemetrySettings(prometheus=False), env={})
     assert not telemetry.tracing and telemetry.registry is None
-    app = create_app(settings_for(["scripted"]), backends=[ScriptedBackend()],
-                     meter=PerTokenMeter(), telemetry=telemetry)
+    app = create_app(
+        settings_for(["scripted"]),
+        backends=[ScriptedBackend()],
+        meter=PerTokenMeter(),
+        telemetry=telemetry,
+    )
     with LiveServer(app) as server:
         assert httpx.get(f"{server.url}/metrics").status_code == 404

@@ -60,15 +60,23 @@ def run_one_request(settings: TelemetrySettings, env: dict[str, str]) -> tuple[s
     """Serve one completion; return the /metrics text (or "") and its content type."""
     store = MemoryStore()
     key = asyncio.run(store.create_key("team-a")).secret
-    app = create_app(settings_for(["scripted"]), store=store, backends=[ScriptedBackend()],
-                     meter=PerTokenMeter(), telemetry=build_telemetry(settings, env))
+    app = create_app(
+        settings_for(["scripted"]),
+        store=store,
+        backends=[ScriptedBackend()],
+        meter=PerTokenMeter(),
+        telemetry=build_telemetry(settings, env),
+    )
     with LiveServer(app) as server:
-        answer = httpx.post(f"{server.url}/v1/completions",
-                            json={"model": "test-model", "prompt": "hi", "max_tokens": 2},
-                            headers={"authorization": f"Bearer {key}"})
+        answer = httpx.post(
+            f"{server.url}/v1/completions",
+            json={"model": "test-model", "prompt": "hi", "max_tokens": 2},
+            headers={"authorization": f"Bearer {key}"},
+        )
         assert answer.status_code == 200
-        scraped = httpx.get(f"{server.url}/metrics",
-                            headers={"accept": "application/openmetrics-text"})
+        scraped = httpx.get(
+            f"{server.url}/metrics", headers={"accept": "application/openmetrics-text"}
+        )
     if scraped.status_code != 200:
         return "", ""
     return scraped.text, scraped.headers["content-type"]
@@ -81,7 +89,7 @@ def test_default_is_prometheus_only_without_tracing() -> None:
     text, content_type = run_one_request(TelemetrySettings(), {})
     assert content_type.startswith("application/openmetrics-text")
     assert "gen_ai_server_request_duration_seconds_bucket{" in text
-    assert 'tollgate_cost_USD_total{' in text
+    assert "tollgate_cost_USD_total{" in text
     assert 'tollgate_tenant="team-a"' in text
 
 
@@ -118,8 +126,10 @@ def test_otlp_http_exports_spans_and_metrics(
 def test_protocol_and_signal_switches() -> None:
     assert protocol({}, "TRACES") == "http/protobuf"
     assert protocol({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "TRACES") == "grpc"
-    env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL":
-           "http/protobuf"}
+    env = {
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf",
+    }
     assert protocol(env, "METRICS") == "http/protobuf"
     with pytest.raises(ValueError, match="http/json"):
         protocol({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "TRACES")
@@ -127,8 +137,11 @@ def test_protocol_and_signal_switches() -> None:
     assert not build_telemetry(TelemetrySettings(prometheus=False), off).tracing
     disabled = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_SDK_DISABLED": "true"}
     assert not build_telemetry(TelemetrySettings(), disabled).tracing
-    grpc = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_METRICS_EXPORTER": "none"}
+    grpc = {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_METRICS_EXPORTER": "none",
+    }
     telemetry = build_telemetry(TelemetrySettings(prometheus=False), grpc)
     assert telemetry.tracing
     asyncio.run(telemetry.aclose())

@@ -45,8 +45,10 @@ def text_of(spans: Sequence[ReadableSpan]) -> str:
 
 def test_non_streamed_completion_span_tree_and_attributes(traced: Factory) -> None:
     gw = traced()
-    answer = gw.post("/v1/completions", {"model": "test-model", "prompt": PROMPT,
-                                         "max_tokens": 3, "temperature": 0.5})
+    answer = gw.post(
+        "/v1/completions",
+        {"model": "test-model", "prompt": PROMPT, "max_tokens": 3, "temperature": 0.5},
+    )
     assert answer.status_code == 200
     spans = gw.finished(1)
 
@@ -54,7 +56,9 @@ def test_non_streamed_completion_span_tree_and_attributes(traced: Factory) -> No
     assert server.kind is SpanKind.SERVER
     assert server.parent is None
     assert children(spans, server) == {
-        sc.SPAN_ADMISSION, sc.SPAN_ROUTING, "text_completion upstream-test-model"
+        sc.SPAN_ADMISSION,
+        sc.SPAN_ROUTING,
+        "text_completion upstream-test-model",
     }
     attrs = server.attributes or {}
     assert attrs[sc.HTTP_RESPONSE_STATUS_CODE] == 200
@@ -96,10 +100,15 @@ def test_non_streamed_completion_span_tree_and_attributes(traced: Factory) -> No
 def test_streamed_chat_span_tree_and_attributes(traced: Factory) -> None:
     gw = traced()
     with_usage = {"include_usage": True}
-    answer = gw.post("/v1/chat/completions", {
-        "model": "test-model", "stream": True, "stream_options": with_usage,
-        "messages": [{"role": "user", "content": PROMPT}],
-    })
+    answer = gw.post(
+        "/v1/chat/completions",
+        {
+            "model": "test-model",
+            "stream": True,
+            "stream_options": with_usage,
+            "messages": [{"role": "user", "content": PROMPT}],
+        },
+    )
     assert answer.status_code == 200
     assert "[DONE]" in answer.text
     spans = gw.finished(1)
@@ -127,8 +136,10 @@ def test_fallback_records_the_failed_attempt_and_the_one_that_served(traced: Fac
     assert answer.status_code == 200
     spans = gw.finished(1)
 
-    attempts = sorted(by_name(spans, "text_completion upstream-test-model"),
-                      key=lambda s: (s.attributes or {})[sc.TOLLGATE_ATTEMPT])
+    attempts = sorted(
+        by_name(spans, "text_completion upstream-test-model"),
+        key=lambda s: (s.attributes or {})[sc.TOLLGATE_ATTEMPT],
+    )
     assert [(s.attributes or {})[sc.TOLLGATE_BACKEND] for s in attempts] == ["cheap", "dear"]
     failed, served = attempts
     assert (failed.attributes or {})[sc.ERROR_TYPE] == "backend_unavailable"
@@ -149,8 +160,9 @@ def test_rejection_at_admission_is_on_the_admission_span(traced: Factory) -> Non
     assert gw.post("/v1/completions", body, key=key).status_code == 429
     spans = gw.finished(2)
 
-    rejected = [s for s in by_name(spans, sc.SPAN_ADMISSION)
-                if s.status.status_code is StatusCode.ERROR]
+    rejected = [
+        s for s in by_name(spans, sc.SPAN_ADMISSION) if s.status.status_code is StatusCode.ERROR
+    ]
     assert len(rejected) == 1
     attrs = rejected[0].attributes or {}
     assert attrs[sc.ERROR_TYPE] == "rate_limit_exceeded"
@@ -165,8 +177,11 @@ def test_rejection_at_admission_is_on_the_admission_span(traced: Factory) -> Non
 def test_incoming_traceparent_is_continued(traced: Factory) -> None:
     gw = traced()
     trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
-    answer = gw.post("/v1/completions", {"model": "test-model", "prompt": "hi", "max_tokens": 2},
-                     headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
+    answer = gw.post(
+        "/v1/completions",
+        {"model": "test-model", "prompt": "hi", "max_tokens": 2},
+        headers={"traceparent": f"00-{trace_id}-{parent_id}-01"},
+    )
     assert answer.status_code == 200
     spans = gw.finished(1)
     server = only(spans, "POST /v1/completions")
