@@ -21,7 +21,7 @@ from engine.weights import (
     to_pytree,
 )
 
-_CACHE_VERSION = "1"  # bump when the on-disk conversion changes
+_CACHE_VERSION = "2"  # bump when the on-disk conversion changes
 
 
 @dataclass

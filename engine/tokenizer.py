@@ -29,9 +29,16 @@ def build_sentencepiece_model(vocab: Vocabulary) -> bytes:
         zip(vocab.pieces, vocab.scores.tolist(), vocab.types.tolist(), strict=True)
     ):
         entry = model.pieces.add()
-        if kind == _USER_DEFINED:
-            # Whitespace-run pieces carry literal spaces; sentencepiece matches on U+2581.
+        if kind == _USER_DEFINED and piece.strip(" ") == "":
+            # Runs of spaces carry literal spaces, where sentencepiece expects U+2581. Matched
+            # greedily as user-defined pieces, 33 spaces would become 31 + 2; Gemma merges them
+            # by BPE like any other piece (16 + 17), so they become normal pieces.
             piece = piece.replace(" ", _SPACE)
+            kind = _NORMAL
+        if kind == _NORMAL:
+            # Gemma's merge priority is the order of the vocabulary, not the scores in the file
+            # (which rank the whitespace runs last); BPE merges the highest score first.
+            score = -float(index)
         if index == vocab.unk_id:
             kind = (
                 _UNKNOWN  # the file types <unk> as control; sentencepiece needs exactly one unknown
@@ -44,6 +51,7 @@ def build_sentencepiece_model(vocab: Vocabulary) -> bytes:
     trainer.vocab_size = len(vocab.pieces)
     trainer.byte_fallback = True
     trainer.split_digits = True
+    trainer.split_by_whitespace = False  # merges may cross spaces: '▁▁▁▁' + 'if'
     trainer.allow_whitespace_only_pieces = True
     trainer.unk_id = vocab.unk_id
     trainer.bos_id = vocab.bos_id
