@@ -9,6 +9,7 @@ then deletes the segment. Segments of dead processes are adopted and replayed to
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -29,9 +30,15 @@ class Spool:
         self.directory = Path(directory)
         self._segment: Path | None = None
         self._serial = 0
+        # Appends run in a worker thread; sealing must never rename a segment mid-write.
+        self._lock = threading.Lock()
 
     def append(self, admission: Admission, usage: UsageRecord) -> None:
         """Write one settlement durably (blocking: only ever called during an outage)."""
+        with self._lock:
+            self._append(admission, usage)
+
+    def _append(self, admission: Admission, usage: UsageRecord) -> None:
         if self._segment is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._serial += 1
@@ -50,9 +57,10 @@ class Spool:
 
     def close_segment(self) -> None:
         """Seal the open segment so new outage writes go to a fresh one."""
-        if self._segment is not None:
-            self._segment.rename(self._segment.with_suffix(_READY))
-            self._segment = None
+        with self._lock:
+            if self._segment is not None:
+                self._segment.rename(self._segment.with_suffix(_READY))
+                self._segment = None
         for orphan in self.directory.glob(f"spool-*{_OPEN}"):
             if not _alive(orphan):
                 orphan.rename(orphan.with_suffix(_READY))
