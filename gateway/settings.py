@@ -105,16 +105,19 @@ class SimulateSettings(_Strict):
     scale_up_s: float = Field(0.0, ge=0)
     scale_down_idle_s: float = Field(300.0, ge=0)
     list_price_usd_per_mtok: float | None = None  # what an operator types into a peer gateway
+    max_queue: int = Field(256, ge=0)  # waiting requests per instance before it answers Overloaded
+    target_utilisation: float = Field(0.8, gt=0, le=1)  # the autoscaler's slot-usage target
+    ttft_overhead_s: float = Field(0.0, ge=0)  # network and scheduling before prefill starts
 
 
 class EngineSettings(_Strict):
     """Options of the embedded engine (kind ``embedded``)."""
 
     model_path: str | None = None  # None: the Gemma 3 270M GGUF from PyPI
-    weight_format: Literal["f32", "bf16", "int8"] = "bf16"
+    weight_format: Literal["f32", "bf16", "int8"] = "int8"
     decode_slots: int = Field(16, ge=1)
     max_context: int = Field(2048, ge=16)
-    max_queue: int = Field(256, ge=1)
+    max_queue: int = Field(64, ge=1)
 
 
 class BackendSettings(_Strict):

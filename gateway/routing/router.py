@@ -150,19 +150,31 @@ class Router:
             (healthy if ok else sick).append(est)
         ranked = rank(policy, healthy, objectives, self._rng)
         if ranked and policy != "latency":
-            self._count_spills(ranked[0], healthy, objectives)
+            self._count_spills(ranked[0], healthy, sick, objectives)
         if sick:
             ranked += rank("latency", sick, Objectives(), self._rng)
         return ranked
 
     def _count_spills(
-        self, chosen: Estimate, estimates: Sequence[Estimate], objectives: Objectives
+        self,
+        chosen: Estimate,
+        healthy: Sequence[Estimate],
+        sick: Sequence[Estimate],
+        objectives: Objectives,
     ) -> None:
-        """Cheaper backends passed over for their load: the demand an autoscaler should see."""
-        for est in estimates:
-            if est.usd_per_output_token < chosen.usd_per_output_token and not est.meets(
-                objectives
-            ):
+        """Cheaper backends passed over: the demand an autoscaler of theirs should see.
+
+        A full backend spills, and so does one with nothing ready (a pool scaled to zero
+        probes unhealthy); one skipped for a stall is already busy catching up.
+        """
+        price = chosen.usd_per_output_token
+        for est in healthy:
+            if est.usd_per_output_token < price and not est.meets(objectives):
+                stats = self._members[est.backend.name].stats
+                if stats.saturated:
+                    stats.spilled()
+        for est in sick:
+            if est.usd_per_output_token < price:
                 self._members[est.backend.name].stats.spilled()
 
     def allows(self, name: str) -> bool:

@@ -23,6 +23,7 @@ SPILL_HORIZON_S = 10.0  # time constant of the spill rate
 TTFT_CLIP = 4.0  # one cold start must not hide a backend: clip samples at 4x the estimate
 RATIO_RANGE = (0.1, 10.0)  # a TPOT sample moves the calibration at most this far
 TYPICAL_ANSWER_TOKENS = 256  # slot holding time before any request has finished
+TTFT_MEMORY_S = 30.0  # unrefreshed, a TTFT estimate relaxes to the prior over this time
 
 
 def _ewma(old: float | None, sample: float, alpha: float) -> float:
@@ -45,6 +46,7 @@ class BackendStats:
     clock: Clock = time.monotonic
     alpha: float = 0.2
     ttft_s: float | None = None  # EWMA of (clipped) time-to-first-token samples
+    ttft_at: float = 0.0  # when ``ttft_s`` last took a sample
     tpot_s: float | None = None  # EWMA of measured seconds per output token
     tpot_ratio: float = 1.0  # measured TPOT over the prior's curve at the batch it ran at
     hold_s: float | None = None  # EWMA of how long a request holds a decode slot
@@ -78,10 +80,12 @@ class BackendStats:
         """The first token of a request arrived after ``ttft_s``."""
         if self._pending:
             self._pending.popleft()  # FIFO is close enough: only the oldest age is read
-        if self.ttft_s is not None:
-            ttft_s = min(ttft_s, self.ttft_s * TTFT_CLIP)
-        self.ttft_s = _ewma(self.ttft_s, ttft_s, self.alpha)
         self.recent_ttft.append(ttft_s)
+        current = self.ttft_s if self.ttft_s is None else self.measured_ttft()
+        if current is not None:
+            ttft_s = min(ttft_s, current * TTFT_CLIP)
+        self.ttft_s = _ewma(current, ttft_s, self.alpha)
+        self.ttft_at = self.clock()
 
     def failed(self) -> None:
         """A request failed before its first token."""
@@ -116,6 +120,11 @@ class BackendStats:
         self.load = snapshot
         if snapshot.running and snapshot.kv_usage:
             self.slots = max(1.0, snapshot.running / snapshot.kv_usage)
+
+    @property
+    def saturated(self) -> bool:
+        """Every slot in service is taken."""
+        return self.concurrency >= self.slots
 
     def spilled(self) -> None:
         """A request this backend would have won went elsewhere because it was saturated."""
@@ -154,6 +163,18 @@ class BackendStats:
         """How long the oldest request still waiting for its first token has waited."""
         return self.clock() - self._pending[0] if self._pending else 0.0
 
+    def measured_ttft(self) -> float:
+        """The TTFT estimate, relaxing towards the prior while nothing refreshes it.
+
+        A backend avoided because it looked slow (a cold start, a bad minute) earns a new
+        trial instead of being judged on an old figure forever.
+        """
+        prior = self.prior.ttft_s
+        if self.ttft_s is None:
+            return prior
+        fade = math.exp((self.ttft_at - self.clock()) / TTFT_MEMORY_S)
+        return prior + (self.ttft_s - prior) * fade
+
     def ttft_percentile(self, q: float) -> float | None:
         """Recent TTFT quantile (for health and telemetry, not the request path)."""
         return percentile(self.recent_ttft, q)
@@ -174,13 +195,15 @@ class BackendStats:
         ``prompt_tokens`` is accepted for models that charge prefill per token; the live
         TTFT estimate already reflects the prompts this backend usually sees.
         """
-        base = self.ttft_s if self.ttft_s is not None else self.prior.ttft_s
+        base = self.measured_ttft()
         over = self.concurrency + extra - self.slots
         if over > 0:
             hold = self.hold_s
             if hold is None:
                 hold = TYPICAL_ANSWER_TOKENS * self.predicted_tpot(extra)
-            base += over / self.slots * hold  # slots free at slots/hold per second
+            # Slots free at slots/hold per second, at random: wait for ``over`` of them,
+            # counted near the 90th percentile rather than the mean (a queue's tail is long).
+            base += (over + 2.0 * math.sqrt(over)) * hold / self.slots
         # A request still waiting says the next one will wait at least as long (cold start,
         # a stalled server) before any failure has been counted.
         return max(base, self.oldest_wait_s())
