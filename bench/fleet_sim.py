@@ -27,8 +27,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--fleet", default=str(DEFAULT_FLEET), help="fleet file (a Tollgate config)")
     p.add_argument("--rates", default=",".join(map(str, RATES)), help="requests/s, comma-separated")
     p.add_argument("--policies", default=",".join(ALL_POLICIES))
-    p.add_argument("--duration", type=float, default=240.0, help="seconds of arrivals per run")
-    p.add_argument("--warmup", type=float, default=60.0, help="seconds before measuring")
+    p.add_argument("--duration", type=float, default=300.0, help="seconds of arrivals per run")
+    p.add_argument("--warmup", type=float, default=120.0, help="seconds before measuring")
     p.add_argument("--workload", choices=("fixed", "mixed", "both"), default="both",
                    help="lengths around 1,024 tokens, long-tailed mixed lengths, or both")
     p.add_argument("--out", default="fleet", help="PNG path prefix ('' for none)")

@@ -138,7 +138,7 @@ class SimBackend:
 
     def __init__(self, config: BackendSettings) -> None:
         self.name = config.name
-        self.kind = config.kind
+        self.kind: str = config.kind
         self.models: Mapping[str, str] = dict(config.models)
         self.capabilities = Capabilities(chat=True, stop=True)
         self.config = config
