@@ -6,7 +6,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 REDIS_PORT := 6379
 
-.PHONY: serve test lint bench install install-dev redis clean
+.PHONY: serve test lint bench install install-dev redis prometheus clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,10 @@ redis:
 	fi
 	@redis-cli -h 127.0.0.1 -p $(REDIS_PORT) ping
 
-test: $(STAMP_DEV) redis
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
+
+test: $(STAMP_DEV) redis prometheus
 	$(BIN)/python -m pytest
 
 lint: $(STAMP_DEV)
@@ -44,6 +47,7 @@ lint: $(STAMP_DEV)
 	$(BIN)/mypy
 
 bench: $(STAMP_DEV)
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(BIN)/tollgate bench overhead
 
 clean:

@@ -46,7 +46,7 @@ class EmbeddedBackend:
     ) -> None:
         self.name = name
         self.engine_config = engine_config or EngineConfig()
-        self.models = dict(models or DEFAULT_MODELS)
+        self.models: Mapping[str, str] = dict(models or DEFAULT_MODELS)
         self.usd_per_hour = usd_per_hour  # what the host costs; metering prices tokens from it
         self.capabilities = Capabilities(
             chat=False,

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.base import Backend, Timeouts
-from gateway.settings import BackendSettings, Settings
-from gateway.tokenizers import SentencePieceTokenizer, TokenCounter, Tokenizer
+from gateway.settings import BackendSettings, EngineSettings, Settings
+from gateway.tokenizers import SentencePieceTokenizer, TokenCounter, Tokenizer, TokenizerSource
 
 # kind -> (module, class) of its adapter; imported only when configured.
 ADAPTERS = {
@@ -22,12 +22,7 @@ ADAPTERS = {
 def build_backend(cfg: BackendSettings) -> Backend:
     """The adapter for one configured backend."""
     if cfg.kind == "embedded":
-        from adapters.embedded import EmbeddedBackend
-
-        embedded: Backend = EmbeddedBackend.from_settings(
-            cfg.name, cfg.models, cfg.engine, cfg.options
-        )
-        return embedded
+        return _embedded(cfg)
     module, cls_name = ADAPTERS[cfg.kind]
     cls: Any = getattr(importlib.import_module(module), cls_name)
     backend: Backend = cls(
@@ -44,6 +39,21 @@ def build_backend(cfg: BackendSettings) -> Backend:
     return backend
 
 
+def _embedded(cfg: BackendSettings) -> Backend:
+    from adapters.embedded import EmbeddedBackend
+    from engine.config import EngineConfig
+
+    opts = cfg.engine or EngineSettings()
+    engine = EngineConfig(
+        model_path=opts.model_path,
+        weight_format=opts.weight_format,
+        decode_slots=opts.decode_slots,
+        max_context=opts.max_context,
+        max_queue=opts.max_queue,
+    )
+    return EmbeddedBackend(cfg.name, engine, cfg.models)
+
+
 def build_backends(settings: Settings) -> list[Backend]:
     """Every configured backend."""
     return [build_backend(cfg) for cfg in settings.backends]
@@ -51,16 +61,27 @@ def build_backends(settings: Settings) -> list[Backend]:
 
 def build_token_counter(settings: Settings, backends: Sequence[Backend]) -> TokenCounter:
     """Tokenizers per model: a sentencepiece file, or the embedded engine's own."""
-    tokenizers: dict[str, Tokenizer] = {}
+    counter = TokenCounter()
     for model in settings.models:
-        if model.tokenizer and model.tokenizer != "embedded":
-            tokenizers[model.id] = SentencePieceTokenizer(model.tokenizer)
-    counter = TokenCounter(tokenizers)
-    for backend in backends:
-        attach = getattr(backend, "on_tokenizer", None)
-        if attach is None:
-            continue
-        for model in settings.models:
-            if model.tokenizer == "embedded" and model.id in backend.models:
-                attach(lambda tok, m=model.id: counter.add(m, tok))
+        if model.tokenizer == "embedded":
+            engine = next(
+                (b for b in backends if b.kind == "embedded" and model.id in b.models), None
+            )
+            if engine is not None:
+                counter.add(model.id, _loaded_tokenizer(engine))
+        elif model.tokenizer:
+            counter.add(model.id, _fixed(SentencePieceTokenizer(model.tokenizer)))
     return counter
+
+
+def _fixed(tokenizer: Tokenizer) -> TokenizerSource:
+    return lambda: tokenizer
+
+
+def _loaded_tokenizer(engine: Backend) -> TokenizerSource:
+    # The engine loads in the background; until then prompt tokens are estimated.
+    def source() -> Tokenizer | None:
+        tokenizer: Tokenizer | None = getattr(engine, "tokenizer", None)
+        return tokenizer
+
+    return source

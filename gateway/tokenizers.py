@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 
@@ -30,26 +30,34 @@ class SentencePieceTokenizer:
         return str(self._sp.decode(list(ids)))
 
 
+TokenizerSource = Callable[[], "Tokenizer | None"]
+
+
 class TokenCounter:
-    """Counts prompt tokens with the model's tokenizer, or estimates when it has none."""
+    """Counts prompt tokens with the model's tokenizer, or estimates when it has none.
+
+    Tokenizers come from sources so that one still loading (the embedded engine's) is used
+    as soon as it is there.
+    """
 
     # ~4 bytes per token is the usual figure for BPE/unigram vocabularies on English.
     BYTES_PER_TOKEN = 4
 
-    def __init__(self, tokenizers: Mapping[str, Tokenizer]) -> None:
-        self._tokenizers = dict(tokenizers)
+    def __init__(self) -> None:
+        self._sources: dict[str, TokenizerSource] = {}
 
-    def add(self, model: str, tokenizer: Tokenizer) -> None:
-        """Register a tokenizer that became available later (the embedded engine's)."""
-        self._tokenizers[model] = tokenizer
+    def add(self, model: str, source: TokenizerSource) -> None:
+        """Use ``source()`` as the model's tokenizer."""
+        self._sources[model] = source
 
     def tokenizer(self, model: str) -> Tokenizer | None:
-        """The model's tokenizer, if configured."""
-        return self._tokenizers.get(model)
+        """The model's tokenizer, if configured and ready."""
+        source = self._sources.get(model)
+        return source() if source is not None else None
 
     def count(self, model: str, text: str) -> int:
         """Prompt tokens of ``text`` for ``model`` (exact with a tokenizer, else estimated)."""
-        tok = self._tokenizers.get(model)
+        tok = self.tokenizer(model)
         if tok is not None:
             return len(tok.encode(text))
         return max(1, (len(text.encode()) + self.BYTES_PER_TOKEN - 1) // self.BYTES_PER_TOKEN)
