@@ -79,7 +79,8 @@ def _ms(text: str) -> float:
 def run_wrk(url: str, script: Path, connections: int, duration: float) -> WrkResult:
     """One wrk run with one thread (wrk shares the two cores with both servers)."""
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+         "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
