@@ -91,22 +91,16 @@ class JetStreamBackend:
         self.capabilities = Capabilities(
             token_prompts=True, max_context=self.options.get("max_context")
         )
-        target, secure = _target(url)
+        self._target, secure = _target(url)
         if channel_credentials is None and (secure or tls_ca_file):
             root = open(tls_ca_file, "rb").read() if tls_ca_file else None  # noqa: SIM115
             channel_credentials = grpc.ssl_channel_credentials(root_certificates=root)
-        self._channel = (
-            aio.secure_channel(target, channel_credentials)
-            if channel_credentials is not None
-            else aio.insecure_channel(target)
-        )
+        self._credentials = channel_credentials
+        # grpc.aio binds a channel to the event loop current when it is made, so it is
+        # made on first use, inside the loop that serves (not where the app was built).
+        self._grpc: aio.Channel | None = None
+        self._rpcs: tuple[Any, Any] | None = None  # Decode and HealthCheck on that channel
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        self._decode = self._channel.unary_stream(
-            DECODE, request_serializer=_raw, response_deserializer=_raw
-        )
-        self._health = self._channel.unary_unary(
-            HEALTH_CHECK, request_serializer=_raw, response_deserializer=_raw
-        )
         self._metrics_url = metrics_url
         self._metrics: httpx.AsyncClient | None = None
         if metrics_url:
@@ -123,7 +117,7 @@ class JetStreamBackend:
         """Stream one generation; closing the iterator cancels the RPC."""
         deadline = Deadline(self.timeouts, self.name)
         await self._connected()
-        call = self._decode(
+        call = self._calls()[0](
             self._request(req).SerializeToString(),
             timeout=self.timeouts.total,
             metadata=self._metadata,
@@ -174,6 +168,29 @@ class JetStreamBackend:
                 setattr(request, key, opts[key])
         return request
 
+    @property
+    def _channel(self) -> aio.Channel:
+        """The gRPC channel, made on first use in the running event loop."""
+        if self._grpc is None:
+            self._grpc = (
+                aio.secure_channel(self._target, self._credentials)
+                if self._credentials is not None
+                else aio.insecure_channel(self._target)
+            )
+        return self._grpc
+
+    def _calls(self) -> tuple[Any, Any]:
+        """The Decode and HealthCheck callables on the channel."""
+        if self._rpcs is None:
+            channel = self._channel
+            self._rpcs = (
+                channel.unary_stream(DECODE, request_serializer=_raw, response_deserializer=_raw),
+                channel.unary_unary(
+                    HEALTH_CHECK, request_serializer=_raw, response_deserializer=_raw
+                ),
+            )
+        return self._rpcs
+
     async def _connected(self) -> None:
         """Fail fast when the server refuses connections; wait at most ``connect`` otherwise."""
         state = self._channel.get_state(try_to_connect=True)
@@ -193,7 +210,7 @@ class JetStreamBackend:
     async def probe(self) -> LoadSnapshot:
         """``HealthCheck.is_live``, and load from the Prometheus metrics when configured."""
         try:
-            raw = await self._health(
+            raw = await self._calls()[1](
                 pb.HealthCheckRequest().SerializeToString(),
                 timeout=self.timeouts.connect,
                 metadata=self._metadata,
@@ -239,7 +256,9 @@ class JetStreamBackend:
 
     async def aclose(self) -> None:
         """Close the channel and the metrics client."""
-        await self._channel.close()
+        if self._grpc is not None:
+            await self._grpc.close()
+            self._grpc = self._rpcs = None
         if self._metrics is not None:
             await self._metrics.aclose()
 
