@@ -95,6 +95,8 @@ class Generation:
                     return
                 delta = await anext(self.stream, None)
             self.finish_reason = "stop"  # a stream that simply ends has finished
+            if self._matcher is not None and (tail := self._matcher.flush()):
+                yield Piece(tail)
         except BaseException as exc:
             self.error = exc
             raise
@@ -123,6 +125,8 @@ class Generation:
                 self.finish_reason = "stop"
             elif delta.finish_reason is not None:
                 text += self._matcher.flush()
+                if self._matcher.stopped:
+                    self.finish_reason = "stop"
         if delta.finish_reason is not None and self.finish_reason is None:
             self.finish_reason = delta.finish_reason
         if self.transcript is not None and text:

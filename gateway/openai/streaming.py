@@ -23,8 +23,10 @@ def sse_raw(json_bytes: bytes) -> bytes:
 class StopMatcher:
     """Cuts a text stream at the first stop sequence without ever leaking part of one.
 
-    Text that could be the start of a stop sequence is held back until the next piece
-    shows whether it is; ``flush`` releases it when the stream ends without a stop.
+    Text that could be the start of a stop sequence is held back until the next piece shows
+    whether it is. The cut is where the earliest-starting stop sequence begins, whatever the
+    chunking: a stop that completes is not acted on while an earlier-starting one might still
+    complete. ``flush`` resolves what is held when the stream ends.
     """
 
     __slots__ = ("_held", "_stops", "stopped")
@@ -39,26 +41,41 @@ class StopMatcher:
         if self.stopped:
             return ""
         buf = self._held + text
-        cut = min((i for i in (buf.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
+        cut = self._first_match(buf)
+        pending = self._first_partial(buf)
+        if cut >= 0 and (pending < 0 or cut <= pending):
             self._held = ""
             self.stopped = True
             return buf[:cut]
-        keep = self._partial_suffix(buf)
-        self._held = buf[len(buf) - keep :] if keep else ""
-        return buf[: len(buf) - keep]
+        if pending >= 0:
+            self._held = buf[pending:]
+            return buf[:pending]
+        self._held = ""
+        return buf
 
     def flush(self) -> str:
-        """Whatever was held back, at a natural end of the stream."""
+        """Whatever was held back, at the end of the stream (cut if it holds a stop)."""
         held, self._held = self._held, ""
-        return "" if self.stopped else held
+        if self.stopped:
+            return ""
+        cut = self._first_match(held)
+        if cut >= 0:
+            self.stopped = True
+            return held[:cut]
+        return held
 
-    def _partial_suffix(self, buf: str) -> int:
-        """Length of the longest suffix of ``buf`` that begins some stop sequence."""
-        best = 0
+    def _first_match(self, buf: str) -> int:
+        return min((i for i in (buf.find(s) for s in self._stops) if i >= 0), default=-1)
+
+    def _first_partial(self, buf: str) -> int:
+        """Where the earliest stop sequence that ``buf`` ends in the middle of begins."""
+        first = -1
+        end = len(buf)
         for stop in self._stops:
-            for size in range(min(len(stop) - 1, len(buf)), best, -1):
-                if buf.endswith(stop[:size]):
-                    best = size
+            for start in range(max(0, end - len(stop) + 1), end):
+                if first >= 0 and start >= first:
                     break
-        return best
+                if stop.startswith(buf[start:]):
+                    first = start
+                    break
+        return first
