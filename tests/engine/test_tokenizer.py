@@ -17,7 +17,7 @@ CORPUS = [
     "a     b          c                                 d",
     "tabs\tand\nnewlines\n\n\n  x\r\n",
     "\n" * 40,
-    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
     "for (int i = 0; i < n; ++i) { sum += a[i]; }",
     "emoji 😀🎉👨‍👩‍👧‍👦 ok",
     "中文字符和日本語のテキスト、한국어",
