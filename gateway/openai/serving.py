@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import orjson
 from opentelemetry.trace import INVALID_SPAN, Span
@@ -35,6 +36,7 @@ from gateway.tenancy.store import Store
 from gateway.tokenizers import TokenCounter
 
 log = logging.getLogger("tollgate.serving")
+T = TypeVar("T")
 JSON = "application/json"
 
 
@@ -171,7 +173,10 @@ class Serving:
         env = job.envelope
         status = 200
         try:
-            folded = await asyncio.gather(*(self._collect(job, g) for g in gens))
+            if len(gens) == 1:  # the common case: no task per request
+                folded = [await self._collect(job, gens[0])]
+            else:
+                folded = await _all_or_none([self._collect(job, g) for g in gens])
         except BaseException as exc:
             status = _status(exc)
             raise
@@ -321,6 +326,17 @@ class Serving:
     def _headers(self, job: Job, gens: Sequence[Generation]) -> dict[str, str]:
         names = dict.fromkeys(g.backend.name for g in gens)
         return {"x-tollgate-backend": ",".join(names), "x-tollgate-policy": job.policy}
+
+
+async def _all_or_none(coros: Sequence[Coroutine[None, None, T]]) -> list[T]:
+    """Results of all ``coros`` run concurrently; the first failure cancels the rest."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _status(exc: BaseException) -> int:
