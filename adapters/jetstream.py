@@ -88,9 +88,9 @@ class JetStreamBackend:
         self.models: Mapping[str, str] = dict(models)
         self.timeouts = timeouts
         self.options: Mapping[str, Any] = dict(options or {})
-        self.capabilities = Capabilities(
-            token_prompts=True, max_context=self.options.get("max_context")
-        )
+        # A token prompt makes JetStream answer with token ids and no text, which the client
+        # cannot read; the gateway decodes token prompts with the model's tokenizer instead.
+        self.capabilities = Capabilities(max_context=self.options.get("max_context"))
         self._target, secure = _target(url)
         if channel_credentials is None and (secure or tls_ca_file):
             root = open(tls_ca_file, "rb").read() if tls_ca_file else None  # noqa: SIM115
@@ -158,7 +158,7 @@ class JetStreamBackend:
 
     def _request(self, req: GenerationRequest) -> Any:
         request = pb.DecodeRequest(max_tokens=req.max_tokens)
-        if req.prompt_token_ids is not None:
+        if req.prompt is None and req.prompt_token_ids is not None:
             request.token_content.token_ids.extend(req.prompt_token_ids)
         else:
             request.text_content.text = req.prompt or ""
