@@ -4,6 +4,7 @@
      ├── Unauthenticated        401 invalid_api_key
      ├── Forbidden              403 model_not_allowed
      ├── ModelNotFound          404 model_not_found
+     ├── NotFound(param)        404 not_found (admin: no such tenant or key)
      ├── InvalidRequest(param)  400 invalid_request_error
      ├── BodyTooLarge           413
      ├── RateLimited            429 rate_limit_exceeded (+ retry-after)
@@ -53,6 +54,10 @@ class ModelNotFound(GatewayError):
     """No configured model has this id or alias."""
 
 
+class NotFound(GatewayError):
+    """An admin call named a tenant or key that does not exist; ``param`` names which."""
+
+
 class InvalidRequest(GatewayError):
     """The request body or a parameter is invalid; ``param`` names the field."""
 
@@ -91,6 +96,7 @@ _TABLE: tuple[tuple[type[Exception], HttpAnswer], ...] = (
     (Unauthenticated, HttpAnswer(401, "invalid_request_error", "invalid_api_key")),
     (Forbidden, HttpAnswer(403, "invalid_request_error", "model_not_allowed")),
     (ModelNotFound, HttpAnswer(404, "invalid_request_error", "model_not_found")),
+    (NotFound, HttpAnswer(404, "invalid_request_error", "not_found")),
     (InvalidRequest, HttpAnswer(400, "invalid_request_error", None)),
     (BodyTooLarge, HttpAnswer(413, "invalid_request_error", "request_too_large")),
     (RateLimited, HttpAnswer(429, "requests", "rate_limit_exceeded")),

@@ -19,7 +19,7 @@ from gateway.admin.schemas import (
 from gateway.deps import AdminOnly, CurrentPrincipal, State
 from gateway.errors import InvalidRequest
 from gateway.metering.service import CostMeter
-from gateway.tenancy.tenants import UnknownTenant
+from gateway.tenancy.tenants import UnknownKey, UnknownTenant
 
 admin_router = APIRouter(prefix="/admin", dependencies=[AdminOnly])
 usage_router = APIRouter()
@@ -82,9 +82,9 @@ async def list_keys(state: State, tenant: str | None = None) -> dict[str, Any]:
 
 @admin_router.delete("/keys/{key_id}")
 async def revoke_key(key_id: str, state: State) -> dict[str, Any]:
-    """Revoke a key; every replica refuses it within a second."""
+    """Revoke a key; every replica refuses it within a second (404 if none is active)."""
     if not await state.store.revoke_key(key_id):
-        raise InvalidRequest(f"No active key {key_id!r}.", param="key_id")
+        raise UnknownKey(key_id)
     return {"id": key_id, "object": "api_key", "revoked": True}
 
 

@@ -1,18 +1,26 @@
-"""Tenant ids, default limits from config, and the error for a tenant that does not exist."""
+"""Tenant ids, default limits from config, and the 404s for a missing tenant or key."""
 
 from __future__ import annotations
 
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, NotFound
 from gateway.settings import TenantSeed
 from gateway.tenancy.models import TENANT_ID, Limits
 
 
-class UnknownTenant(InvalidRequest):
-    """An admin call named a tenant that does not exist."""
+class UnknownTenant(NotFound):
+    """An admin call named a tenant that does not exist (404)."""
 
     def __init__(self, tenant_id: str) -> None:
         super().__init__(f"No tenant {tenant_id!r}.", param="tenant")
         self.tenant_id = tenant_id
+
+
+class UnknownKey(NotFound):
+    """An admin call named a key that does not exist or is already revoked (404)."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"No active key {key_id!r}.", param="key_id")
+        self.key_id = key_id
 
 
 def checked_id(tenant_id: str) -> str:

@@ -70,9 +70,31 @@ async def test_tenant_lifecycle(client: tuple[httpx.AsyncClient, MemoryStore]) -
     assert [t["id"] for t in listed.json()["data"]] == ["acme"]
     assert (await http.delete("/admin/tenants/acme", headers=ADMIN)).status_code == 200
     missing = await http.get("/admin/tenants/acme", headers=ADMIN)
-    assert missing.status_code == 400 and missing.json()["error"]["param"] == "tenant"
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "tenant"
     bad = await http.post("/admin/tenants", headers=ADMIN, json={"id": "Bad Id"})
     assert bad.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "param"),
+    [
+        ("GET", "/admin/tenants/ghost", "tenant"),
+        ("PATCH", "/admin/tenants/ghost", "tenant"),
+        ("DELETE", "/admin/tenants/ghost", "tenant"),
+        ("DELETE", "/admin/keys/key_0123456789abcdef", "key_id"),
+    ],
+)
+async def test_missing_tenants_and_keys_are_404(
+    client: tuple[httpx.AsyncClient, MemoryStore], method: str, path: str, param: str
+) -> None:
+    http, _ = client
+    body = {"requests_per_minute": 5} if method == "PATCH" else None
+    answer = await http.request(method, path, headers=ADMIN, json=body)
+    assert answer.status_code == 404
+    assert answer.json()["error"] == {
+        "message": answer.json()["error"]["message"], "type": "invalid_request_error",
+        "param": param, "code": "not_found",
+    }  # fmt: skip
 
 
 async def test_keys_and_own_usage(client: tuple[httpx.AsyncClient, MemoryStore]) -> None:
@@ -109,5 +131,7 @@ async def test_keys_and_own_usage(client: tuple[httpx.AsyncClient, MemoryStore])
 
     revoked = await http.delete(f"/admin/keys/{issued['id']}", headers=ADMIN)
     assert revoked.status_code == 200
+    again = await http.delete(f"/admin/keys/{issued['id']}", headers=ADMIN)
+    assert again.status_code == 404 and again.json()["error"]["code"] == "not_found"
     refused = await http.get("/v1/usage", headers={"Authorization": f"Bearer {issued['key']}"})
     assert refused.status_code == 401

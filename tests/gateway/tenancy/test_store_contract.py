@@ -8,7 +8,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import anyio
 import pytest
 
-from gateway.errors import InvalidRequest, QuotaExceeded, RateLimited, Unauthenticated
+from gateway.errors import (
+    InvalidRequest,
+    NotFound,
+    QuotaExceeded,
+    RateLimited,
+    Unauthenticated,
+)
 from gateway.tenancy.limits import LimitExceeded
 from gateway.tenancy.memory import MemoryStore
 from gateway.tenancy.models import Admission, Limits, Principal, UsageRecord
@@ -94,6 +100,8 @@ async def test_tenant_crud(store: Store) -> None:
     assert await store.delete_tenant("acme")
     assert not await store.delete_tenant("acme")
     assert await store.get_tenant("acme") is None
+    with pytest.raises(NotFound):
+        await store.update_limits("acme", Limits())
 
 
 async def test_invalid_tenant_id_is_refused(store: Store) -> None:
