@@ -99,7 +99,7 @@ class GemmaEngine:
         self._first = jax.jit(_first_token, static_argnums=2)
         self._insert = jax.jit(_insert, donate_argnums=0)
         self._generate = jax.jit(partial(_generate, config), static_argnums=2, donate_argnums=1)
-        self._resize = jax.jit(_resize, static_argnums=1, donate_argnums=0)
+        self._resize = jax.jit(_resize, static_argnums=1)
 
     # -- state ---------------------------------------------------------------------------
 

@@ -56,7 +56,9 @@ def greedy_ids(loaded: LoadedModel, ids: list[int], count: int) -> list[int]:
 @pytest.mark.reference
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_logits_match_transformers(real_f32: LoadedModel, reference_model: Any, prompt: str) -> None:
+def test_logits_match_transformers(
+    real_f32: LoadedModel, reference_model: Any, prompt: str
+) -> None:
     assert real_f32.tokenizer is not None
     ids = real_f32.tokenizer.encode(prompt)
     ours, theirs = jax_logits(real_f32, ids), reference_logits(reference_model, ids)
