@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import queue
-import threading
 import time
 
+import anyio
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,6 +40,13 @@ def collect(server: GenerationServer, prompt: str, params: GenerationParams) -> 
     inbox: queue.Queue[Chunk | BaseException] = queue.Queue()
     server.submit(prompt, params, inbox.put)
     return inbox
+
+
+def wait_idle(server: GenerationServer, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while server.load().running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return server.load().running == 0
 
 
 def drain(inbox: queue.Queue) -> list[Chunk]:
@@ -97,10 +104,7 @@ async def test_closing_the_stream_cancels_and_frees_the_slot(tokenizer: GemmaTok
             if received == 3:
                 break
         await stream.aclose()
-        deadline = time.monotonic() + 10
-        while server.load().running and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert server.load().running == 0
+        assert await anyio.to_thread.run_sync(wait_idle, server)
         # The single slot serves the next request straight away.
         chunks = run_to_end(server, PROMPTS[1], GenerationParams(max_tokens=3, temperature=0.0))
         assert chunks[-1].finish_reason == "length"
@@ -214,13 +218,16 @@ def test_prompt_longer_than_context_is_refused(tiny_server: GenerationServer) ->
 def test_bounded_queue_pushes_back(tokenizer: GemmaTokenizer) -> None:
     server = make_tiny_server(tokenizer, decode_slots=1, max_queue=2)
     try:
-        gate = threading.Event()
         long = GenerationParams(max_tokens=200, temperature=0)
-        ids = [server.submit(PROMPTS[0], long, lambda _: gate.wait(0)) for _ in range(2)]
-        # One runs, up to two wait; the loop may not have taken the first yet, so allow one more.
-        with pytest.raises(QueueFull):
-            for _ in range(3):
+        ids: list[int] = []
+        refused = 0
+        # One runs and two may wait; the loop may not have taken the first yet: allow one more.
+        for _ in range(5):
+            try:
                 ids.append(server.submit(PROMPTS[0], long, lambda _: None))
+            except QueueFull:
+                refused += 1
+        assert 3 <= len(ids) <= 4 and refused == 5 - len(ids)
         for request_id in ids:
             server.cancel(request_id)
     finally:
