@@ -11,10 +11,9 @@ import pytest
 from engine.config import EngineConfig
 from engine.gguf_loader import default_gguf_path
 from engine.loading import LoadedModel, load_model, load_tokenizer
-from engine.runtime import start_server
 from engine.serving import GenerationServer
-from engine.tiny import tiny_config, tiny_params
 from engine.tokenizer import GemmaTokenizer
+from tests.engine.tiny_servers import make_tiny_server
 
 
 @pytest.fixture
@@ -58,31 +57,6 @@ def reference_tokenizer(gguf_dir: Path) -> Any:
     """The tokenizer transformers builds from the same GGUF."""
     transformers = pytest.importorskip("transformers")
     return transformers.AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file="model.gguf")
-
-
-def tiny_engine_config(**overrides: Any) -> EngineConfig:
-    """Small buckets so the tiny model compiles few, small shapes."""
-    options: dict[str, Any] = {
-        "decode_slots": 4,
-        "max_context": 256,
-        "prefill_buckets": (16, 64, 256),
-        "kv_buckets": (32, 64, 128, 256),
-        "max_queue": 8,
-        "max_top_logprobs": 5,
-        "compilation_cache": False,
-    }
-    options.update(overrides)
-    return EngineConfig(**options)
-
-
-def make_tiny_server(
-    tokenizer: GemmaTokenizer, family: int = 3, **overrides: Any
-) -> GenerationServer:
-    """A running batch loop over a random tiny Gemma with the real tokenizer."""
-    config = tiny_config(family)
-    loaded = LoadedModel(config, tiny_params(config), None, Path("tiny"), 0.0)
-    server, _ = start_server(tiny_engine_config(**overrides), loaded, tokenizer, warm_up=False)
-    return server
 
 
 @pytest.fixture(scope="session")

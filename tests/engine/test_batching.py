@@ -16,7 +16,7 @@ from engine.errors import PromptTooLong, QueueFull
 from engine.runtime import run_to_end
 from engine.serving import Chunk, GenerationParams, GenerationServer
 from engine.tokenizer import GemmaTokenizer
-from tests.engine.conftest import make_tiny_server
+from tests.engine.tiny_servers import make_tiny_server
 
 GREEDY = GenerationParams(max_tokens=24, temperature=0.0)
 PROMPTS = [
