@@ -98,7 +98,9 @@ class GemmaEngine:
         self._prompt_lp = jax.jit(partial(_prompt_logprobs, config), static_argnums=3)
         self._first = jax.jit(_first_token, static_argnums=2)
         self._insert = jax.jit(_insert, donate_argnums=0)
-        self._generate = jax.jit(partial(_generate, config), static_argnums=2, donate_argnums=1)
+        self._generate = jax.jit(
+            partial(_generate, config), static_argnums=(2, 3), donate_argnums=1
+        )
         self._resize = jax.jit(_resize, static_argnums=1)
 
     # -- state ---------------------------------------------------------------------------
@@ -178,8 +180,22 @@ class GemmaEngine:
     ) -> tuple[DecodeState, StepOutput]:
         """One decode step for every slot; ``full=False`` is greedy without logprobs."""
         state = self.fit_capacity(state, self._needed(state))
-        state, selection = self._generate(self.params, state, n_top if full else -1)
+        state, selection = self._generate(
+            self.params, state, n_top if full else -1, self._rows(state)
+        )
         return state, _to_host(selection)
+
+    def _rows(self, state: DecodeState) -> int:
+        """Slots to step: a power of two (>= 2) covering the highest active slot.
+
+        Never one row: a one-row bf16/int8 matmul is pathologically slow on XLA:CPU.
+        """
+        active = np.flatnonzero(np.asarray(state.active))
+        highest = int(active[-1]) + 1 if active.size else 1
+        rows = 2
+        while rows < highest:
+            rows *= 2
+        return min(rows, self.max_slots) if self.max_slots >= 2 else self.max_slots
 
     def prompt_logprobs(self, prefix: Prefix, n_top: int) -> StepOutput:
         """Logprob of each prompt token given those before it (row i predicts token i + 1)."""
@@ -267,14 +283,23 @@ def _insert(
 
 
 def _generate(
-    config: ModelConfig, params: Params, state: DecodeState, n_top: int
+    config: ModelConfig, params: Params, state: DecodeState, n_top: int, rows: int
 ) -> tuple[DecodeState, Selection]:
-    logits, k, v = model.decode(config, params, state.k, state.v, state.tokens, state.positions)
-    selection = greedy(logits) if n_top < 0 else select(logits, state.sampling, n_top)
-    step = state.active.astype(jnp.int32)
-    tokens = jnp.where(state.active, selection.tokens, state.tokens)
-    sampling = state.sampling._replace(steps=state.sampling.steps + step)
-    new_state = DecodeState(k, v, tokens, state.positions + step, state.active, sampling)
+    tokens, positions, active = state.tokens[:rows], state.positions[:rows], state.active[:rows]
+    sampling = jax.tree.map(lambda a: a[:rows], state.sampling)
+    logits, k, v = model.decode(config, params, state.k, state.v, tokens, positions)
+    selection = greedy(logits) if n_top < 0 else select(logits, sampling, n_top)
+    step = active.astype(jnp.int32)
+    new_tokens = jnp.where(active, selection.tokens, tokens)
+    steps = state.sampling.steps.at[:rows].add(step)
+    new_state = DecodeState(
+        k=k,
+        v=v,
+        tokens=state.tokens.at[:rows].set(new_tokens),
+        positions=state.positions.at[:rows].add(step),
+        active=state.active,
+        sampling=state.sampling._replace(steps=steps),
+    )
     return new_state, selection
 
 

@@ -175,12 +175,14 @@ def decode(
     tokens: jax.Array,
     positions: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One token per slot. ``tokens``/``positions`` [S]; caches [L, S, T, KV, hd].
+    """One token for each of the first R slots. ``tokens``/``positions`` [R]; caches
+    [L, S, T, KV, hd] with S >= R (slots past R are left alone, so a few active slots do not
+    pay for all of them).
 
-    The cache holds positions < ``positions[s]`` of slot s. Returns logits [S, V] and the
+    The cache holds positions < ``positions[s]`` of slot s. Returns logits [R, V] and the
     updated caches (the new entries written at ``positions``).
     """
-    slots, capacity = k_cache.shape[1], k_cache.shape[2]
+    slots, capacity = tokens.shape[0], k_cache.shape[2]
     cos, sin = _rope_tables(config, positions)
     distance = positions[:, None] - jnp.arange(capacity)[None, :]
     causal = distance > 0  # strictly earlier positions live in the cache
@@ -190,6 +192,7 @@ def decode(
 
     def layer_fn(h: jax.Array, xs: tuple[Params, jax.Array, jax.Array, jax.Array]) -> Any:
         layer, is_local, k_past, v_past = xs
+        k_past, v_past = k_past[:slots], v_past[:slots]
         x = rms_norm(h, layer["attn_norm"], config.norm_eps)
         which = jnp.where(is_local, 0, 1)
         q, k, v = _qkv(config, layer, x, cos[which], sin[which])
