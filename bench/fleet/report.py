@@ -16,14 +16,21 @@ COLORS: dict[str, RGB] = {
 
 
 def table(results: Sequence[RunResult]) -> str:
-    """One line per (rate, policy)."""
-    head = (f"{'rate/s':>7} {'policy':<18} {'$/1M out':>9} {'out tok/$':>10} {'SLO':>7} "
+    """One line per (rate, policy).
+
+    ``$/1M out`` and ``out tok/$``: the whole fleet's cost over the window (reserved and
+    autoscaled instance time, API spend) against output tokens delivered; the bar is judged
+    on these. ``good tok/$``: only tokens of answers within both objectives, per dollar.
+    """
+    head = (f"{'rate/s':>7} {'policy':<18} {'$/1M out':>9} {'out tok/$':>10} "
+            f"{'good tok/$':>10} {'SLO':>7} "
             f"{'p50 TTFT':>9} {'p99 TTFT':>9} {'failed':>7}  where the tokens went")
     lines = [head, "-" * len(head)]
     for r in results:
         where = " ".join(f"{k.split('-')[0]}:{v:.0%}" for k, v in r.share.items() if v >= 0.005)
         lines.append(
             f"{r.rate:>7g} {r.policy:<18} {r.usd_per_mtok:>9.3f} {r.tokens_per_usd:>10,.0f} "
+            f"{r.goodput_per_usd:>10,.0f} "
             f"{r.slo_attainment:>7.1%} {r.ttft_p50_s:>8.2f}s {r.ttft_p99_s:>8.2f}s "
             f"{r.failed:>7}  {where}"
         )

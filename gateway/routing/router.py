@@ -162,20 +162,34 @@ class Router:
         sick: Sequence[Estimate],
         objectives: Objectives,
     ) -> None:
-        """Cheaper backends passed over: the demand an autoscaler of theirs should see.
+        """Count the request against the cheapest backend that passed it over and can grow.
 
         A full backend spills, and so does one with nothing ready (a pool scaled to zero
-        probes unhealthy); one skipped for a stall is already busy catching up.
+        probes unhealthy); one skipped for a stall is already busy catching up. Only one
+        backend hears each spill: the cheapest whose autoscaler has shown it acts (slots
+        came or went, or it was scaled to zero) and that has not gone on spilling without
+        growing (a reserved instance, a pool at its ceiling). When every autoscaler
+        answers the one request, the fleet grows by several times what it needs, and
+        in the dearest places too. Before any pool has shown it scales, the cheapest
+        passed-over backend that is not known to be stuck hears it.
         """
         price = chosen.usd_per_output_token
-        for est in healthy:
-            if est.usd_per_output_token < price and not est.meets(objectives):
-                stats = self._members[est.backend.name].stats
-                if stats.saturated:
-                    stats.spilled()
-        for est in sick:
-            if est.usd_per_output_token < price:
-                self._members[est.backend.name].stats.spilled()
+        passed: list[tuple[float, BackendStats]] = []
+        for est in (*healthy, *sick):
+            stats = self._members[est.backend.name].stats
+            if est.usd_per_output_token >= price:
+                continue
+            if est.healthy and (est.meets(objectives) or not stats.saturated):
+                continue
+            passed.append((est.usd_per_output_token, stats))
+        if not passed:
+            return
+        open_ = [p for p in passed if not p[1].stuck]
+        growing = [p for p in open_ if p[1].grows]
+        target = min(growing or open_, key=lambda p: p[0])[1] if open_ else None
+        for _, stats in passed:
+            if stats is target or stats.stuck:  # a stuck one's clock keeps running
+                stats.spilled(chosen.expected_tokens)
 
     def allows(self, name: str) -> bool:
         """Whether ``name`` may be tried now (its breaker is not open, no back-off asked)."""

@@ -7,6 +7,7 @@ slots in service, and requests still waiting for a first token put a floor under
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections import deque
@@ -22,8 +23,13 @@ SERVED_HORIZON_S = 30.0  # window of "output tokens per second served"
 SPILL_HORIZON_S = 10.0  # time constant of the spill rate
 TTFT_CLIP = 4.0  # one cold start must not hide a backend: clip samples at 4x the estimate
 RATIO_RANGE = (0.1, 10.0)  # a TPOT sample moves the calibration at most this far
-TYPICAL_ANSWER_TOKENS = 256  # slot holding time before any request has finished
+TYPICAL_ANSWER_TOKENS = 256  # answer length of a spill whose request did not say
 TTFT_MEMORY_S = 30.0  # unrefreshed, a TTFT estimate relaxes to the prior over this time
+BATCH_MARK_S = 0.5  # spacing of the batch-size history that TPOT samples are calibrated on
+BATCH_HISTORY_S = 900.0  # longest decode the history covers
+ENDING_HORIZON_S = 10.0  # window of "answers ending per second" (the rate slots free at)
+MIN_ENDINGS = 0.01  # no ending seen: a slot is predicted to free within 1,000 s
+STUCK_S = 150.0  # spilled this long with no slot added: this backend does not grow
 
 
 def _ewma(old: float | None, sample: float, alpha: float) -> float:
@@ -58,29 +64,80 @@ class BackendStats:
     slots: float = 0.0  # decode slots in service (all instances); the prior until a probe
     recent_ttft: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     recent_tpot: deque[float] = field(default_factory=lambda: deque(maxlen=256))
-    _pending: deque[float] = field(default_factory=deque)  # starts still awaiting a token
+    # starts still awaiting a token: (when, whether every slot was taken at the time)
+    _pending: deque[tuple[float, bool]] = field(default_factory=deque)
     _served: deque[tuple[float, int]] = field(default_factory=deque)
     _served_total: int = 0
-    _spill: float = 0.0
+    _ends: deque[float] = field(default_factory=deque)  # when recent answers ended
+    _spill: float = 0.0  # spills, decayed over SPILL_HORIZON_S
+    _spill_tokens: float = 0.0  # their expected output tokens, decayed the same way
     _spill_at: float = 0.0
+    _spill_began: float = 0.0  # start of the current run of spills (for an unbiased rate)
+    _spilling_since: float | None = None  # start of the current run of spills with no growth
+    grows: bool = False  # its slots in service have been seen to change (an autoscaled pool)
+    # The per-instance batch integrated over time, so a TPOT sample is compared with the
+    # batch the request actually decoded in, not the one left when it finished.
+    _area: float = 0.0
+    _area_at: float = 0.0
+    _batch: float = 0.0
+    _mark_t: list[float] = field(default_factory=list)
+    _mark_area: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.slots:
             self.slots = float(self.prior.max_concurrency)
+        self._area_at = self.clock()
+
+    def _advance(self) -> None:
+        """Close the piece of the batch integral up to now; call around every change."""
+        now = self.clock()
+        self._area += self._batch * (now - self._area_at)
+        self._area_at = now
+        self._batch = self._per_instance(min(float(self.concurrency), self.slots))
+        if not self._mark_t or now - self._mark_t[-1] >= BATCH_MARK_S:
+            self._mark_t.append(now)
+            self._mark_area.append(self._area)
+            if now - self._mark_t[0] > 2 * BATCH_HISTORY_S:
+                cut = bisect.bisect_left(self._mark_t, now - BATCH_HISTORY_S)
+                del self._mark_t[:cut], self._mark_area[:cut]
+
+    def mean_batch(self, since_s: float) -> float:
+        """Mean per-instance batch over the last ``since_s`` seconds (now's when unknown)."""
+        self._advance()
+        now = self._area_at
+        t0 = now - since_s
+        i = bisect.bisect_right(self._mark_t, t0) - 1
+        if since_s <= 0 or i < 0:
+            return self._batch
+        # Between marks the batch is unknown: take the mark's area plus the current slope.
+        area0 = self._mark_area[i] + (t0 - self._mark_t[i]) * (
+            (self._mark_area[i + 1] - self._mark_area[i])
+            / max(1e-9, self._mark_t[i + 1] - self._mark_t[i])
+            if i + 1 < len(self._mark_t) else self._batch
+        )
+        return max(0.0, (self._area - area0) / since_s)
 
     # -- observations ---------------------------------------------------------------------
 
     def started(self) -> None:
         """A request was sent."""
+        queued = self.concurrency >= self.slots
+        self._advance()
         self.in_flight += 1
         self.requests += 1
-        self._pending.append(self.clock())
+        self._pending.append((self.clock(), queued))
+        self._advance()
 
     def first_token(self, ttft_s: float) -> None:
         """The first token of a request arrived after ``ttft_s``."""
-        if self._pending:
-            self._pending.popleft()  # FIFO is close enough: only the oldest age is read
+        queued = False
+        if self._pending:  # FIFO is close enough: only the oldest age is read
+            queued = self._pending.popleft()[1]
         self.recent_ttft.append(ttft_s)
+        if queued:
+            # It waited for a slot: the queue model predicts that wait (and the oldest
+            # waiter floors it), so learning it here as well would count it twice.
+            return
         current = self.ttft_s if self.ttft_s is None else self.measured_ttft()
         if current is not None:
             ttft_s = min(ttft_s, current * TTFT_CLIP)
@@ -95,7 +152,7 @@ class BackendStats:
 
     def finished(self, *, ok: bool, output_tokens: int, decode_s: float) -> None:
         """A request ended; ``decode_s`` is the time after its first token."""
-        batch = self._per_instance(self.concurrency)
+        batch = self.mean_batch(decode_s)
         self.in_flight = max(0, self.in_flight - 1)
         while len(self._pending) > self.in_flight:  # ended without a first token
             self._pending.popleft()
@@ -112,25 +169,48 @@ class BackendStats:
         if ok and decode_s > 0:
             self.hold_s = _ewma(self.hold_s, decode_s, self.alpha)
         if output_tokens:
+            self._ends.append(self.clock())
             self._served.append((self.clock(), output_tokens))
             self._served_total += output_tokens
+        self._advance()
 
     def observe_load(self, snapshot: LoadSnapshot) -> None:
         """Take the backend's own load report; running/KV share tells the slots in service."""
+        self._advance()
         self.load = snapshot
         if snapshot.running and snapshot.kv_usage:
-            self.slots = max(1.0, snapshot.running / snapshot.kv_usage)
+            slots = max(1.0, snapshot.running / snapshot.kv_usage)
+            if abs(slots - self.slots) >= 0.5 * self.prior.max_concurrency:
+                self.grows = True  # instances came or went: something scales it
+            if slots > self.slots + 0.5 * self.prior.max_concurrency:
+                self._spilling_since = None  # it grew: the spill was heard
+            self.slots = slots
+        elif not snapshot.healthy:
+            self.grows = True  # nothing ready (scaled to zero): spill is what wakes it
+        self._advance()
 
     @property
     def saturated(self) -> bool:
         """Every slot in service is taken."""
         return self.concurrency >= self.slots
 
-    def spilled(self) -> None:
+    def spilled(self, expected_tokens: int = TYPICAL_ANSWER_TOKENS) -> None:
         """A request this backend would have won went elsewhere because it was saturated."""
         now = self.clock()
-        self._spill = self._spill * math.exp((self._spill_at - now) / SPILL_HORIZON_S) + 1.0
+        if now - self._spill_at > SPILL_HORIZON_S or not self._spill:
+            self._spill_began = now
+            if self._spilling_since is None or now - self._spill_at > SPILL_HORIZON_S:
+                self._spilling_since = now
+        decay = math.exp((self._spill_at - now) / SPILL_HORIZON_S)
+        self._spill = self._spill * decay + 1.0
+        self._spill_tokens = self._spill_tokens * decay + expected_tokens
         self._spill_at = now
+
+    @property
+    def stuck(self) -> bool:
+        """Spilled past for ``STUCK_S`` without adding a slot: it is not going to grow."""
+        since = self._spilling_since
+        return since is not None and self.clock() - since >= STUCK_S
 
     # -- what has been measured -----------------------------------------------------------
 
@@ -154,14 +234,45 @@ class BackendStats:
             self._served_total -= self._served.popleft()[1]
         return self._served_total / horizon_s
 
+    def ending_rate(self) -> float:
+        """Answers ending per second over the last ``ENDING_HORIZON_S`` (slots freeing)."""
+        cutoff = self.clock() - ENDING_HORIZON_S
+        ends = self._ends
+        while ends and ends[0] < cutoff:
+            ends.popleft()
+        return max(len(ends), MIN_ENDINGS) / ENDING_HORIZON_S
+
     def spill_rate(self) -> float:
-        """Requests per second spilled past this backend (what an autoscaler should add)."""
-        elapsed = self.clock() - self._spill_at
-        return self._spill * math.exp(-elapsed / SPILL_HORIZON_S) / SPILL_HORIZON_S
+        """Requests per second spilled past this backend (what an autoscaler should add).
+
+        An exponentially decayed count, divided by the weight its window has had so far:
+        a spill that began five seconds ago reads at its rate, not at 40% of it.
+        """
+        now = self.clock()
+        if not self._spill:
+            return 0.0
+        decayed = self._spill * math.exp((self._spill_at - now) / SPILL_HORIZON_S)
+        span = max(1.0, now - self._spill_began)
+        return decayed / (SPILL_HORIZON_S * -math.expm1(-span / SPILL_HORIZON_S))
+
+    def spill_slots(self) -> float:
+        """Decode slots the spilled demand would hold here (Little's law): the autoscale signal.
+
+        Holding time is the measured one, else the expected answer of the spilled requests
+        at the full-batch TPOT the prior (as calibrated) gives: spilled work fills a batch.
+        """
+        rate = self.spill_rate()
+        if not rate:
+            return 0.0
+        hold = self.hold_s
+        if hold is None:
+            full = self.tpot_ratio * self._prior_tpot(self.prior.max_concurrency)
+            hold = self._spill_tokens / self._spill * full
+        return rate * hold
 
     def oldest_wait_s(self) -> float:
         """How long the oldest request still waiting for its first token has waited."""
-        return self.clock() - self._pending[0] if self._pending else 0.0
+        return self.clock() - self._pending[0][0] if self._pending else 0.0
 
     def measured_ttft(self) -> float:
         """The TTFT estimate, relaxing towards the prior while nothing refreshes it.
@@ -198,12 +309,12 @@ class BackendStats:
         base = self.measured_ttft()
         over = self.concurrency + extra - self.slots
         if over > 0:
-            hold = self.hold_s
-            if hold is None:
-                hold = TYPICAL_ANSWER_TOKENS * self.predicted_tpot(extra)
-            # Slots free at slots/hold per second, at random: wait for ``over`` of them,
-            # counted near the 90th percentile rather than the mean (a queue's tail is long).
-            base += (over + 2.0 * math.sqrt(over)) * hold / self.slots
+            # Wait for ``over`` slots to free, counted near the 99th percentile rather
+            # than the mean, plus one more: slots free in bursts with gaps between them.
+            # They free as fast as answers have been ending here lately, not slots/hold:
+            # a batch filled in a rush ends in a rush a whole answer later, and until
+            # then almost nothing frees (no recent ending: no wait is predicted short).
+            base += (over + 3.0 * math.sqrt(over) + 1.0) / self.ending_rate()
         # A request still waiting says the next one will wait at least as long (cold start,
         # a stalled server) before any failure has been counted.
         return max(base, self.oldest_wait_s())

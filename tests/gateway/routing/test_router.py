@@ -229,3 +229,97 @@ def test_plan_is_deterministic_for_a_seed() -> None:
         router, _ = _router(configs, clock)
         picks.append([_first(router) for _ in itertools.repeat(None, 10)])
     assert picks[0] == picks[1]
+
+
+def test_tpot_is_calibrated_on_the_batch_the_answer_decoded_in() -> None:
+    clock = Clock()
+    prior = {"max_concurrency": 8, "ttft_s": 0.1, "tpot_s": 0.01, "output_tokens_per_s": 200}
+    router, _ = _router([_config("a", capacity=prior)], clock)
+    for _ in range(8):  # a full batch decodes together; TPOT at 8 is 8/200 = 0.04 s
+        router.attempt_started("a", retry=False)
+        router.first_token("a", 0.1)
+    clock.now += 40.0
+    for _ in range(7):  # most of the batch ends; the last answer finishes almost alone
+        router.finished("a", ok=True, output_tokens=1001, decode_s=40.0)
+    clock.now += 0.1
+    router.finished("a", ok=True, output_tokens=1001, decode_s=40.1)
+    # Measured exactly as the prior says: judged against the batch it ran in, no correction
+    # (judged against the batch it ended in, it would look four times slower).
+    assert 0.8 < router.stats("a").tpot_ratio < 1.25
+
+
+def test_a_wait_for_a_slot_is_not_learned_as_the_backends_ttft() -> None:
+    clock = Clock()
+    prior = {"max_concurrency": 2, "ttft_s": 0.1, "tpot_s": 0.01, "output_tokens_per_s": 200}
+    router, _ = _router([_config("a", capacity=prior)], clock)
+    for _ in range(2):
+        router.attempt_started("a", retry=False)
+        router.first_token("a", 0.1)
+    for _ in range(6):  # full: these queued, and their first tokens came late
+        router.attempt_started("a", retry=False)
+    for _ in range(6):
+        router.first_token("a", 5.0)
+    assert router.stats("a").measured_ttft() == pytest.approx(0.1)
+
+
+def test_a_filled_batch_that_has_not_started_ending_is_not_queued_on() -> None:
+    clock = Clock()
+    prior = {"max_concurrency": 4, "ttft_s": 0.1, "tpot_s": 0.01, "output_tokens_per_s": 400}
+    router, _ = _router([_config("cheap", price={"usd_per_hour": 1.0}, capacity=prior),
+                         _config("dear", price={"usd_per_hour": 3.0}, capacity=prior)], clock)
+    for _ in range(4):  # filled at once: nothing will end for a whole answer
+        router.attempt_started("cheap", retry=False)
+        router.first_token("cheap", 0.1)
+    objectives = Objectives(max_ttft_s=1.0)
+    assert _first(router, objectives) == "dear"
+    for _ in range(100):  # answers end often now: one more can wait for a slot
+        clock.now += 0.1
+        router.finished("cheap", ok=True, output_tokens=2, decode_s=0.01)
+        router.attempt_started("cheap", retry=False)
+        router.first_token("cheap", 0.1)
+    assert _first(router, objectives) == "cheap"
+
+
+def _spill_fleet(clock: Clock) -> Router:
+    prior = {"max_concurrency": 4, "ttft_s": 0.1, "tpot_s": 0.01, "output_tokens_per_s": 400}
+    configs = [
+        _config("reserved", price={"usd_per_hour": 1.0}, capacity=prior),
+        _config("pool-a", price={"usd_per_hour": 2.0}, capacity=prior),
+        _config("pool-b", price={"usd_per_hour": 2.5}, capacity=prior),
+        _config("api", price={"usd_per_mtok_output": 40.0}, capacity=prior),
+    ]
+    router, _ = _router(configs, clock)
+    router.observe_load("reserved", LoadSnapshot(healthy=True, running=4, kv_usage=1.0))
+    router.observe_load("api", LoadSnapshot(healthy=True, running=0))
+    for pool in ("pool-a", "pool-b"):  # scaled to zero
+        router.observe_load(pool, LoadSnapshot(healthy=False, detail="0/0 instances ready"))
+    return router
+
+
+def test_spill_asks_only_the_cheapest_pool_that_scales_to_grow() -> None:
+    clock = Clock()
+    router = _spill_fleet(clock)
+    for _ in range(4):
+        router.attempt_started("reserved", retry=False)
+    objectives = Objectives(max_ttft_s=1.0)
+    for _ in range(50):  # 10 requests/s spill past the full reserved instance
+        assert _first(router, objectives) == "api"
+        clock.now += 0.1
+    a, b, reserved = (router.stats(n) for n in ("pool-a", "pool-b", "reserved"))
+    assert b.spill_rate() == 0 and reserved.spill_rate() == 0
+    assert 8.0 < a.spill_rate() < 12.0  # read at its rate after five seconds, not 40% of it
+    # Little's law at the full batch: 10/s x 100 tokens x (4 / 400 tok/s) = 10 slots.
+    assert 8.0 < a.spill_slots() < 12.0
+
+
+def test_spill_moves_on_from_a_pool_that_does_not_grow() -> None:
+    clock = Clock()
+    router = _spill_fleet(clock)
+    for _ in range(4):
+        router.attempt_started("reserved", retry=False)
+    objectives = Objectives(max_ttft_s=1.0)
+    for _ in range(200):  # pool-a never comes up (at its ceiling, or broken)
+        _first(router, objectives)
+        clock.now += 1.0
+    assert router.stats("pool-a").stuck
+    assert router.stats("pool-b").spill_rate() > 0.5
