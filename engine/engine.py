@@ -11,7 +11,7 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +28,8 @@ PROMPT_CHUNK = 64  # rows of prompt logits materialised at once for echo/logprob
 class DecodeState(NamedTuple):
     """Everything the decode step reads and writes, for all slots at once."""
 
-    k: jax.Array  # [L, S, T, KV, hd]; T is the current KV bucket
-    v: jax.Array
+    k: tuple[jax.Array, ...]  # per layer [S, T, KV, hd]; T is the current KV bucket
+    v: tuple[jax.Array, ...]
     tokens: jax.Array  # [S] next input token per slot
     positions: jax.Array  # [S] its position (= entries already in the cache)
     active: jax.Array  # [S] bool
@@ -40,8 +40,8 @@ class DecodeState(NamedTuple):
 class Prefix:
     """A prefilled prompt, ready to be inserted into a slot (possibly several, for ``n``)."""
 
-    k: jax.Array  # [L, B, KV, hd], B the prefill bucket
-    v: jax.Array
+    k: tuple[jax.Array, ...]  # per layer [B, KV, hd], B the prefill bucket
+    v: tuple[jax.Array, ...]
     hidden: jax.Array  # [B, D] final-normed, for prompt logprobs
     last_logits: jax.Array  # [1, V]
     tokens: tuple[int, ...]
@@ -94,7 +94,7 @@ class GemmaEngine:
         embed = params["embed"]
         weights_dtype = embed.values.dtype if hasattr(embed, "values") else embed.dtype
         self.kv_dtype = jnp.float32 if weights_dtype == jnp.float32 else jnp.bfloat16
-        self._prefill = jax.jit(partial(_prefill, config))
+        self._prefill = jax.jit(partial(_prefill, config, self.kv_dtype))
         self._prompt_lp = jax.jit(partial(_prompt_logprobs, config), static_argnums=3)
         self._first = jax.jit(_first_token, static_argnums=2)
         self._insert = jax.jit(_insert, donate_argnums=0)
@@ -109,7 +109,7 @@ class GemmaEngine:
         """Empty slots with the smallest KV bucket (or the one covering ``capacity``)."""
         c = self.config
         t = _bucket(self.kv_buckets, capacity or 1)
-        shape = (c.n_layers, self.max_slots, t, c.n_kv_heads, c.head_dim)
+        shape = (self.max_slots, t, c.n_kv_heads, c.head_dim)
         s = self.max_slots
         sampling = SamplingState(
             temperature=jnp.zeros(s, jnp.float32),
@@ -119,8 +119,8 @@ class GemmaEngine:
             steps=jnp.zeros(s, jnp.int32),
         )
         return DecodeState(
-            k=jnp.zeros(shape, self.kv_dtype),
-            v=jnp.zeros(shape, self.kv_dtype),
+            k=tuple(jnp.zeros(shape, self.kv_dtype) for _ in range(c.n_layers)),
+            v=tuple(jnp.zeros(shape, self.kv_dtype) for _ in range(c.n_layers)),
             tokens=jnp.zeros(s, jnp.int32),
             positions=jnp.zeros(s, jnp.int32),
             active=jnp.zeros(s, jnp.bool_),
@@ -129,7 +129,7 @@ class GemmaEngine:
 
     def capacity(self, state: DecodeState) -> int:
         """Positions per slot in the current KV bucket."""
-        return int(state.k.shape[2])
+        return int(state.k[0].shape[1])
 
     def fit_capacity(self, state: DecodeState, needed: int) -> DecodeState:
         """Grow the KV cache to the bucket holding ``needed`` positions; shrink when far larger."""
@@ -148,7 +148,7 @@ class GemmaEngine:
         padded = np.zeros(bucket, np.int32)
         padded[:n] = tokens
         hidden, k, v, last = self._prefill(self.params, jnp.asarray(padded), jnp.int32(n))
-        return Prefix(k.astype(self.kv_dtype), v.astype(self.kv_dtype), hidden, last, tuple(tokens))
+        return Prefix(tuple(k), tuple(v), hidden, last, tuple(tokens))
 
     def first_token(self, prefix: Prefix, sampling: SlotSampling, n_top: int) -> StepOutput:
         """Choose the first completion token from the prefill's last logits."""
@@ -230,12 +230,14 @@ class GemmaEngine:
 
 
 def _prefill(
-    config: ModelConfig, params: Params, tokens: jax.Array, length: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    config: ModelConfig, kv_dtype: Any, params: Params, tokens: jax.Array, length: jax.Array
+) -> tuple[jax.Array, list[jax.Array], list[jax.Array], jax.Array]:
     hidden, k, v = model.prefill(config, params, tokens, length)
     last = jax.lax.dynamic_slice_in_dim(hidden, length - 1, 1)
     # Two identical rows: a one-row bf16/int8 matmul is pathologically slow on XLA:CPU.
     logits = model.unembed(config, params, jnp.concatenate([last, last]))[:1]
+    k = [layer.astype(kv_dtype) for layer in k]
+    v = [layer.astype(kv_dtype) for layer in v]
     return hidden, k, v, logits
 
 
@@ -257,24 +259,26 @@ def _first_token(logits: jax.Array, sampling: SamplingState, n_top: int) -> Sele
 
 def _insert(
     state: DecodeState,
-    k: jax.Array,
-    v: jax.Array,
+    k: tuple[jax.Array, ...],
+    v: tuple[jax.Array, ...],
     slot: jax.Array,
     token: jax.Array,
     length: jax.Array,
     sampling: SamplingState,
 ) -> DecodeState:
-    capacity = state.k.shape[2]
-    k, v = k[:, :capacity], v[:, :capacity]  # the host made sure the prompt fits
-    start = (0, slot, 0, 0, 0)
-    new_k = jax.lax.dynamic_update_slice(state.k, k[:, None], start)
-    new_v = jax.lax.dynamic_update_slice(state.v, v[:, None], start)
+    capacity = state.k[0].shape[1]
+    start = (slot, 0, 0, 0)
+
+    def put(cache: jax.Array, entries: jax.Array) -> jax.Array:
+        # The host made sure the prompt fits; bucket padding past capacity is cut off.
+        return jax.lax.dynamic_update_slice(cache, entries[None, :capacity], start)
+
     rows = jax.tree.map(
         lambda all_rows, row: all_rows.at[slot].set(row[0]), state.sampling, sampling
     )
     return DecodeState(
-        k=new_k,
-        v=new_v,
+        k=tuple(put(c, e) for c, e in zip(state.k, k, strict=True)),
+        v=tuple(put(c, e) for c, e in zip(state.v, v, strict=True)),
         tokens=state.tokens.at[slot].set(token),
         positions=state.positions.at[slot].set(length),
         active=state.active.at[slot].set(True),
@@ -293,8 +297,8 @@ def _generate(
     new_tokens = jnp.where(active, selection.tokens, tokens)
     steps = state.sampling.steps.at[:rows].add(step)
     new_state = DecodeState(
-        k=k,
-        v=v,
+        k=tuple(k),
+        v=tuple(v),
         tokens=state.tokens.at[:rows].set(new_tokens),
         positions=state.positions.at[:rows].add(step),
         active=state.active,
@@ -304,13 +308,13 @@ def _generate(
 
 
 def _resize(state: DecodeState, capacity: int) -> DecodeState:
-    current = state.k.shape[2]
-    if capacity > current:
-        pad = ((0, 0), (0, 0), (0, capacity - current), (0, 0), (0, 0))
-        k, v = jnp.pad(state.k, pad), jnp.pad(state.v, pad)
-    else:
-        k, v = state.k[:, :, :capacity], state.v[:, :, :capacity]
-    return state._replace(k=k, v=v)
+    def fit(cache: jax.Array) -> jax.Array:
+        current = cache.shape[1]
+        if capacity > current:
+            return jnp.pad(cache, ((0, 0), (0, capacity - current), (0, 0), (0, 0)))
+        return cache[:, :capacity]
+
+    return state._replace(k=tuple(map(fit, state.k)), v=tuple(map(fit, state.v)))
 
 
 def _sampling_rows(rows: Sequence[SlotSampling]) -> SamplingState:

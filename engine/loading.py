@@ -17,11 +17,10 @@ from engine.weights import (
     convert,
     load_flat,
     save_flat,
-    stack_layers,
     to_pytree,
 )
 
-_CACHE_VERSION = "2"  # bump when the on-disk conversion changes
+_CACHE_VERSION = "6"  # bump when the on-disk conversion changes
 
 
 @dataclass
@@ -67,7 +66,7 @@ def load_model(engine_config: EngineConfig) -> LoadedModel:
         if checkpoint.vocabulary is not None:
             tokenizer = GemmaTokenizer.from_vocabulary(checkpoint.vocabulary)
             _atomic_write(tokenizer_file, tokenizer.model_proto)
-        flat = convert(stack_layers(checkpoint.tensors, config), engine_config.weight_format)
+        flat = convert(checkpoint.tensors, engine_config.weight_format)
         if not weights_dir.exists():
             save_flat(weights_dir, flat, config)
     if tokenizer is None:

@@ -1,13 +1,13 @@
 """The Gemma family (1, 2, 3) in JAX: pure functions of (config, params, inputs).
 
-Layers run under ``lax.scan`` over stacked weights so one layer body is compiled, not n_layers.
-Two entry points: ``prefill`` (one prompt, all positions) and ``decode`` (one token per slot
-against a KV cache).
+Layers are unrolled over per-layer weights (a scan over stacked weights copies each layer's
+slice on XLA:CPU). Entry points: ``prefill`` (one prompt) and ``decode`` (one token per slot).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -127,16 +127,12 @@ def _mlp_and_residual(
     return h + y
 
 
-def _layer_flags(config: ModelConfig) -> jax.Array:
-    return jnp.asarray(config.local_layers, dtype=jnp.bool_)
-
-
 def prefill(
     config: ModelConfig, params: Params, tokens: jax.Array, length: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
     """Run one prompt of ``tokens`` [T] (first ``length`` real, the rest padding).
 
-    Returns final-normed hidden states [T, D] and the KV entries k, v [L, T, KV, hd].
+    Returns final-normed hidden states [T, D] and per-layer KV entries k, v [T, KV, hd].
     """
     del length  # padding sits after the real tokens, so causal masking already ignores it
     n = tokens.shape[0]
@@ -147,77 +143,73 @@ def prefill(
     window = config.sliding_window or n
     local_mask = causal & (distance < window)
     groups = config.n_heads // config.n_kv_heads
-
-    def layer_fn(h: jax.Array, xs: tuple[Params, jax.Array]) -> tuple[jax.Array, Any]:
-        layer, is_local = xs
+    h = embed(config, params, tokens)
+    ks: list[jax.Array] = []
+    vs: list[jax.Array] = []
+    for layer, is_local in zip(params["layers"], config.local_layers, strict=True):
+        which = 0 if is_local else 1
         x = rms_norm(h, layer["attn_norm"], config.norm_eps)
-        which = jnp.where(is_local, 0, 1)
         q, k, v = _qkv(config, layer, x, cos[which], sin[which])
         qg = q.reshape(n, config.n_kv_heads, groups, config.head_dim)
-        scores = jnp.einsum("qkgd,tkd->kgqt", qg, k)
-        scores = _softcap(scores, config.attn_softcap)
-        mask = jnp.where(is_local, local_mask, causal)
-        scores = jnp.where(mask, scores, -1e30)
+        scores = _softcap(jnp.einsum("qkgd,tkd->kgqt", qg, k), config.attn_softcap)
+        scores = jnp.where(local_mask if is_local else causal, scores, -1e30)
         probs = jax.nn.softmax(scores, axis=-1)
         attn = jnp.einsum("kgqt,tkd->qkgd", probs, v).reshape(n, -1)
-        return _mlp_and_residual(config, layer, h, attn), (k, v)
-
-    h = embed(config, params, tokens)
-    h, (k, v) = jax.lax.scan(layer_fn, h, (params["layers"], _layer_flags(config)))
-    return rms_norm(h, params["final_norm"], config.norm_eps), k, v
+        h = _mlp_and_residual(config, layer, h, attn)
+        ks.append(k)
+        vs.append(v)
+    return rms_norm(h, params["final_norm"], config.norm_eps), ks, vs
 
 
 def decode(
     config: ModelConfig,
     params: Params,
-    k_cache: jax.Array,
-    v_cache: jax.Array,
+    k_cache: Sequence[jax.Array],
+    v_cache: Sequence[jax.Array],
     tokens: jax.Array,
     positions: jax.Array,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One token for each of the first R slots. ``tokens``/``positions`` [R]; caches
-    [L, S, T, KV, hd] with S >= R (slots past R are left alone, so a few active slots do not
-    pay for all of them).
+) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
+    """One token for each of the first R slots. ``tokens``/``positions`` [R]; per-layer caches
+    [S, T, KV, hd] with S >= R (slots past R are left alone, so a few active slots do not pay
+    for all of them).
 
     The cache holds positions < ``positions[s]`` of slot s. Returns logits [R, V] and the
     updated caches (the new entries written at ``positions``).
     """
-    slots, capacity = tokens.shape[0], k_cache.shape[2]
+    slots, capacity = tokens.shape[0], k_cache[0].shape[1]
     cos, sin = _rope_tables(config, positions)
     distance = positions[:, None] - jnp.arange(capacity)[None, :]
     causal = distance > 0  # strictly earlier positions live in the cache
     window = config.sliding_window or (capacity + 1)
     local_mask = causal & (distance < window)
     groups = config.n_heads // config.n_kv_heads
-
-    def layer_fn(h: jax.Array, xs: tuple[Params, jax.Array, jax.Array, jax.Array]) -> Any:
-        layer, is_local, k_past, v_past = xs
-        k_past, v_past = k_past[:slots], v_past[:slots]
-        x = rms_norm(h, layer["attn_norm"], config.norm_eps)
-        which = jnp.where(is_local, 0, 1)
-        q, k, v = _qkv(config, layer, x, cos[which], sin[which])
-        qg = q.reshape(slots, config.n_kv_heads, groups, config.head_dim)
-        past = jnp.einsum("skgd,stkd->skgt", qg, k_past.astype(jnp.float32))
-        own = jnp.einsum("skgd,skd->skg", qg, k)[..., None]
-        mask = jnp.where(is_local, local_mask, causal)[:, None, None, :]
-        scores = jnp.concatenate(
-            [
-                jnp.where(mask, _softcap(past, config.attn_softcap), -1e30),
-                _softcap(own, config.attn_softcap),
-            ],
-            axis=-1,
-        )
-        probs = jax.nn.softmax(scores, axis=-1)
-        attn = jnp.einsum("skgt,stkd->skgd", probs[..., :-1], v_past.astype(jnp.float32))
-        attn = attn + probs[..., -1:] * v[:, :, None, :]
-        h = _mlp_and_residual(config, layer, h, attn.reshape(slots, -1))
-        return h, (k, v)
-
+    # Where each slot's new entry goes. XLA:CPU copies the whole operand for a scatter (even
+    # donated), so the new entries are blended into the active rows and written back as a block.
+    hit = (jnp.arange(capacity)[None, :] == positions[:, None])[:, :, None, None]
     h = embed(config, params, tokens)
-    xs = (params["layers"], _layer_flags(config), k_cache, v_cache)
-    h, (k_new, v_new) = jax.lax.scan(layer_fn, h, xs)
+    new_k: list[jax.Array] = []
+    new_v: list[jax.Array] = []
+    for index, (layer, is_local) in enumerate(
+        zip(params["layers"], config.local_layers, strict=True)
+    ):
+        which = 0 if is_local else 1
+        x = rms_norm(h, layer["attn_norm"], config.norm_eps)
+        q, k, v = _qkv(config, layer, x, cos[which], sin[which])
+        # Write first, then attend over the cache including this position.
+        dtype = k_cache[index].dtype
+        k_rows = jnp.where(hit, k[:, None].astype(dtype), k_cache[index][:slots])
+        v_rows = jnp.where(hit, v[:, None].astype(dtype), v_cache[index][:slots])
+        k_all = jax.lax.dynamic_update_slice(k_cache[index], k_rows, (0, 0, 0, 0))
+        v_all = jax.lax.dynamic_update_slice(v_cache[index], v_rows, (0, 0, 0, 0))
+        k_past, v_past = k_rows.astype(jnp.float32), v_rows.astype(jnp.float32)
+        qg = q.reshape(slots, config.n_kv_heads, groups, config.head_dim)
+        scores = _softcap(jnp.einsum("skgd,stkd->skgt", qg, k_past), config.attn_softcap)
+        mask = (local_mask if is_local else causal) | (distance == 0)
+        scores = jnp.where(mask[:, None, None, :], scores, -1e30)
+        probs = jax.nn.softmax(scores, axis=-1)
+        attn = jnp.einsum("skgt,stkd->skgd", probs, v_past).reshape(slots, -1)
+        h = _mlp_and_residual(config, layer, h, attn)
+        new_k.append(k_all)
+        new_v.append(v_all)
     h = rms_norm(h, params["final_norm"], config.norm_eps)
-    rows = jnp.arange(slots)
-    k_cache = k_cache.at[:, rows, positions].set(k_new.astype(k_cache.dtype), mode="drop")
-    v_cache = v_cache.at[:, rows, positions].set(v_new.astype(v_cache.dtype), mode="drop")
-    return unembed(config, params, h), k_cache, v_cache
+    return unembed(config, params, h), new_k, new_v

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.config import ModelConfig, WeightFormat, gemma2_local_layers, gemma3_local_layers
-from engine.weights import MATRICES, Params, convert, stack_layers, to_pytree
+from engine.weights import MATRICES, Params, convert, to_pytree
 
 
 def tiny_config(family: int = 3, vocab_size: int = 262_144, n_layers: int = 2) -> ModelConfig:
@@ -68,4 +68,4 @@ def random_tensors(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
 
 def tiny_params(config: ModelConfig, seed: int = 0, fmt: WeightFormat = "f32") -> Params:
     """Random parameters for ``config`` as the model functions take them."""
-    return to_pytree(convert(stack_layers(random_tensors(config, seed), config), fmt))
+    return to_pytree(convert(random_tensors(config, seed), fmt))

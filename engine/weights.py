@@ -28,22 +28,6 @@ class Int8Weight(NamedTuple):
     scales: jax.Array
 
 
-def stack_layers(tensors: Mapping[str, np.ndarray], config: ModelConfig) -> dict[str, np.ndarray]:
-    """Canonical per-layer tensors -> one [n_layers, ...] array per name (for ``lax.scan``)."""
-    stacked: dict[str, np.ndarray] = {
-        "embed": tensors["embed"],
-        "final_norm": tensors["final_norm"],
-    }
-    for name in MATRICES + NORMS:
-        key0 = f"layers.0.{name}"
-        if key0 not in tensors:
-            continue
-        stacked[f"layers.{name}"] = np.stack(
-            [tensors[f"layers.{i}.{name}"] for i in range(config.n_layers)]
-        )
-    return stacked
-
-
 def _quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scales = np.abs(w).max(axis=-1) / 127.0
     scales = np.where(scales == 0, 1.0, scales).astype(np.float32)
@@ -51,10 +35,10 @@ def _quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values, scales
 
 
-def convert(stacked: Mapping[str, np.ndarray], fmt: WeightFormat) -> dict[str, np.ndarray]:
+def convert(tensors: Mapping[str, np.ndarray], fmt: WeightFormat) -> dict[str, np.ndarray]:
     """Flat numpy arrays in the target format; int8 matrices become ``name`` + ``name.scales``."""
     out: dict[str, np.ndarray] = {}
-    for name, array in stacked.items():
+    for name, array in tensors.items():
         is_matrix = name == "embed" or name.split(".")[-1] in MATRICES
         if not is_matrix or fmt == "f32":
             out[name] = np.asarray(array, dtype=np.float32)
@@ -66,8 +50,13 @@ def convert(stacked: Mapping[str, np.ndarray], fmt: WeightFormat) -> dict[str, n
 
 
 def to_pytree(flat: Mapping[str, np.ndarray]) -> Params:
-    """Flat arrays -> the nested pytree the model functions take, on the default device."""
-    params: Params = {"layers": {}}
+    """Flat arrays -> the pytree the model takes: ``layers`` is a list of per-layer dicts.
+
+    Layers stay separate arrays rather than one stacked array per name: slicing a layer out of
+    a stacked weight inside a jitted step copies it on XLA:CPU, which cost more than the matmul.
+    """
+    params: Params = {}
+    layers: dict[int, dict[str, Any]] = {}
     for name, array in flat.items():
         if name.endswith(".scales"):
             continue
@@ -76,9 +65,11 @@ def to_pytree(flat: Mapping[str, np.ndarray]) -> Params:
         if scales is not None:
             value = Int8Weight(value, jnp.asarray(scales))
         if name.startswith("layers."):
-            params["layers"][name.split(".", 1)[1]] = value
+            _, index, leaf = name.split(".", 2)
+            layers.setdefault(int(index), {})[leaf] = value
         else:
             params[name] = value
+    params["layers"] = [layers[i] for i in sorted(layers)]
     return params
 
 

@@ -18,7 +18,7 @@ from engine import model
 from engine.config import EngineConfig, ModelConfig
 from engine.engine import GemmaEngine
 from engine.safetensors_loader import read_safetensors_checkpoint
-from engine.weights import Params, convert, stack_layers, to_pytree
+from engine.weights import Params, convert, to_pytree
 
 SEQ = 24  # longer than the sliding window (8), so local masks matter
 
@@ -64,7 +64,7 @@ def hf_model(family: int) -> Any:
 
 def load_ours(directory: Path) -> tuple[ModelConfig, Params]:
     checkpoint = read_safetensors_checkpoint(directory)
-    flat = convert(stack_layers(checkpoint.tensors, checkpoint.config), "f32")
+    flat = convert(checkpoint.tensors, "f32")
     return checkpoint.config, to_pytree(flat)
 
 
@@ -116,5 +116,5 @@ def test_decode_steps_reproduce_prefill(family: int, tmp_path: Path) -> None:
         step_tokens = jnp.asarray([0, tokens[position]], jnp.int32)
         step_pos = jnp.asarray([0, position], jnp.int32)
         logits, k, v = decode(params, state, step_tokens, step_pos)
-        state = state._replace(k=k, v=v)
+        state = state._replace(k=tuple(k), v=tuple(v))
         np.testing.assert_allclose(np.asarray(logits[1]), expected[position], atol=1e-3, rtol=1e-3)

@@ -1,0 +1,175 @@
+"""Benchmark the embedded engine: start-up, prefill and decode throughput, memory, per format.
+
+Run as ``tollgate bench engine`` or ``python -m bench.engine``. Each weight format runs in its
+own process so peak memory and start-up are measured cleanly. Figures are printed, never judged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAMPLE_TEXT = (
+    "The history of computing is a story of ideas that took decades to become practical. "
+    "Early machines filled rooms, consumed enormous power and were programmed by hand. "
+)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="tollgate bench engine", description=__doc__)
+    parser.add_argument("--formats", default="f32,bf16,int8", help="comma-separated formats")
+    parser.add_argument("--streams", default="1,8,16,32", help="concurrent decode streams")
+    parser.add_argument("--steps", type=int, default=32, help="timed decode steps per point")
+    parser.add_argument("--prompt-tokens", type=int, default=512, help="prefill prompt length")
+    parser.add_argument("--max-context", type=int, default=1024)
+    parser.add_argument("--cold", action="store_true", help="start from an empty cache dir")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def memory_bandwidth_gbs() -> float:
+    """Copy bandwidth of this machine (read + write bytes per second), for the roofline."""
+    src = np.ones(64 * 1024 * 1024, dtype=np.float32)  # 256 MiB
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.nbytes / best / 1e9
+
+
+def _param_bytes(params: Any) -> int:
+    import jax
+
+    return sum(int(leaf.nbytes) for leaf in jax.tree.leaves(params))
+
+
+def _measure(fmt: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Everything for one weight format, in this process."""
+    import resource
+
+    import jax
+
+    from engine.config import EngineConfig
+    from engine.engine import SlotSampling
+    from engine.runtime import start_server
+
+    streams = [int(s) for s in args.streams.split(",")]
+    options: dict[str, Any] = {
+        "weight_format": fmt,
+        "decode_slots": max(streams),
+        "max_context": args.max_context,
+    }
+    if args.cache_dir is not None:
+        options["cache_dir"] = args.cache_dir
+    config = EngineConfig(**options)
+    started = time.perf_counter()
+    server, times = start_server(config)
+    ready = time.perf_counter() - started
+    engine, tokenizer = server.engine, server.tokenizer
+    server.close()  # drive the engine API directly from here on
+
+    ids = tokenizer.encode(SAMPLE_TEXT * 40)[: args.prompt_tokens]
+    jax.block_until_ready(engine.prefill(ids).k)  # compile this bucket
+    start = time.perf_counter()
+    reps = 3
+    for _ in range(reps):
+        jax.block_until_ready(engine.prefill(ids).k)
+    prefill_tps = reps * len(ids) / (time.perf_counter() - start)
+
+    short = tokenizer.encode(SAMPLE_TEXT)[:32]
+    prefix = engine.prefill(short)
+    greedy = SlotSampling(temperature=0.0)
+    decode: dict[int, float] = {}
+    for n in streams:
+        state = engine.init_state()
+        for slot in range(n):
+            state = engine.insert(state, prefix, slot, short[-1], greedy)
+        for _ in range(2):  # compile and warm this shape
+            state, _ = engine.generate(state, full=False)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            state, _ = engine.generate(state, full=False)
+        decode[n] = n * args.steps / (time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    return {
+        "format": fmt,
+        "ready_s": ready,
+        "load_s": times.load,
+        "warmup_compile_s": times.compile,
+        "prefill_tokens": len(ids),
+        "prefill_tps": prefill_tps,
+        "decode_tps": decode,
+        "weights_mib": _param_bytes(engine.params) / 2**20,
+        "peak_rss_mib": peak,
+    }
+
+
+def _run_child(fmt: str, argv: Sequence[str]) -> dict[str, Any]:
+    code = "import sys; from bench.engine import main; main(sys.argv[1:])"
+    out = subprocess.run(
+        [sys.executable, "-c", code, *argv, "--child", fmt],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _print_table(results: list[dict[str, Any]], bandwidth: float) -> None:
+    streams = sorted({int(n) for r in results for n in r["decode_tps"]})
+    print(f"memory copy bandwidth: {bandwidth:.1f} GB/s")
+    head = f"{'format':6} {'ready s':>8} {'load s':>7} {'warm s':>7} {'prefill t/s':>12}"
+    head += "".join(f" {f'{n} str t/s':>11}" for n in streams)
+    head += f" {'weights MiB':>12} {'peak MiB':>9}"
+    print(head)
+    for r in results:
+        row = f"{r['format']:6} {r['ready_s']:8.1f} {r['load_s']:7.1f} {r['warmup_compile_s']:7.1f}"
+        row += f" {r['prefill_tps']:12.0f}"
+        row += "".join(f" {r['decode_tps'][str(n)]:11.1f}" for n in streams)
+        row += f" {r['weights_mib']:12.0f} {r['peak_rss_mib']:9.0f}"
+        print(row)
+    print("roofline (decode, weights read once per step, KV ignored): tokens/s <= streams x")
+    for r in results:
+        steps = bandwidth / 2 * 1e9 / (r["weights_mib"] * 2**20)  # read-only traffic
+        print(f"  {r['format']}: {steps:.0f} steps/s -> 1 stream <= {steps:.0f} tok/s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``tollgate bench engine``."""
+    args = _parse(argv)
+    if args.child:
+        result = _measure(args.child, args)
+        result["decode_tps"] = {str(k): v for k, v in result["decode_tps"].items()}
+        print(json.dumps(result))
+        return 0
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
+    results = []
+    with tempfile.TemporaryDirectory() as cold_dir:
+        for fmt in args.formats.split(","):
+            child_args = list(passthrough)
+            if args.cold and args.cache_dir is None:
+                child_args += ["--cache-dir", str(Path(cold_dir) / fmt)]
+            results.append(_run_child(fmt, child_args))
+    bandwidth = memory_bandwidth_gbs()
+    if args.json:
+        print(json.dumps({"bandwidth_gbs": bandwidth, "results": results}, indent=2))
+    else:
+        _print_table(results, bandwidth)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
