@@ -8,22 +8,30 @@ the router, so the HTTP adapters agree on one table:
     408, 504            Timeout
     401, 403, 424, 5xx  Unavailable (credentials, generation failures, crashes: try elsewhere)
     connect failures    Unavailable; connect timeout: Timeout; broken bodies: UpstreamProtocolError
+
+The client is one ``aiohttp.ClientSession`` per backend, made on first use inside the
+running event loop (aiohttp binds a session to its loop, and the app may be built outside
+the loop that serves). A response read to its end goes back to the pool; one abandoned
+mid-body is closed, which is what tells the upstream to stop generating.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from adapters._deadline import Deadline
-from adapters._sse import sse_data
+from adapters._sse import SSEDecoder
 from adapters.base import (
     BackendError,
     BadRequest,
@@ -40,10 +48,14 @@ JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"
 SSE_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
 DEFAULT_RETRY_AFTER = 1.0
 DEFAULT_TIMEOUTS = Timeouts()
+KEEPALIVE_EXPIRY = 30.0  # seconds an idle pooled connection is kept
+# What a request or a body read can raise below HTTP. Everything else is a bug of ours.
+TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, ValueError)
 
 
 def tls_verify(ca_file: str | None, insecure: bool) -> ssl.SSLContext | bool:
-    """An ``httpx`` verify value: system roots, a private CA, or (explicitly) no checks."""
+    """A TLS setting (``httpx`` verify, aiohttp ``ssl``): system roots, a private CA, or
+    (explicitly) no checks."""
     if insecure:
         return False
     if ca_file:
@@ -59,9 +71,8 @@ def build_client(
     tls_ca_file: str | None,
     tls_insecure: bool,
     max_connections: int,
-    transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
-    """One pooled client per backend; reads are bounded by our own deadlines, not httpx's."""
+    """An ``httpx`` client for JetStream's occasional metrics scrape (not on the hot path)."""
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     return httpx.AsyncClient(
         base_url=url.rstrip("/"),
@@ -71,14 +82,23 @@ def build_client(
         limits=httpx.Limits(
             max_connections=max_connections,
             max_keepalive_connections=max_connections,
-            keepalive_expiry=30.0,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
         ),
-        transport=transport,
         follow_redirects=False,
     )
 
 
-def retry_after(headers: httpx.Headers) -> float | None:
+def env_proxy(url: URL) -> tuple[URL | None, dict[str, str] | None]:
+    """The proxy the environment (``HTTPS_PROXY``, ``NO_PROXY``...) names for ``url``, read
+    once rather than per request, and its ``Proxy-Authorization`` header if any."""
+    try:
+        proxy, auth = get_env_proxy_for_url(url)
+    except LookupError:
+        return None, None
+    return proxy, ({"proxy-authorization": auth.encode()} if auth else None)
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), if usable."""
     value = headers.get("retry-after")
     if not value:
@@ -118,7 +138,7 @@ def _param(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def status_error(status: int, headers: httpx.Headers, raw: bytes, backend: str) -> BackendError:
+def status_error(status: int, headers: Mapping[str, str], raw: bytes, backend: str) -> BackendError:
     """The taxonomy's error for an HTTP error status and its body."""
     message, param = error_detail(raw)
     message = f"upstream {status}: {message}"
@@ -138,18 +158,21 @@ def status_error(status: int, headers: httpx.Headers, raw: bytes, backend: str) 
 def code_error(code: object, message: str, backend: str) -> BackendError:
     """The error for an ``{"error": ...}`` event inside a 200 stream, by its code if any."""
     status = code if isinstance(code, int) else 500
-    return status_error(status, httpx.Headers(), orjson.dumps({"error": message}), backend)
+    return status_error(status, {}, orjson.dumps({"error": message}), backend)
 
 
-def transport_error(exc: httpx.HTTPError, backend: str) -> BackendError:
+def transport_error(exc: BaseException, backend: str) -> BackendError:
     """The error for a failure below HTTP: refused, reset, timed out or truncated."""
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # connecting, or waiting for the pool
         return Timeout(f"connect timed out: {exc!r}", backend=backend)
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, TimeoutError):  # aiohttp's socket timeouts are TimeoutErrors too
         return Timeout(f"upstream timed out: {exc!r}", backend=backend)
-    if isinstance(exc, httpx.ConnectError):
-        return Unavailable(f"cannot connect: {exc}", backend=backend)
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.DecodingError | httpx.ReadError):
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientHttpProxyError):
+        return Unavailable(f"cannot connect: {exc}", backend=backend)  # refused, DNS, TLS, proxy
+    if isinstance(
+        exc,
+        aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError | aiohttp.ClientResponseError,
+    ):
         return UpstreamProtocolError(f"broken upstream response: {exc!r}", backend=backend)
     return Unavailable(f"transport failure: {exc!r}", backend=backend)
 
@@ -162,6 +185,32 @@ def loads(data: str | bytes, backend: str) -> Any:
         raise UpstreamProtocolError(
             f"upstream sent invalid JSON: {str(data)[:200]!r}", backend=backend
         ) from exc
+
+
+def finish(response: aiohttp.ClientResponse) -> None:
+    """Give the connection back when the body was read to its end; otherwise drop it, so
+    that an upstream still generating sees the disconnect."""
+    if response.content.is_eof():
+        response.release()
+    else:
+        response.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A whole probe answer: status, content type and body."""
+
+    status: int
+    content_type: str
+    body: bytes
+    charset: str | None = None
+
+    @property
+    def text(self) -> str:
+        try:
+            return self.body.decode(self.charset or "utf-8", "replace")
+        except LookupError:  # a charset Python does not know
+            return self.body.decode("utf-8", "replace")
 
 
 class HTTPBackend:
@@ -184,7 +233,6 @@ class HTTPBackend:
         tls_insecure: bool = False,
         metrics_url: str | None = None,
         options: Mapping[str, Any] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.name = name
         self.url = url.rstrip("/")
@@ -192,15 +240,23 @@ class HTTPBackend:
         self.timeouts = timeouts
         self.metrics_url = metrics_url
         self.options: Mapping[str, Any] = dict(options or {})
-        self._client = build_client(
-            self.url,
-            timeouts,
-            api_key=api_key,
-            tls_ca_file=tls_ca_file,
-            tls_insecure=tls_insecure,
-            max_connections=int(self.options.get("max_connections", 256)),
-            transport=transport,
+        self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._ssl = tls_verify(tls_ca_file, tls_insecure)  # a bad CA file fails here, early
+        self._max_connections = int(self.options.get("max_connections") or 256)
+        # Reads are bounded by our own deadlines; aiohttp bounds only the connect (which
+        # includes waiting for a pooled connection) and never the whole exchange.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeouts.connect, sock_connect=timeouts.connect
         )
+        # A probe gets `connect` for each step, reads included.
+        self._probe_timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=timeouts.connect,
+            sock_connect=timeouts.connect,
+            sock_read=timeouts.connect,
+        )
+        self._urls: dict[str, tuple[URL, URL | None, dict[str, str] | None]] = {}
+        self._http: aiohttp.ClientSession | None = None
         self.capabilities = self._configure(self.options)
 
     def _configure(self, options: Mapping[str, Any]) -> Capabilities:
@@ -209,67 +265,128 @@ class HTTPBackend:
 
     async def aclose(self) -> None:
         """Close pooled connections."""
-        await self._client.aclose()
+        session, self._http = self._http, None
+        if session is not None:
+            await session.close()
 
-    @asynccontextmanager
-    async def _post(
-        self, path: str, body: Mapping[str, Any], deadline: Deadline, *, stream: bool
-    ) -> AsyncIterator[httpx.Response]:
-        """POST ``body``; yields the open response once its status is known to be good."""
-        request = self._client.build_request(
-            "POST",
-            path,
-            content=orjson.dumps(body),
-            headers=SSE_HEADERS if stream else JSON_HEADERS,
-        )
+    def _session(self) -> aiohttp.ClientSession:
+        """The pooled session, made on first use in the running event loop."""
+        session = self._http
+        if session is None:
+            session = self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections,
+                    ttl_dns_cache=300,
+                    keepalive_timeout=KEEPALIVE_EXPIRY,
+                    ssl=self._ssl,
+                ),
+                headers=self._headers,
+                timeout=self._timeout,
+                cookie_jar=aiohttp.CookieJar(unsafe=True),  # as httpx kept them: sticky LBs
+            )
+        return session
+
+    def _target(self, path_or_url: str) -> tuple[URL, URL | None, dict[str, str] | None]:
+        """The URL for a path under ``url`` (or an absolute URL), and its proxy; cached."""
+        target = self._urls.get(path_or_url)
+        if target is None:
+            absolute = path_or_url.startswith(("http://", "https://"))
+            url = URL(path_or_url if absolute else self.url + path_or_url)
+            target = (url, *env_proxy(url))
+            if len(self._urls) >= 1024:  # paths are few (per model at most); stay bounded
+                self._urls.clear()
+            self._urls[path_or_url] = target
+        return target
+
+    async def _post_raw(
+        self, path: str, data: bytes, headers: Mapping[str, str]
+    ) -> aiohttp.ClientResponse:
+        url, proxy, proxy_headers = self._target(path)
         try:
-            response = await deadline.run(self._client.send(request, stream=True))
-        except httpx.HTTPError as exc:
+            return await self._session().post(
+                url,
+                data=data,
+                headers=headers,
+                allow_redirects=False,
+                proxy=proxy,
+                proxy_headers=proxy_headers,
+            )
+        except TRANSPORT_ERRORS as exc:
+            # Mapped here, inside the deadline: aiohttp's connect timeout is a TimeoutError,
+            # which the deadline would otherwise report as its own.
             raise transport_error(exc, self.name) from exc
-        try:
-            if response.status_code >= 400:
-                raw = await self._read(response, deadline)
-                raise status_error(response.status_code, response.headers, raw, self.name)
-            yield response
-        finally:
-            # Closing before the body ends drops the connection: that is what tells the
-            # upstream to stop generating when our client went away.
-            await response.aclose()
 
-    async def _read(self, response: httpx.Response, deadline: Deadline) -> bytes:
+    async def _send(
+        self, path: str, body: Mapping[str, Any], deadline: Deadline, headers: Mapping[str, str]
+    ) -> aiohttp.ClientResponse:
+        """POST ``body``; the open response once its status is known to be good."""
+        response = await deadline.run(self._post_raw(path, orjson.dumps(body), headers))
+        if response.status >= 400:
+            try:
+                raw = await self._read(response, deadline)
+            finally:
+                finish(response)
+            raise status_error(response.status, response.headers, raw, self.name)
+        return response
+
+    async def _read(self, response: aiohttp.ClientResponse, deadline: Deadline) -> bytes:
         try:
-            return await deadline.run(response.aread())
-        except httpx.HTTPError as exc:
+            return await deadline.run(response.read())
+        except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, self.name) from exc
 
     async def _post_json(self, path: str, body: Mapping[str, Any], deadline: Deadline) -> Any:
         """POST and parse a whole JSON answer."""
-        async with self._post(path, body, deadline, stream=False) as response:
-            return loads(await self._read(response, deadline), self.name)
+        response = await self._send(path, body, deadline, JSON_HEADERS)
+        try:
+            raw = await self._read(response, deadline)
+        finally:
+            finish(response)
+        return loads(raw, self.name)
 
     async def _events(
         self, path: str, body: Mapping[str, Any], deadline: Deadline
     ) -> AsyncGenerator[str, None]:
-        """POST and yield the data of each server-sent event, each within the deadline."""
-        async with self._post(path, body, deadline, stream=True) as response:
-            events = sse_data(response.aiter_lines())
-            try:
-                while True:
-                    try:
-                        data = await deadline.run(anext(events))
-                    except StopAsyncIteration:
-                        return
-                    yield data
-            except httpx.HTTPError as exc:
-                raise transport_error(exc, self.name) from exc
-            finally:
-                await events.aclose()
+        """POST and yield the data of each server-sent event, each read within the deadline.
 
-    async def _get(self, url: str) -> httpx.Response | None:
-        """A probe GET bounded by the connect timeout; None when the upstream is unreachable."""
+        Closing this generator before the body ended closes the connection, which is what
+        tells the upstream to stop generating when our client went away.
+        """
+        response = await self._send(path, body, deadline, SSE_HEADERS)
         try:
-            return await self._client.get(url, timeout=self.timeouts.connect)
-        except httpx.HTTPError:
+            read = response.content.readany
+            decoder = SSEDecoder()
+            while True:
+                try:
+                    chunk = await deadline.run(read())
+                except TRANSPORT_ERRORS as exc:
+                    raise transport_error(exc, self.name) from exc
+                if not chunk:  # the body's end
+                    return
+                for data in decoder.feed(chunk):
+                    yield data
+        finally:
+            finish(response)
+
+    async def _get(self, path_or_url: str) -> Fetched | None:
+        """A probe GET bounded by the connect timeout; None when the upstream is unreachable."""
+        url, proxy, proxy_headers = self._target(path_or_url)
+        try:
+            async with self._session().get(
+                url,
+                timeout=self._probe_timeout,
+                allow_redirects=False,
+                proxy=proxy,
+                proxy_headers=proxy_headers,
+            ) as response:
+                body = await response.read()
+                return Fetched(
+                    response.status,
+                    response.headers.get("content-type", ""),
+                    body,
+                    response.charset,
+                )
+        except TRANSPORT_ERRORS:
             return None
 
     async def _probe(self, health_path: str, load: LoadSnapshot | None) -> LoadSnapshot:
@@ -277,8 +394,8 @@ class HTTPBackend:
         response = await self._get(health_path)
         if response is None:
             return LoadSnapshot(healthy=False, detail="unreachable")
-        healthy = response.status_code == 200
-        detail = "" if healthy else f"health answered {response.status_code}"
+        healthy = response.status == 200
+        detail = "" if healthy else f"health answered {response.status}"
         if load is None:
             return LoadSnapshot(healthy=healthy, detail=detail)
         return LoadSnapshot(
@@ -294,6 +411,6 @@ class HTTPBackend:
         if not self.metrics_url:
             return None
         response = await self._get(self.metrics_url)
-        if response is None or response.status_code != 200:
+        if response is None or response.status != 200:
             return None
-        return response.text, response.headers.get("content-type", "")
+        return response.text, response.content_type

@@ -71,8 +71,13 @@ class TGIBackend(HTTPBackend):
             async for delta in self._whole(body, req, deadline):
                 yield delta
             return
+        final: Delta | None = None
         async with aclosing(self._events("/generate_stream", body, deadline)) as events:
             async for data in events:
+                if final is not None:
+                    # Read on to the end of the body rather than return: a response closed
+                    # early drops its keep-alive connection. Nothing follows details.
+                    continue
                 deadline.started = True
                 event = loads(data, self.name)
                 try:
@@ -85,13 +90,14 @@ class TGIBackend(HTTPBackend):
                     yield Delta(text=text, tokens=1, logprobs=logprobs)
                     details = event.get("details")
                     if details is not None:
-                        yield self._final(details)
-                        return
+                        final = self._final(details)
                 except _MALFORMED as exc:
                     raise UpstreamProtocolError(
                         f"unreadable event: {data[:200]!r}", backend=self.name
                     ) from exc
-        raise UpstreamProtocolError("stream ended without its final details", backend=self.name)
+        if final is None:
+            raise UpstreamProtocolError("stream ended without its final details", backend=self.name)
+        yield final
 
     async def _whole(
         self, body: dict[str, Any], req: GenerationRequest, deadline: Deadline
@@ -167,10 +173,10 @@ class TGIBackend(HTTPBackend):
     async def _read_info(self) -> None:
         """Adopt the server's own limits from ``/info``; keep configured ones if unreadable."""
         response = await self._get("/info")
-        if response is None or response.status_code != 200:
+        if response is None or response.status != 200:
             return
         try:
-            info = loads(response.content, self.name)
+            info = loads(response.body, self.name)
             limits = {
                 "max_stop_sequences": info.get("max_stop_sequences"),
                 "max_total_tokens": info.get("max_total_tokens"),

@@ -8,7 +8,7 @@ import pytest
 
 from adapters._http import error_detail
 from adapters._prometheus import mean, parse_metrics, total
-from adapters._sse import sse_data
+from adapters._sse import SSEDecoder, sse_data
 
 
 async def _lines(*lines: str) -> AsyncIterator[str]:
@@ -22,6 +22,33 @@ async def test_sse_tolerates_spacing_comments_and_multiline_data() -> None:
         ":keep-alive", "", 'data:{"a":1}', "", "data: x", "data: y", "event: e", "", "data: cut"
     )
     assert [d async for d in sse_data(lines)] == ['{"a":1}', "x\ny"]  # "cut" never ended
+
+
+_BODY = (
+    ':keep-alive\n\ndata:{"a":1}\r\n\r\ndata: x\rdata: y\revent: e\r\r'
+    'data: "h\u00e9llo \u2028 \u4e16"\n\ndata: cut'
+).encode()
+_EVENTS = ['{"a":1}', "x\ny", '"h\u00e9llo \u2028 \u4e16"']
+
+
+def _decode(chunks: list[bytes]) -> list[str]:
+    decoder = SSEDecoder()
+    return [data for chunk in chunks for data in decoder.feed(chunk)]
+
+
+def test_sse_decoder_reads_whole_bodies_with_any_line_ending() -> None:
+    assert _decode([_BODY]) == _EVENTS  # "cut" never ended
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+def test_sse_decoder_frames_the_same_however_the_body_is_chunked(size: int) -> None:
+    # Cuts fall inside lines, inside UTF-8 sequences and between "\r" and "\n".
+    chunks = [_BODY[i : i + size] for i in range(0, len(_BODY), size)]
+    assert _decode(chunks) == _EVENTS
+
+
+def test_sse_decoder_keeps_a_crlf_split_across_chunks_one_line_ending() -> None:
+    assert _decode([b"data: a\r", b"\n", b"\r", b"\ndata: b\r", b"\r"]) == ["a", "b"]
 
 
 def test_prometheus_reader_sums_and_filters_by_label() -> None:
