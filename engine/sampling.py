@@ -36,7 +36,7 @@ class Selection(NamedTuple):
 
 def greedy(logits: jax.Array) -> Selection:
     """Argmax only, no log-softmax: the cheap path when no slot samples or asks for logprobs."""
-    tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    tokens = _argmax(logits)
     empty = jnp.zeros((logits.shape[0], 0))
     return Selection(tokens, jnp.zeros(logits.shape[0]), empty.astype(jnp.int32), empty)
 
@@ -55,9 +55,7 @@ def select(logits: jax.Array, state: SamplingState, n_top: int) -> Selection:
     scaled = logits / temperature
     scaled_lse = jax.nn.logsumexp(scaled, axis=-1, keepdims=True)
 
-    # Exact sampling over the full vocabulary by inverse CDF (one uniform per slot).
-    cdf = jnp.cumsum(jnp.exp(scaled - scaled_lse), axis=-1)
-    full_choice = jnp.argmax(cdf > u * cdf[:, -1:], axis=-1).astype(jnp.int32)
+    full_choice = _inverse_cdf(jnp.exp(scaled - scaled_lse), u)
 
     # Filtered sampling among the candidates (already sorted by probability).
     cand_p = jnp.exp(cand_logits / temperature - scaled_lse)
@@ -76,3 +74,28 @@ def select(logits: jax.Array, state: SamplingState, n_top: int) -> Selection:
     logprobs = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0] - lse[:, 0]
     top_lp = cand_logits[:, :n_top] - lse
     return Selection(tokens, logprobs, cand_ids[:, :n_top], top_lp)
+
+
+def _argmax(logits: jax.Array) -> jax.Array:
+    # top_k(1) is ~2x faster than argmax's variadic reduction on XLA:CPU at 262k columns.
+    return jax.lax.top_k(logits, 1)[1][:, 0].astype(jnp.int32)
+
+
+def _inverse_cdf(probs: jax.Array, u: jax.Array, block: int = 512) -> jax.Array:
+    """Exact inverse-CDF sampling over [S, V] probabilities with one uniform per row.
+
+    Two levels (pick a block of ``block`` tokens, then a token in it), because a cumulative sum
+    over all 262k columns is slow on XLA:CPU while block sums and short cumsums are cheap.
+    """
+    rows, vocab = probs.shape
+    pad = (-vocab) % block
+    blocks = jnp.pad(probs, ((0, 0), (0, pad))).reshape(rows, -1, block)
+    block_cdf = jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1)
+    target = u[:, 0] * block_cdf[:, -1]
+    chosen = jnp.minimum(jnp.sum(block_cdf <= target[:, None], axis=-1), block_cdf.shape[1] - 1)
+    before = jnp.where(chosen > 0, jnp.take_along_axis(block_cdf, chosen[:, None] - 1, -1)[:, 0], 0)
+    inner = jnp.take_along_axis(blocks, chosen[:, None, None], axis=1)[:, 0]
+    inner_cdf = jnp.cumsum(inner, axis=-1) + before[:, None]
+    offset = jnp.minimum(jnp.sum(inner_cdf <= target[:, None], axis=-1), block - 1)
+    token = chosen * block + offset
+    return jnp.minimum(token, vocab - 1).astype(jnp.int32)
