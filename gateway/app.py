@@ -19,6 +19,7 @@ from gateway.http import ORJSONResponse, RequestContext, install_error_handlers
 from gateway.metering.factory import build_meter
 from gateway.metering.meter import Meter
 from gateway.metrics import metrics
+from gateway.openai.routes import generation_routes
 from gateway.openai.routes import router as openai_router
 from gateway.openai.serving import Serving
 from gateway.routing.router import Router
@@ -87,6 +88,7 @@ def create_app(
     )
     app.state.tollgate = state
     install_error_handlers(app)
+    app.router.routes.extend(generation_routes)
     app.include_router(openai_router)
     app.include_router(admin_router)
     app.include_router(usage_router)

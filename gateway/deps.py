@@ -12,10 +12,15 @@ from gateway.state import AppState
 from gateway.tenancy.models import Principal
 
 
-async def get_state(request: Request) -> AppState:
+def get_app_state(request: Request) -> AppState:
     """The app's parts (set by ``create_app``)."""
     state: AppState = request.app.state.tollgate
     return state
+
+
+async def get_state(request: Request) -> AppState:
+    """``get_app_state`` as a dependency (async: a sync one would hop to a thread)."""
+    return get_app_state(request)
 
 
 def bearer_token(request: Request) -> str:

@@ -11,7 +11,6 @@ from opentelemetry.metrics import (
     Histogram,
     Meter,
     Observation,
-    _Gauge,
 )
 
 from gateway.telemetry import semconv as sc
@@ -21,20 +20,49 @@ from gateway.telemetry import semconv as sc
 BREAKER_STATES = ("closed", "half_open", "open")
 
 
+class LocalSum:
+    """A sum per attribute set kept in a dict on the request path, reported at collection.
+
+    A synchronous OpenTelemetry ``add`` hashes its attribute mapping and takes a lock on every
+    call (about 15 µs here); summing into a dict keyed by a tuple costs well under 1 µs. The
+    sums are exported through an observable counter (or gauge, for ``set``).
+    """
+
+    __slots__ = ("_keys", "_values")
+
+    def __init__(self, *keys: str) -> None:
+        self._keys = keys
+        self._values: dict[tuple[str | int, ...], float] = {}
+
+    def add(self, value: float, *labels: str | int) -> None:
+        """Add ``value`` to the sum of the attribute set ``labels`` (in ``keys`` order)."""
+        self._values[labels] = self._values.get(labels, 0.0) + value
+
+    def set(self, value: float, *labels: str | int) -> None:
+        """Replace the value of an attribute set (for gauges)."""
+        self._values[labels] = value
+
+    def observe(self, _: CallbackOptions) -> Iterable[Observation]:
+        """Every attribute set's current value."""
+        for labels, value in list(self._values.items()):
+            attrs = {k: v for k, v in zip(self._keys, labels, strict=True) if v != ""}
+            yield Observation(value, attrs)
+
+
 @dataclass(slots=True)
 class Instruments:
-    """Synchronous instruments; recorded once per request, never per chunk."""
+    """The instruments recorded once per request, never per chunk."""
 
     duration: Histogram
     ttft: Histogram
     tpot: Histogram
     tokens: Histogram
-    cost: Counter
-    requests: Counter
-    decisions: Counter
+    cost: LocalSum  # operation, provider, model, backend, tenant
+    requests: LocalSum  # tenant, backend, policy, status, error type
+    decisions: LocalSum  # policy, backend
     fallbacks: Counter
     rejections: Counter
-    budget: _Gauge
+    budget: LocalSum  # tenant
 
 
 def create_instruments(meter: Meter) -> Instruments:
@@ -64,12 +92,36 @@ def create_instruments(meter: Meter) -> Instruments:
             description="Tokens per generation by type",
             explicit_bucket_boundaries_advisory=sc.TOKEN_BUCKETS,
         ),
-        cost=meter.create_counter(sc.METRIC_COST, unit="USD", description="Provisional cost"),
-        requests=meter.create_counter(
-            sc.METRIC_REQUESTS, unit="{request}", description="Admitted requests by outcome"
+        cost=_observed_sum(
+            meter,
+            sc.METRIC_COST,
+            LocalSum(
+                sc.GEN_AI_OPERATION_NAME,
+                sc.GEN_AI_PROVIDER_NAME,
+                sc.GEN_AI_REQUEST_MODEL,
+                sc.TOLLGATE_BACKEND,
+                sc.TOLLGATE_TENANT,
+            ),
+            unit="USD",
+            description="Provisional cost",
         ),
-        decisions=meter.create_counter(
+        requests=_observed_sum(
+            meter,
+            sc.METRIC_REQUESTS,
+            LocalSum(
+                sc.TOLLGATE_TENANT,
+                sc.TOLLGATE_BACKEND,
+                sc.TOLLGATE_POLICY,
+                sc.HTTP_RESPONSE_STATUS_CODE,
+                sc.ERROR_TYPE,
+            ),
+            unit="{request}",
+            description="Admitted requests by outcome",
+        ),
+        decisions=_observed_sum(
+            meter,
             sc.METRIC_ROUTING_DECISIONS,
+            LocalSum(sc.TOLLGATE_POLICY, sc.TOLLGATE_BACKEND),
             unit="{decision}",
             description="Generations served, by routing policy and backend",
         ),
@@ -83,10 +135,23 @@ def create_instruments(meter: Meter) -> Instruments:
             unit="{request}",
             description="Requests refused at admission (rate limits, budget)",
         ),
-        budget=meter.create_gauge(
-            sc.METRIC_TENANT_BUDGET, unit="USD", description="A tenant's monthly budget"
+        budget=_observed_sum(
+            meter,
+            sc.METRIC_TENANT_BUDGET,
+            LocalSum(sc.TOLLGATE_TENANT),
+            unit="USD",
+            description="A tenant's monthly budget",
+            gauge=True,
         ),
     )
+
+
+def _observed_sum(
+    meter: Meter, name: str, local: LocalSum, *, unit: str, description: str, gauge: bool = False
+) -> LocalSum:
+    create = meter.create_observable_gauge if gauge else meter.create_observable_counter
+    create(name, [local.observe], unit=unit, description=description)
+    return local
 
 
 @dataclass(slots=True)

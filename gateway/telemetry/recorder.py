@@ -198,8 +198,11 @@ class Telemetry:
         with_tenant = {**base, sc.TOLLGATE_TENANT: tenant}
         m.tokens.record(prompt_tokens, {**with_tenant, sc.GEN_AI_TOKEN_TYPE: sc.TOKEN_INPUT})
         m.tokens.record(output_tokens, {**with_tenant, sc.GEN_AI_TOKEN_TYPE: sc.TOKEN_OUTPUT})
-        m.cost.add(cost_usd, with_tenant)
-        m.decisions.add(1, {sc.TOLLGATE_POLICY: job.policy, sc.TOLLGATE_BACKEND: backend.name})
+        m.cost.add(
+            cost_usd, base[sc.GEN_AI_OPERATION_NAME], backend.kind, job.model_id, backend.name,
+            tenant,
+        )
+        m.decisions.add(1, job.policy, backend.name)
         self.tokens_per_dollar.add(tenant, backend.name, output_tokens, cost_usd)
         span = gen.span
         if not span.is_recording():
@@ -245,11 +248,13 @@ class Telemetry:
         if failure is not None:
             outcome[sc.ERROR_TYPE] = latency[sc.ERROR_TYPE] = failure
         m = self.metrics
-        m.requests.add(1, outcome)
+        m.requests.add(
+            1, record.tenant, record.backend, job.policy, record.status, failure or ""
+        )
         m.duration.record(record.duration_s, latency)
         budget = job.principal.tenant.limits.monthly_budget_usd
         if budget is not None:
-            m.budget.set(budget, {sc.TOLLGATE_TENANT: record.tenant})
+            m.budget.set(budget, record.tenant)
         if not span.is_recording():
             return
         reasons = [g.finish_reason for g in gens if g.finish_reason]
