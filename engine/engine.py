@@ -247,7 +247,8 @@ def _prompt_logprobs(
     logits = model.unembed(config, params, hidden)
     lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
     chosen = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0] - lse[:, 0]
-    top_vals, top_ids = jax.lax.top_k(logits, max(n_top, 1))
+    # A barrier, as in sampling.select: keeps XLA:CPU from rewriting the top-k into a sort.
+    top_vals, top_ids = jax.lax.optimization_barrier(jax.lax.top_k(logits, max(n_top, 1)))
     return Selection(
         targets, chosen, top_ids[:, :n_top].astype(jnp.int32), (top_vals - lse)[:, :n_top]
     )
