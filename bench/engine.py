@@ -28,6 +28,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="tollgate bench engine", description=__doc__)
     parser.add_argument("--formats", default="f32,bf16,int8", help="comma-separated formats")
     parser.add_argument("--streams", default="1,8,16,32", help="concurrent decode streams")
+    parser.add_argument("--sampled-streams", type=int, default=16, help="streams for sampling")
     parser.add_argument("--steps", type=int, default=32, help="timed decode steps per point")
     parser.add_argument("--prompt-tokens", type=int, default=512, help="prefill prompt length")
     parser.add_argument("--max-context", type=int, default=1024)
@@ -103,6 +104,18 @@ def _measure(fmt: str, args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.steps):
             state, _ = engine.generate(state, full=False)
         decode[n] = n * args.steps / (time.perf_counter() - start)
+    # Sampled decoding (temperature 1, the OpenAI default) takes the full selection path.
+    sampled = SlotSampling(temperature=1.0, key=(0, 1))
+    n = args.sampled_streams
+    state = engine.init_state()
+    for slot in range(n):
+        state = engine.insert(state, prefix, slot, short[-1], sampled)
+    for _ in range(2):
+        state, _ = engine.generate(state, full=True)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        state, _ = engine.generate(state, full=True)
+    sampled_tps = n * args.steps / (time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
     return {
         "format": fmt,
@@ -112,6 +125,7 @@ def _measure(fmt: str, args: argparse.Namespace) -> dict[str, Any]:
         "prefill_tokens": len(ids),
         "prefill_tps": prefill_tps,
         "decode_tps": decode,
+        "sampled_tps": sampled_tps,
         "weights_mib": _param_bytes(engine.params) / 2**20,
         "peak_rss_mib": peak,
     }
@@ -130,16 +144,17 @@ def _run_child(fmt: str, argv: Sequence[str]) -> dict[str, Any]:
 
 def _print_table(results: list[dict[str, Any]], bandwidth: float) -> None:
     streams = sorted({int(n) for r in results for n in r["decode_tps"]})
-    print(f"memory copy bandwidth: {bandwidth:.1f} GB/s")
+    print(f"memory copy bandwidth: {bandwidth:.1f} GB/s; 'str' = concurrent greedy streams;")
+    print("'sampled' = temperature-1 streams (--sampled-streams); 'ready' = start to warm engine")
     head = f"{'format':6} {'ready s':>8} {'load s':>7} {'warm s':>7} {'prefill t/s':>12}"
     head += "".join(f" {f'{n} str t/s':>11}" for n in streams)
-    head += f" {'weights MiB':>12} {'peak MiB':>9}"
+    head += f" {'sampled t/s':>12} {'weights MiB':>12} {'peak MiB':>9}"
     print(head)
     for r in results:
         row = f"{r['format']:6} {r['ready_s']:8.1f} {r['load_s']:7.1f} {r['warmup_compile_s']:7.1f}"
         row += f" {r['prefill_tps']:12.0f}"
         row += "".join(f" {r['decode_tps'][str(n)]:11.1f}" for n in streams)
-        row += f" {r['weights_mib']:12.0f} {r['peak_rss_mib']:9.0f}"
+        row += f" {r['sampled_tps']:12.1f} {r['weights_mib']:12.0f} {r['peak_rss_mib']:9.0f}"
         print(row)
     print("roofline (decode, weights read once per step, KV ignored): tokens/s <= streams x")
     for r in results:

@@ -231,7 +231,13 @@ class GenerationServer:
                 if running and admitted >= 2:
                     return state
                 request = self._waiting.popleft()
-            state = self._start(state, request, free)
+            try:
+                state = self._start(state, request, free)
+            except Exception as error:  # this request fails alone; running ones go on
+                request.deliver(error)
+                for seq in self._slots:
+                    if seq is not None and seq.request is request:
+                        state = self._free(state, seq)
             admitted += 1
 
     def _start(self, state: DecodeState, request: _Request, free: list[int]) -> DecodeState:
