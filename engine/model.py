@@ -100,9 +100,11 @@ def _qkv(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Projected, QK-normed and rotated q [..., H, hd], k and v [..., KV, hd]."""
     hd = config.head_dim
-    q = linear(x, layer["q"]).reshape(*x.shape[:-1], config.n_heads, hd)
-    k = linear(x, layer["k"]).reshape(*x.shape[:-1], config.n_kv_heads, hd)
-    v = linear(x, layer["v"]).reshape(*x.shape[:-1], config.n_kv_heads, hd)
+    qkv = linear(x, layer["qkv"])
+    q_size, kv_size = config.n_heads * hd, config.n_kv_heads * hd
+    q = qkv[..., :q_size].reshape(*x.shape[:-1], config.n_heads, hd)
+    k = qkv[..., q_size : q_size + kv_size].reshape(*x.shape[:-1], config.n_kv_heads, hd)
+    v = qkv[..., q_size + kv_size :].reshape(*x.shape[:-1], config.n_kv_heads, hd)
     if config.qk_norm:
         q = rms_norm(q, layer["q_norm"], config.norm_eps)
         k = rms_norm(k, layer["k_norm"], config.norm_eps)
@@ -120,7 +122,8 @@ def _mlp_and_residual(
         o = rms_norm(o, layer["post_attn_norm"], config.norm_eps)
     h = h + o
     x = rms_norm(h, layer["ffn_norm"], config.norm_eps)
-    gated = jax.nn.gelu(linear(x, layer["gate"]), approximate=True) * linear(x, layer["up"])
+    gate, up = jnp.split(linear(x, layer["gate_up"]), 2, axis=-1)
+    gated = jax.nn.gelu(gate, approximate=True) * up
     y = linear(gated, layer["down"])
     if config.post_norms:
         y = rms_norm(y, layer["post_ffn_norm"], config.norm_eps)

@@ -69,8 +69,24 @@ def to_pytree(flat: Mapping[str, np.ndarray]) -> Params:
             layers.setdefault(int(index), {})[leaf] = value
         else:
             params[name] = value
-    params["layers"] = [layers[i] for i in sorted(layers)]
+    params["layers"] = [_fuse(layers[i]) for i in sorted(layers)]
     return params
+
+
+def _concat(parts: list[Any]) -> Any:
+    if isinstance(parts[0], Int8Weight):
+        return Int8Weight(
+            jnp.concatenate([p.values for p in parts]), jnp.concatenate([p.scales for p in parts])
+        )
+    return jnp.concatenate(parts)
+
+
+def _fuse(layer: dict[str, Any]) -> dict[str, Any]:
+    """Matrices that read the same input become one: q|k|v and gate|up (fewer, larger dots)."""
+    fused = {k: v for k, v in layer.items() if k not in ("q", "k", "v", "gate", "up")}
+    fused["qkv"] = _concat([layer["q"], layer["k"], layer["v"]])
+    fused["gate_up"] = _concat([layer["gate"], layer["up"]])
+    return fused
 
 
 def save_flat(directory: Path, flat: Mapping[str, np.ndarray], config: ModelConfig) -> None:
