@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.settings import Settings
@@ -28,4 +28,3 @@ class AppState:
     serving: Serving
     started_at: int = 0
     draining: bool = False
-    background: list[object] = field(default_factory=list)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Backend, ChatMessage, GenerationRequest
@@ -254,7 +254,7 @@ class JobBuilder:
             stops = (*stops, *job.template.stops)
         fits = caps.max_stop_sequences is None or len(stops) <= caps.max_stop_sequences
         changes["stop"] = stops if caps.stop and fits else ()
-        return _replace(base, changes), stops
+        return replace(base, **changes), stops
 
     # -- shared -------------------------------------------------------------------------
 
@@ -355,13 +355,6 @@ class JobBuilder:
             "frequency_penalty": body.frequency_penalty or None,
             "extra": extras,
         }
-
-
-def _replace(req: GenerationRequest, changes: dict[str, Any]) -> GenerationRequest:
-    out = GenerationRequest.__new__(GenerationRequest)
-    for name in GenerationRequest.__slots__:
-        setattr(out, name, changes[name] if name in changes else getattr(req, name))
-    return out
 
 
 def _refuse_unsupported_chat(body: ChatCompletionRequest) -> None:

@@ -136,6 +136,8 @@ class Serving:
                 job.candidates, job.policy, job.objectives, job.prompt_counts[0], job.max_tokens
             )
             route.ranked(plan)
+        # At most ``max_attempts`` backends per generation, however many could serve it.
+        plan = plan[: self.settings.routing.max_attempts]
         deadline = time.monotonic() + max(
             self.router.timeouts(b.name).first_token_s for b in job.candidates
         )

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import openai
 import pytest
 
 from adapters.base import BadRequest, Overloaded, Timeout, Unavailable, UpstreamProtocolError
-from tests.e2e.conftest import Gateway
-from tests.gateway.doubles import Script
+from gateway.app import create_app
+from gateway.tenancy.memory import MemoryStore
+from tests.e2e.conftest import Gateway, gateway_settings
+from tests.gateway.doubles import PerTokenMeter, Script, ScriptedBackend
+from tests.live import LiveServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -159,14 +164,15 @@ def test_chat_refuses_tools_and_images(gateway: Gateway) -> None:
             messages=[{"role": "user", "content": "x"}],
             tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
         )
-    assert info.value.param == "tools" if hasattr(info.value, "param") else True
-    with pytest.raises(openai.BadRequestError):
+    assert info.value.param == "tools"
+    with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
             model="test-model",
             messages=[
                 {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}
             ],
         )
+    assert info.value.param == "messages[0].content[0].type"
 
 
 def test_auth_errors(gateway: Gateway) -> None:
@@ -229,3 +235,34 @@ def test_mid_stream_failure_ends_with_error_event(gateway: Gateway) -> None:
     with pytest.raises(openai.APIError):
         read()
     assert "".join(received) == "Hello,"
+
+
+def test_fallback_is_bounded_by_max_attempts() -> None:
+    down = ScriptedBackend("down", script=lambda _: Script(error_before=Unavailable("down")))
+    spare = ScriptedBackend("spare")
+    configs = [
+        {
+            "name": b.name,
+            "kind": "vllm",
+            "url": "http://127.0.0.1:9",
+            "models": {"test-model": "upstream-test-model"},
+            "price": {"usd_per_mtok_input": 0.0, "usd_per_mtok_output": price},
+        }
+        for b, price in ((down, 1.0), (spare, 3.0))  # the cost policy tries "down" first
+    ]
+    for attempts, served in ((1, False), (2, True)):
+        down.requests.clear()
+        spare.requests.clear()
+        store = MemoryStore()
+        key = asyncio.run(store.create_key("team")).secret
+        settings = gateway_settings(backends=configs, routing={"max_attempts": attempts})
+        app = create_app(settings, store=store, backends=[down, spare], meter=PerTokenMeter())
+        with LiveServer(app) as server:
+            client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+            if served:
+                client.completions.create(model="test-model", prompt="x", max_tokens=2)
+            else:
+                with pytest.raises(openai.InternalServerError):
+                    client.completions.create(model="test-model", prompt="x", max_tokens=2)
+        assert len(down.requests) == 1
+        assert len(spare.requests) == (1 if served else 0)
