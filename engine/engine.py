@@ -93,8 +93,9 @@ class GemmaEngine:
         self.kv_buckets = tuple(sorted(engine_config.kv_buckets))
         embed = params["embed"]
         weights_dtype = embed.values.dtype if hasattr(embed, "values") else embed.dtype
-        self.kv_dtype = jnp.float32 if weights_dtype == jnp.float32 else jnp.bfloat16
-        self._prefill = jax.jit(partial(_prefill, config, self.kv_dtype))
+        # bfloat16 entries are stored as their uint16 bits (see model.store_kv).
+        self.kv_storage = jnp.float32 if weights_dtype == jnp.float32 else jnp.uint16
+        self._prefill = jax.jit(partial(_prefill, config, self.kv_storage))
         self._prompt_lp = jax.jit(partial(_prompt_logprobs, config), static_argnums=3)
         self._first = jax.jit(_first_token, static_argnums=2)
         self._insert = jax.jit(_insert, donate_argnums=0)
@@ -119,8 +120,8 @@ class GemmaEngine:
             steps=jnp.zeros(s, jnp.int32),
         )
         return DecodeState(
-            k=tuple(jnp.zeros(shape, self.kv_dtype) for _ in range(c.n_layers)),
-            v=tuple(jnp.zeros(shape, self.kv_dtype) for _ in range(c.n_layers)),
+            k=tuple(jnp.zeros(shape, self.kv_storage) for _ in range(c.n_layers)),
+            v=tuple(jnp.zeros(shape, self.kv_storage) for _ in range(c.n_layers)),
             tokens=jnp.zeros(s, jnp.int32),
             positions=jnp.zeros(s, jnp.int32),
             active=jnp.zeros(s, jnp.bool_),
@@ -230,14 +231,14 @@ class GemmaEngine:
 
 
 def _prefill(
-    config: ModelConfig, kv_dtype: Any, params: Params, tokens: jax.Array, length: jax.Array
+    config: ModelConfig, kv_storage: Any, params: Params, tokens: jax.Array, length: jax.Array
 ) -> tuple[jax.Array, list[jax.Array], list[jax.Array], jax.Array]:
     hidden, k, v = model.prefill(config, params, tokens, length)
     last = jax.lax.dynamic_slice_in_dim(hidden, length - 1, 1)
     # Two identical rows: a one-row bf16/int8 matmul is pathologically slow on XLA:CPU.
     logits = model.unembed(config, params, jnp.concatenate([last, last]))[:1]
-    k = [layer.astype(kv_dtype) for layer in k]
-    v = [layer.astype(kv_dtype) for layer in v]
+    k = [model.store_kv(layer, kv_storage) for layer in k]
+    v = [model.store_kv(layer, kv_storage) for layer in v]
     return hidden, k, v, logits
 
 

@@ -164,6 +164,32 @@ def prefill(
     return rms_norm(h, params["final_norm"], config.norm_eps), ks, vs
 
 
+def store_kv(entries: jax.Array, storage: Any) -> jax.Array:
+    """KV entries in the cache's storage type: float32, or bfloat16 kept as its uint16 bits.
+
+    The bits matter on XLA:CPU: it widens bfloat16 arrays to float32 around an update, so an
+    in-place write of one entry becomes a copy of the whole cache; integers update in place.
+    """
+    if storage == jnp.uint16:
+        return jax.lax.bitcast_convert_type(entries.astype(jnp.bfloat16), jnp.uint16)
+    return entries.astype(storage)
+
+
+def load_kv(stored: jax.Array) -> jax.Array:
+    """Cache entries as float32 for attention (inverse of ``store_kv``)."""
+    if stored.dtype == jnp.uint16:
+        stored = jax.lax.bitcast_convert_type(stored, jnp.bfloat16)
+    return stored.astype(jnp.float32)
+
+
+def _write(
+    cache: jax.Array, rows: jax.Array, positions: jax.Array, entries: jax.Array
+) -> jax.Array:
+    return cache.at[rows, positions].set(
+        store_kv(entries, cache.dtype), mode="drop", unique_indices=True
+    )
+
+
 def decode(
     config: ModelConfig,
     params: Params,
@@ -176,8 +202,8 @@ def decode(
     [S, T, KV, hd] with S >= R (slots past R are left alone, so a few active slots do not pay
     for all of them).
 
-    The cache holds positions < ``positions[s]`` of slot s. Returns logits [R, V] and the
-    updated caches (the new entries written at ``positions``).
+    The cache (in its storage type, see ``store_kv``) holds positions < ``positions[s]`` of
+    slot s. Returns logits [R, V] and the updated caches (new entries written at ``positions``).
     """
     slots, capacity = tokens.shape[0], k_cache[0].shape[1]
     cos, sin = _rope_tables(config, positions)
@@ -186,9 +212,7 @@ def decode(
     window = config.sliding_window or (capacity + 1)
     local_mask = causal & (distance < window)
     groups = config.n_heads // config.n_kv_heads
-    # Where each slot's new entry goes. XLA:CPU copies the whole operand for a scatter (even
-    # donated), so the new entries are blended into the active rows and written back as a block.
-    hit = (jnp.arange(capacity)[None, :] == positions[:, None])[:, :, None, None]
+    rows = jnp.arange(slots)
     h = embed(config, params, tokens)
     new_k: list[jax.Array] = []
     new_v: list[jax.Array] = []
@@ -198,13 +222,11 @@ def decode(
         which = 0 if is_local else 1
         x = rms_norm(h, layer["attn_norm"], config.norm_eps)
         q, k, v = _qkv(config, layer, x, cos[which], sin[which])
-        # Write first, then attend over the cache including this position.
-        dtype = k_cache[index].dtype
-        k_rows = jnp.where(hit, k[:, None].astype(dtype), k_cache[index][:slots])
-        v_rows = jnp.where(hit, v[:, None].astype(dtype), v_cache[index][:slots])
-        k_all = jax.lax.dynamic_update_slice(k_cache[index], k_rows, (0, 0, 0, 0))
-        v_all = jax.lax.dynamic_update_slice(v_cache[index], v_rows, (0, 0, 0, 0))
-        k_past, v_past = k_rows.astype(jnp.float32), v_rows.astype(jnp.float32)
+        # Write first (one entry per slot, in place), then attend over the cache including
+        # this position. Slots whose position fell outside the bucket (inactive) are dropped.
+        k_all = _write(k_cache[index], rows, positions, k)
+        v_all = _write(v_cache[index], rows, positions, v)
+        k_past, v_past = load_kv(k_all[:slots]), load_kv(v_all[:slots])
         qg = q.reshape(slots, config.n_kv_heads, groups, config.head_dim)
         scores = _softcap(jnp.einsum("skgd,stkd->skgt", qg, k_past), config.attn_softcap)
         mask = (local_mask if is_local else causal) | (distance == 0)
