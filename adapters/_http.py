@@ -346,25 +346,32 @@ class HTTPBackend:
 
     async def _events(
         self, path: str, body: Mapping[str, Any], deadline: Deadline
-    ) -> AsyncGenerator[str, None]:
-        """POST and yield the data of each server-sent event, each read within the deadline.
+    ) -> AsyncGenerator[list[str], None]:
+        """POST and yield, per read of the body, the data of the server-sent events it
+        completed (a batch: adapters turn one read into one delta, so a gateway behind a
+        fast upstream handles a burst of events once rather than once per event).
 
-        Closing this generator before the body ended closes the connection, which is what
-        tells the upstream to stop generating when our client went away.
+        Bytes already buffered are taken without a timer; only a read that must wait runs
+        under the deadline. Closing this generator before the body ended closes the
+        connection, which is what tells the upstream to stop generating when our client
+        went away.
         """
         response = await self._send(path, body, deadline, SSE_HEADERS)
         try:
-            read = response.content.readany
+            content = response.content
             decoder = SSEDecoder()
             while True:
                 try:
-                    chunk = await deadline.run(read())
+                    chunk = content.read_nowait()  # raises what broke the connection, too
+                    if not chunk and not content.at_eof():
+                        chunk = await deadline.run(content.readany())
                 except TRANSPORT_ERRORS as exc:
                     raise transport_error(exc, self.name) from exc
                 if not chunk:  # the body's end
                     return
-                for data in decoder.feed(chunk):
-                    yield data
+                batch = decoder.feed(chunk)
+                if batch:
+                    yield batch
         finally:
             finish(response)
 

@@ -16,6 +16,7 @@ from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
 
+from adapters._batch import DeltaBatch
 from adapters._deadline import Deadline
 from adapters._http import HTTPBackend, code_error, loads
 from adapters._prometheus import parse_metrics, total
@@ -72,29 +73,39 @@ class TGIBackend(HTTPBackend):
                 yield delta
             return
         final: Delta | None = None
+        batch = DeltaBatch()
         async with aclosing(self._events("/generate_stream", body, deadline)) as events:
-            async for data in events:
-                if final is not None:
-                    # Read on to the end of the body rather than return: a response closed
-                    # early drops its keep-alive connection. Nothing follows details.
-                    continue
-                deadline.started = True
-                event = loads(data, self.name)
-                try:
-                    if "error" in event:
-                        raise _event_error(event, self.name)
-                    token = event["token"]
-                    logprobs = [_logprob(token, event.get("top_tokens"))] if req.logprobs else None
-                    # Special tokens (EOS) count as generated but are not text.
-                    text = "" if token.get("special") else token["text"]
-                    yield Delta(text=text, tokens=1, logprobs=logprobs)
-                    details = event.get("details")
-                    if details is not None:
-                        final = self._final(details)
-                except _MALFORMED as exc:
-                    raise UpstreamProtocolError(
-                        f"unreadable event: {data[:200]!r}", backend=self.name
-                    ) from exc
+            async for events_read in events:
+                for data in events_read:
+                    if final is not None:
+                        # Read on to the end of the body rather than return: a response
+                        # closed early drops its keep-alive connection. Nothing follows details.
+                        continue
+                    deadline.started = True
+                    try:
+                        event = loads(data, self.name)
+                        if "error" in event:
+                            raise _event_error(event, self.name)
+                        token = event["token"]
+                        top = event.get("top_tokens")
+                        logprobs = [_logprob(token, top)] if req.logprobs else None
+                        # Special tokens (EOS) count as generated but are not text.
+                        batch.add("" if token.get("special") else token["text"], 1, logprobs)
+                        details = event.get("details")
+                        if details is not None:
+                            final = self._final(details)
+                    except BackendError:
+                        if (delivered := batch.take()) is not None:
+                            yield delivered  # what arrived before the error is still output
+                        raise
+                    except _MALFORMED as exc:
+                        if (delivered := batch.take()) is not None:
+                            yield delivered
+                        raise UpstreamProtocolError(
+                            f"unreadable event: {data[:200]!r}", backend=self.name
+                        ) from exc
+                if (delivered := batch.take()) is not None:
+                    yield delivered
         if final is None:
             raise UpstreamProtocolError("stream ended without its final details", backend=self.name)
         yield final

@@ -18,6 +18,7 @@ from contextlib import aclosing
 from typing import Any
 from urllib.parse import quote
 
+from adapters._batch import DeltaBatch
 from adapters._deadline import Deadline
 from adapters._http import HTTPBackend, code_error, loads
 from adapters._prometheus import parse_metrics, total
@@ -60,33 +61,44 @@ class TritonBackend(HTTPBackend):
         body = self._request(req)
         prompt_tokens: int | None = None
         produced = 0
-        source: AsyncGenerator[Any, None]
+        source: AsyncGenerator[list[Any], None]
         if self._stream:
             source = self._events(f"{base}/generate_stream", body, deadline)
         else:
             source = self._single(f"{base}/generate", body, deadline)
+        batch = DeltaBatch()
         async with aclosing(source) as events:
-            async for data in events:
-                deadline.started = True
-                event = loads(data, self.name) if isinstance(data, str) else data
-                try:
-                    if "error" in event:
-                        raise _error(event["error"], self.name)
-                    text = event.get("text_output") or ""
-                    count = event.get("num_output_tokens")
-                    # Without counts (older ensembles) each response is one decode step.
-                    tokens = int(count) if count is not None else (1 if text else 0)
-                    if event.get("num_input_tokens") is not None:
-                        prompt_tokens = int(event["num_input_tokens"])
-                except _MALFORMED as exc:
-                    raise UpstreamProtocolError(
-                        f"unreadable response: {str(data)[:200]!r}", backend=self.name
-                    ) from exc
-                if not isinstance(text, str):
-                    raise UpstreamProtocolError("text_output is not text", backend=self.name)
-                if text or tokens:
+            async for events_read in events:
+                for data in events_read:
+                    deadline.started = True
+                    try:
+                        event = loads(data, self.name) if isinstance(data, str) else data
+                        if "error" in event:
+                            raise _error(event["error"], self.name)
+                        text = event.get("text_output") or ""
+                        count = event.get("num_output_tokens")
+                        # Without counts (older ensembles) each response is one decode step.
+                        tokens = int(count) if count is not None else (1 if text else 0)
+                        if event.get("num_input_tokens") is not None:
+                            prompt_tokens = int(event["num_input_tokens"])
+                        if not isinstance(text, str):
+                            raise UpstreamProtocolError(
+                                "text_output is not text", backend=self.name
+                            )
+                    except BackendError:
+                        if (delivered := batch.take()) is not None:
+                            yield delivered  # what arrived before the error is still output
+                        raise
+                    except _MALFORMED as exc:
+                        if (delivered := batch.take()) is not None:
+                            yield delivered
+                        raise UpstreamProtocolError(
+                            f"unreadable response: {str(data)[:200]!r}", backend=self.name
+                        ) from exc
                     produced += tokens
-                    yield Delta(text=text, tokens=tokens)
+                    batch.add(text, tokens)
+                if (delivered := batch.take()) is not None:
+                    yield delivered
         yield Delta(
             finish_reason="length" if produced >= req.max_tokens else "stop",
             usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=produced),
@@ -94,9 +106,9 @@ class TritonBackend(HTTPBackend):
 
     async def _single(
         self, path: str, body: Mapping[str, Any], deadline: Deadline
-    ) -> AsyncGenerator[Any, None]:
+    ) -> AsyncGenerator[list[Any], None]:
         """``/generate`` for non-decoupled models: the whole answer as one response."""
-        yield await self._post_json(path, body, deadline)
+        yield [await self._post_json(path, body, deadline)]
 
     def _request(self, req: GenerationRequest) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -59,8 +59,9 @@ def create_app(
         serving=Serving(settings, store, router, meter, telemetry, counter),
         started_at=int(time.time()),
     )
-    telemetry.watch(router.health, {b.name: b.kind for b in backends},
-                    lambda: state.serving.in_flight)
+    telemetry.watch(
+        router.health, {b.name: b.kind for b in backends}, lambda: state.serving.in_flight
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -85,6 +86,9 @@ def create_app(
         default_response_class=ORJSONResponse,
         docs_url=None,
         redoc_url=None,
+        # Tollgate makes its own SERVER span and metrics (RequestContext): FastAPI's native
+        # telemetry would duplicate them and costs a provider lookup on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.tollgate = state
     install_error_handlers(app)
@@ -96,8 +100,7 @@ def create_app(
     app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
     if telemetry.registry is not None:
         app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
-    app.add_middleware(RequestContext, log_access=settings.server.access_log,
-                       telemetry=telemetry)
+    app.add_middleware(RequestContext, log_access=settings.server.access_log, telemetry=telemetry)
     return app
 
 

@@ -50,8 +50,10 @@ async def test_deltas_arrive_as_the_upstream_sends_them(harness: Harness) -> Non
     async with harness.running(TOKENS) as (fake, backend):
         gate = fake.gate(2)
         stream = stream_of(backend, request())
-        first = [await anext(stream), await anext(stream)]
-        assert _text(first) == "Hello,"  # read while token 2 is still held back upstream
+        first = [await anext(stream)]
+        while _text(first) != "Hello,":  # one delta per read: the two tokens may come as one
+            first.append(await anext(stream))
+        # read while token 2 is still held back upstream
         gate.set()
         rest = [delta async for delta in stream]
     assert _text(first + rest) == "Hello, world! Bye"
@@ -153,8 +155,9 @@ async def test_closing_the_iterator_cancels_upstream(harness: Harness) -> None:
     async with harness.running(TOKENS) as (fake, backend):
         fake.gate(2)  # never released: the upstream is mid-generation when we leave
         stream = stream_of(backend, request())
-        assert (await anext(stream)).text == "Hello"
-        await anext(stream)
+        received = [await anext(stream)]
+        while _text(received) != "Hello,":  # one delta per read: the two may come as one
+            received.append(await anext(stream))
         await stream.aclose()
         with anyio.fail_after(5):
             await fake.cancelled.wait()

@@ -1,0 +1,43 @@
+"""Merging the output pieces of one read of an upstream stream into one ``Delta``.
+
+A fast upstream often delivers many events per read (always, once the gateway falls behind).
+Handing the gateway one delta per read instead of one per event keeps its per-delta work
+(stop matching, relaying, accounting) proportional to reads, not tokens; text, token counts
+and logprobs are concatenated in order, so nothing a client or the meter sees changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from adapters.base import Delta, TokenLogprob
+
+
+class DeltaBatch:
+    """Output pieces collected since the last ``take``."""
+
+    __slots__ = ("_logprobs", "_texts", "_tokens")
+
+    def __init__(self) -> None:
+        self._texts: list[str] = []
+        self._tokens = 0
+        self._logprobs: list[TokenLogprob] | None = None
+
+    def add(self, text: str, tokens: int, logprobs: Sequence[TokenLogprob] | None = None) -> None:
+        """One event's output text, the tokens it carries and their logprobs (if asked)."""
+        if text:
+            self._texts.append(text)
+        self._tokens += tokens
+        if logprobs is not None:
+            if self._logprobs is None:
+                self._logprobs = []
+            self._logprobs.extend(logprobs)
+
+    def take(self) -> Delta | None:
+        """The merged delta (None when nothing was added), and start over."""
+        texts, tokens, logprobs = self._texts, self._tokens, self._logprobs
+        if not texts and not tokens and logprobs is None:
+            return None
+        self._texts, self._tokens, self._logprobs = [], 0, None
+        text = texts[0] if len(texts) == 1 else "".join(texts)
+        return Delta(text=text, tokens=tokens, logprobs=logprobs)
