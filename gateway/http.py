@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -34,6 +33,7 @@ from gateway.routing.policies import Objectives
 from gateway.state import AppState
 from gateway.telemetry import Telemetry
 from gateway.telemetry.server_span import end_server_span, start_server_span
+from gateway.tenancy.keys import unique_hex
 
 access_log = logging.getLogger("tollgate.access")
 log = logging.getLogger("tollgate.http")
@@ -120,7 +120,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         client_id = _client_request_id(scope)
-        meta = RequestMeta(request_id=uuid.uuid4().hex, client_request_id=client_id)
+        meta = RequestMeta(request_id=unique_hex(), client_request_id=client_id)
         scope.setdefault("state", {})["meta"] = meta
         echo = (client_id or meta.request_id).encode()
         status = 0

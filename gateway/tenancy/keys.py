@@ -7,6 +7,8 @@ the secret has full entropy, so a fast hash is as safe as a slow one and keeps l
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 import secrets
 
 SECRET_PREFIX = "tg-"
@@ -34,9 +36,29 @@ def new_key_id() -> str:
     return "key_" + secrets.token_hex(8)
 
 
+# Ids on the request path come from a per-process random prefix and a counter: unique across
+# replicas and restarts (64 random bits per process) without reading the OS's randomness on
+# every request. A forked worker draws its own prefix.
+_id_prefix = secrets.token_hex(8)
+_id_counter = itertools.count()
+
+
+def _reseed_ids() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix, _id_counter = secrets.token_hex(8), itertools.count()
+
+
+os.register_at_fork(after_in_child=_reseed_ids)
+
+
+def unique_hex() -> str:
+    """32 hex digits no other call in any process returns (ids, not secrets)."""
+    return f"{_id_prefix}{next(_id_counter):016x}"
+
+
 def new_request_id() -> str:
     """A server-generated request id: the ledger's idempotency key within a tenant."""
-    return "req_" + secrets.token_hex(12)
+    return "req_" + unique_hex()
 
 
 def looks_like_secret(value: str) -> bool:
