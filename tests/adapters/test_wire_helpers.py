@@ -6,9 +6,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from adapters._batch import DeltaBatch
 from adapters._http import error_detail
 from adapters._prometheus import mean, parse_metrics, total
 from adapters._sse import SSEDecoder, sse_data
+from adapters.base import TokenLogprob
 
 
 async def _lines(*lines: str) -> AsyncIterator[str]:
@@ -78,3 +80,20 @@ def test_prometheus_reader_sums_and_filters_by_label() -> None:
 )
 def test_error_bodies(raw: bytes, message: str, param: str | None) -> None:
     assert error_detail(raw) == (message, param)
+
+
+def test_delta_batch_merges_one_read_in_order_and_starts_over() -> None:
+    batch = DeltaBatch()
+    assert batch.take() is None
+    batch.add("Hel", 1, [TokenLogprob("Hel", -0.1)])
+    batch.add("", 1, [TokenLogprob("<eos>", -0.2)])  # a special token: counted, no text
+    batch.add("lo", 1, [TokenLogprob("lo", -0.3)])
+    delta = batch.take()
+    assert delta is not None
+    assert (delta.text, delta.tokens) == ("Hello", 3)
+    assert [lp.token for lp in delta.logprobs or ()] == ["Hel", "<eos>", "lo"]
+    assert batch.take() is None
+    batch.add("x", 1)
+    again = batch.take()
+    assert again is not None
+    assert (again.text, again.tokens, again.logprobs) == ("x", 1, None)
