@@ -100,7 +100,12 @@ def create_app(
     app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
     if telemetry.registry is not None:
         app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
-    app.add_middleware(RequestContext, log_access=settings.server.access_log, telemetry=telemetry)
+    app.add_middleware(
+        RequestContext,
+        log_access=settings.server.access_log,
+        telemetry=telemetry,
+        direct=generation_routes,
+    )
     return app
 
 
