@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine import smoothing
 from engine.config import EngineConfig, ModelConfig
 from engine.gguf_loader import default_gguf_path, read_gguf
 from engine.safetensors_loader import read_safetensors_checkpoint
@@ -20,7 +21,7 @@ from engine.weights import (
     to_pytree,
 )
 
-_CACHE_VERSION = "6"  # bump when the on-disk conversion changes
+_CACHE_VERSION = "7"  # bump when the on-disk conversion changes
 
 
 @dataclass
@@ -54,9 +55,9 @@ def load_model(engine_config: EngineConfig) -> LoadedModel:
     root = engine_config.cache_dir / "models" / f"{source.stem}-{_fingerprint(source)}"
     weights_dir = root / engine_config.weight_format
     tokenizer_file = root / "tokenizer.model"
-    tokenizer: GemmaTokenizer | None = None
     if weights_dir.exists() and (tokenizer_file.exists() or source.is_dir()):
         flat, config = load_flat(weights_dir)
+        tokenizer = _cached_tokenizer(source, tokenizer_file)
     else:
         checkpoint = (
             read_gguf(source) if not source.is_dir() else read_safetensors_checkpoint(source)
@@ -66,19 +67,29 @@ def load_model(engine_config: EngineConfig) -> LoadedModel:
         if checkpoint.vocabulary is not None:
             tokenizer = GemmaTokenizer.from_vocabulary(checkpoint.vocabulary)
             _atomic_write(tokenizer_file, tokenizer.model_proto)
-        flat = convert(checkpoint.tensors, engine_config.weight_format)
+        else:
+            tokenizer = _cached_tokenizer(source, tokenizer_file)
+        tensors = checkpoint.tensors
+        if engine_config.weight_format == "int8" and tokenizer is not None:
+            # Calibrate once on the float weights, then fold the smoothing in (exact in f32).
+            calibration = tokenizer.encode(smoothing.CALIBRATION_TEXT)
+            maxima = smoothing.input_maxima(config, tensors, calibration)
+            tensors = smoothing.smooth(config, tensors, maxima)
+        flat = convert(tensors, engine_config.weight_format)
         if not weights_dir.exists():
             save_flat(weights_dir, flat, config)
-    if tokenizer is None:
-        candidates = (
-            [tokenizer_file, source / "tokenizer.model"] if source.is_dir() else [tokenizer_file]
-        )
-        for candidate in candidates:
-            if candidate.exists():
-                tokenizer = GemmaTokenizer.from_file(candidate)
-                break
     params = to_pytree(flat)
     return LoadedModel(config, params, tokenizer, source, time.perf_counter() - started)
+
+
+def _cached_tokenizer(source: Path, tokenizer_file: Path) -> GemmaTokenizer | None:
+    candidates = (
+        [tokenizer_file, source / "tokenizer.model"] if source.is_dir() else [tokenizer_file]
+    )
+    for candidate in candidates:
+        if candidate.exists():
+            return GemmaTokenizer.from_file(candidate)
+    return None
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

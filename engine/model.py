@@ -7,7 +7,8 @@ slice on XLA:CPU). Entry points: ``prefill`` (one prompt) and ``decode`` (one to
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import jax
@@ -17,12 +18,28 @@ from engine.config import ModelConfig
 from engine.weights import Int8Weight, Params
 
 _CONTRACT_LAST = (((1,), (1,)), ((), ()))
+_input_taps: list[jax.Array] | None = None  # set while a calibration pass is traced
+
+
+@contextmanager
+def tap_linear_inputs() -> Iterator[list[jax.Array]]:
+    """While a function is traced inside this block, each ``linear`` call appends the largest
+    |input| per channel (for calibrating int8 smoothing); costs nothing outside it."""
+    global _input_taps
+    taps: list[jax.Array] = []
+    _input_taps = taps
+    try:
+        yield taps
+    finally:
+        _input_taps = None
 
 
 def linear(x: jax.Array, w: Any) -> jax.Array:
     """``x @ w.T`` for a weight stored [out, in], in float32, bfloat16 or int8 (W8A8)."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
+    if _input_taps is not None:
+        _input_taps.append(jnp.max(jnp.abs(x2), axis=0))
     if isinstance(w, Int8Weight):
         # Dynamic per-row activation quantization: an int8 x int8 -> int32 dot is far faster on
         # this CPU than dequantizing the weight to a float type first.
