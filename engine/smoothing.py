@@ -23,7 +23,7 @@ import numpy as np
 
 from engine import model
 from engine.config import ModelConfig
-from engine.weights import convert, to_pytree
+from engine.weights import Params, convert, to_pytree
 
 ALPHA = 0.5  # how much of the outlier range moves into the weights
 CALIBRATION_TEXT = """\
@@ -64,7 +64,7 @@ def input_maxima(
     params = to_pytree(convert(tensors, "f32"))
     tokens = jnp.asarray(np.asarray(token_ids, np.int32))
 
-    def run(p: model.Params, t: jax.Array) -> list[jax.Array]:
+    def run(p: Params, t: jax.Array) -> list[jax.Array]:
         with model.tap_linear_inputs() as taps:
             model.prefill(config, p, t, jnp.int32(t.shape[0]))
         return taps

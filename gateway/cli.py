@@ -20,6 +20,7 @@ from gateway.settings import Settings, load_settings, parse_settings, read_confi
 BENCHES = {
     "overhead": "bench.overhead",
     "engine": "bench.engine",
+    "engine-accuracy": "bench.engine_accuracy",
     "admission": "bench.admission",
     "fleet": "bench.fleet_sim",
 }
