@@ -106,8 +106,8 @@ def rank(
     Backends predicted to meet the objectives come first, ranked by the policy; then the
     others, fastest first, so a fallback gets as close to the objectives as it can.
     """
-    if not estimates:
-        return []
+    if len(estimates) < 2:
+        return list(estimates)  # nothing to choose between (the common single-backend model)
     pool = [e for e in estimates if e.meets(objectives)]
     if not pool:
         pool, policy = list(estimates), "latency"  # nobody meets them: get as close as we can
