@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import orjson
 from opentelemetry.trace import INVALID_SPAN, Span
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from adapters.base import BackendError
 from gateway.errors import GatewayError, error_body, http_answer
@@ -26,7 +26,7 @@ from gateway.openai.generation import Generation, Piece, close_stream, open_gene
 from gateway.openai.jobs import Job, JobBuilder
 from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.openai.responses import Logprobs, usage_json
-from gateway.openai.streaming import DONE, sse
+from gateway.openai.streaming import DONE, EventStream, sse
 from gateway.routing.policies import Objectives
 from gateway.routing.router import Router
 from gateway.settings import Settings
@@ -119,11 +119,7 @@ class Serving:
             raise
         headers = self._headers(job, gens)
         if job.stream:
-            return StreamingResponse(
-                self._relay(job, admission, gens, meta),
-                media_type="text/event-stream",
-                headers={**headers, "cache-control": "no-cache"},
-            )
+            return EventStream(self._relay(job, admission, gens, meta), headers)
         return await self._fold(job, admission, gens, meta, headers)
 
     def _worst_case(self, job: Job) -> float:
@@ -205,7 +201,7 @@ class Serving:
 
     async def _relay(
         self, job: Job, admission: Admission, gens: list[Generation], meta: RequestMeta
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         env, usage_field = job.envelope, job.include_usage
         status = 499  # until the stream completes, assume the client went away
         try:

@@ -2,12 +2,65 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 DONE = b"data: [DONE]\n\n"
+
+
+class EventStream(Response):
+    """A ``text/event-stream`` answer: events sent as the body yields them, until the client
+    leaves.
+
+    Starlette's ``StreamingResponse`` watches for the client leaving through an anyio task
+    group, which cost ~10% of a streamed request's CPU here. One plain task does the same:
+    on ``http.disconnect`` it cancels the sending task, which absorbs that cancellation once
+    the body generator has run its cleanup (the generator settles the request and cancels
+    the upstream call).
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, body: AsyncGenerator[bytes, None], headers: Mapping[str, str]) -> None:
+        self.status_code = 200
+        self.background = None
+        self._events = body
+        self.init_headers({**headers, "cache-control": "no-cache"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        state = {"sending": True, "gone": False}
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if state["sending"]:
+                state["gone"] = True
+                task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        events = self._events
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for event in events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            state["sending"] = False
+            watcher.cancel()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not state["gone"]:
+                raise
+            task.uncancel()  # the client left: not an error, and nobody else is cancelling
+        finally:
+            state["sending"] = False
+            watcher.cancel()
+            await events.aclose()  # runs the generator's cleanup if the client left mid-stream
 
 
 def sse(payload: Any) -> bytes:

@@ -7,6 +7,7 @@ to a real uvicorn running ``create_app(settings)`` whose only backend points at 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import pytest
 from adapters.base import BackendError, BadRequest, Overloaded, Unavailable
 from gateway.app import create_app
 from gateway.tenancy.memory import MemoryStore
+from gateway.tenancy.models import UsageRow
 from tests.adapters.harness import HARNESSES, PROMPT, Harness
 from tests.e2e.conftest import gateway_settings
 from tests.fakes import Failure
@@ -46,6 +48,7 @@ class Stack:
     fake: Any  # the protocol's fake (signals, gates, recorded requests)
     url: str
     key: str
+    store: MemoryStore
 
     @property
     def client(self) -> openai.OpenAI:
@@ -68,7 +71,7 @@ def _gateway(
     store = MemoryStore()
     key = asyncio.run(store.create_key("team")).secret
     with LiveServer(create_app(settings, store=store, meter=PerTokenMeter())) as server:
-        yield Stack(harness, fake, server.url, key)
+        yield Stack(harness, fake, server.url, key, store)
 
 
 @contextmanager
@@ -260,5 +263,16 @@ def test_client_disconnect_cancels_upstream(stack: Stack) -> None:
         # The client is gone; the gateway must close its upstream stream.
         assert stack.fake.cancelled.wait_sync(5)
         assert not stack.fake.completed.is_set()
+        # ... and still bill what the upstream delivered before it went.
+        deadline = time.monotonic() + 5
+        while not (rows := _usage(stack)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(rows) == 1 and rows[0].requests == 1
+        assert 1 <= rows[0].completion_tokens <= 2
     finally:
         hold.set()
+
+
+def _usage(stack: Stack) -> list[UsageRow]:
+    rows = asyncio.run(stack.store.usage(tenant="team", start=0, end=time.time() + 60, group_by=[]))
+    return [r for r in rows if r.requests]
