@@ -204,17 +204,20 @@ class Serving:
     ) -> AsyncGenerator[bytes, None]:
         env, usage_field = job.envelope, job.include_usage
         status = 499  # until the stream completes, assume the client went away
+        # Events that carry no new output (role, echo, finish) ride with the next write rather
+        # than costing one of their own; output is never held back.
+        held = b""
         try:
             for g in gens:
                 if job.endpoint == "chat":
-                    yield sse(env.chunk(g.index, "", role=True, with_usage_field=usage_field))
+                    held += sse(env.chunk(g.index, "", role=True, with_usage_field=usage_field))
                 if job.echo_texts[g.index]:
-                    yield sse(
+                    held += sse(
                         env.chunk(g.index, job.echo_texts[g.index], with_usage_field=usage_field)
                     )
             async for gen, piece in _interleave(gens):
                 if piece is None:
-                    yield sse(
+                    held += sse(
                         env.chunk(
                             gen.index,
                             None if job.endpoint == "chat" else "",
@@ -223,7 +226,7 @@ class Serving:
                         )
                     )
                 else:
-                    yield sse(
+                    event = sse(
                         env.chunk(
                             gen.index,
                             piece.text,
@@ -231,16 +234,17 @@ class Serving:
                             with_usage_field=usage_field,
                         )
                     )
+                    yield held + event if held else event
+                    held = b""
             status = 200
             tally = self._finish(job, admission, gens, status, meta)
             if job.include_usage:
                 usage = usage_json(tally.prompt_tokens, tally.completion_tokens, tally.cost_usd)
-                yield sse(env.usage_chunk(usage))
-            yield DONE
+                held += sse(env.usage_chunk(usage))
+            yield held + DONE
         except (BackendError, GatewayError) as exc:
             status = _status(exc)
-            yield sse(error_body(exc))
-            yield DONE
+            yield held + sse(error_body(exc)) + DONE
         finally:
             if status != 200:
                 self._finish(job, admission, gens, status, meta)
