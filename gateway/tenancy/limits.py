@@ -20,6 +20,7 @@ spend can pass the budget by at most one in-flight request.
 
 from __future__ import annotations
 
+import calendar
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -37,9 +38,21 @@ def to_nano(usd: float) -> int:
     return round(usd * NANO)
 
 
+_month: tuple[float, float, str] = (0.0, 0.0, "")  # [start, end) of the last month asked
+
+
 def month_of(t: float) -> str:
     """The UTC calendar month a budget period is keyed by, e.g. ``2025-03``."""
-    return time.strftime("%Y-%m", time.gmtime(t))
+    global _month
+    start, end, label = _month
+    if start <= t < end:  # every request asks, nearly always about the same month
+        return label
+    tm = time.gmtime(t)
+    year, month = tm.tm_year, tm.tm_mon
+    start = calendar.timegm((year, month, 1, 0, 0, 0))
+    end = calendar.timegm((year + month // 12, month % 12 + 1, 1, 0, 0, 0))
+    _month = (start, end, f"{year:04d}-{month:02d}")
+    return _month[2]
 
 
 class LimitExceeded(RateLimited):
