@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING
 import orjson
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import INVALID_SPAN, NoOpTracerProvider, Span, SpanKind, TracerProvider
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
@@ -25,7 +28,9 @@ from gateway.errors import http_answer
 from gateway.telemetry import semconv as sc
 from gateway.telemetry.instruments import (
     BackendHealth,
+    LocalExport,
     TokensPerDollar,
+    create_histograms,
     create_instruments,
     watch_fleet,
 )
@@ -52,6 +57,8 @@ class Telemetry:
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         *,
+        metric_readers: Sequence[MetricReader] = (),
+        resource: Resource | None = None,
         record_content: bool = False,
         registry: CollectorRegistry | None = None,
         on_shutdown: Sequence[Callable[[], object]] = (),
@@ -67,7 +74,16 @@ class Telemetry:
         )
         self.record_content = record_content
         self.registry = registry
-        self.metrics = create_instruments(self.meter)
+        # The request-path histograms are kept locally and exported by these readers (the
+        # ones ``meter_provider`` collects for), beside the SDK's own instruments.
+        histograms = create_histograms() if metric_readers else None
+        if histograms:
+            export = LocalExport(
+                histograms, InstrumentationScope(sc.SCOPE, VERSION, sc.SCHEMA_URL)
+            )
+            for reader in metric_readers:
+                export.attach(reader, resource or Resource.create())
+        self.metrics = create_instruments(self.meter, histograms)
         self.tokens_per_dollar = TokensPerDollar()
         self._on_shutdown = list(on_shutdown)
 
@@ -185,21 +201,15 @@ class Telemetry:
         """Per-generation metrics, and the attempt's CLIENT span completed and ended."""
         backend = gen.backend
         tenant = job.principal.tenant.id
-        base = {
-            sc.GEN_AI_OPERATION_NAME: _operation(job.endpoint),
-            sc.GEN_AI_PROVIDER_NAME: backend.kind,
-            sc.GEN_AI_REQUEST_MODEL: job.model_id,
-            sc.TOLLGATE_BACKEND: backend.name,
-        }
+        base = (_operation(job.endpoint), backend.kind, job.model_id, backend.name)
         m = self.metrics
-        m.ttft.record(gen.ttft_s, base)
+        m.ttft.record(gen.ttft_s, *base)
         if output_tokens > 1 and decode_s > 0:
-            m.tpot.record(decode_s / (output_tokens - 1), base)
-        with_tenant = {**base, sc.TOLLGATE_TENANT: tenant}
-        m.tokens.record(prompt_tokens, {**with_tenant, sc.GEN_AI_TOKEN_TYPE: sc.TOKEN_INPUT})
-        m.tokens.record(output_tokens, {**with_tenant, sc.GEN_AI_TOKEN_TYPE: sc.TOKEN_OUTPUT})
+            m.tpot.record(decode_s / (output_tokens - 1), *base)
+        m.tokens.record(prompt_tokens, *base, tenant, sc.TOKEN_INPUT)
+        m.tokens.record(output_tokens, *base, tenant, sc.TOKEN_OUTPUT)
         m.cost.add(
-            cost_usd, base[sc.GEN_AI_OPERATION_NAME], backend.kind, job.model_id, backend.name,
+            cost_usd, base[0], backend.kind, job.model_id, backend.name,
             tenant,
         )
         m.decisions.add(1, job.policy, backend.name)
@@ -233,25 +243,18 @@ class Telemetry:
         """Per-request metrics, and the outcome on the SERVER span."""
         first = gens[0] if gens else None
         failure = _failure(record.status, gens)
-        outcome: dict[str, AttributeValue] = {
-            sc.TOLLGATE_TENANT: record.tenant,
-            sc.TOLLGATE_BACKEND: record.backend,
-            sc.TOLLGATE_POLICY: job.policy,
-            sc.HTTP_RESPONSE_STATUS_CODE: record.status,
-        }
-        latency: dict[str, AttributeValue] = {
-            sc.GEN_AI_OPERATION_NAME: _operation(job.endpoint),
-            sc.GEN_AI_PROVIDER_NAME: first.backend.kind if first else "",
-            sc.GEN_AI_REQUEST_MODEL: job.model_id,
-            sc.TOLLGATE_BACKEND: record.backend,
-        }
-        if failure is not None:
-            outcome[sc.ERROR_TYPE] = latency[sc.ERROR_TYPE] = failure
         m = self.metrics
         m.requests.add(
             1, record.tenant, record.backend, job.policy, record.status, failure or ""
         )
-        m.duration.record(record.duration_s, latency)
+        m.duration.record(
+            record.duration_s,
+            _operation(job.endpoint),
+            first.backend.kind if first else "",
+            job.model_id,
+            record.backend,
+            failure or "",
+        )
         budget = job.principal.tenant.limits.monthly_budget_usd
         if budget is not None:
             m.budget.set(budget, record.tenant)

@@ -56,6 +56,8 @@ def build_telemetry(settings: TelemetrySettings, env: Mapping[str, str] | None =
     return Telemetry(
         tracer_provider,
         meter_provider,
+        metric_readers=readers,
+        resource=resource,
         record_content=settings.record_content,
         registry=registry,
         on_shutdown=stops,

@@ -110,7 +110,10 @@ def traced() -> Iterator[Factory]:
         tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
         reader = InMemoryMetricReader()
         telemetry = Telemetry(
-            tracer_provider, MeterProvider(metric_readers=[reader]), record_content=record_content
+            tracer_provider,
+            MeterProvider(metric_readers=[reader]),
+            metric_readers=[reader],
+            record_content=record_content,
         )
         store = MemoryStore()
         key = asyncio.run(store.create_key("team-a")).secret
