@@ -32,6 +32,7 @@ from yarl import URL
 
 from adapters._deadline import Deadline
 from adapters._sse import SSEDecoder
+from adapters._wire import ConnectFailed, ConnectTimedOut, ResponseBroken, WirePool, WireResponse
 from adapters.base import (
     BackendError,
     BadRequest,
@@ -50,6 +51,9 @@ DEFAULT_RETRY_AFTER = 1.0
 DEFAULT_TIMEOUTS = Timeouts()
 KEEPALIVE_EXPIRY = 30.0  # seconds an idle pooled connection is kept
 # What a request or a body read can raise below HTTP. Everything else is a bug of ours.
+# An upstream response: aiohttp's (proxied upstreams, probes) or the lean client's.
+Response = aiohttp.ClientResponse | WireResponse
+
 TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, ValueError)
 
 
@@ -163,6 +167,12 @@ def code_error(code: object, message: str, backend: str) -> BackendError:
 
 def transport_error(exc: BaseException, backend: str) -> BackendError:
     """The error for a failure below HTTP: refused, reset, timed out or truncated."""
+    if isinstance(exc, ConnectTimedOut):
+        return Timeout(f"connect timed out: {exc}", backend=backend)
+    if isinstance(exc, ConnectFailed):
+        return Unavailable(str(exc), backend=backend)
+    if isinstance(exc, ResponseBroken):
+        return UpstreamProtocolError(f"broken upstream response: {exc}", backend=backend)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):  # connecting, or waiting for the pool
         return Timeout(f"connect timed out: {exc!r}", backend=backend)
     if isinstance(exc, TimeoutError):  # aiohttp's socket timeouts are TimeoutErrors too
@@ -187,7 +197,7 @@ def loads(data: str | bytes, backend: str) -> Any:
         ) from exc
 
 
-def finish(response: aiohttp.ClientResponse) -> None:
+def finish(response: Response) -> None:
     """Give the connection back when the body was read to its end; otherwise drop it, so
     that an upstream still generating sees the disconnect."""
     if response.content.is_eof():
@@ -257,6 +267,7 @@ class HTTPBackend:
         )
         self._urls: dict[str, tuple[URL, URL | None, dict[str, str] | None]] = {}
         self._http: aiohttp.ClientSession | None = None
+        self._wires: dict[URL, WirePool] = {}
         self.capabilities = self._configure(self.options)
 
     def _configure(self, options: Mapping[str, Any]) -> Capabilities:
@@ -268,6 +279,9 @@ class HTTPBackend:
         session, self._http = self._http, None
         if session is not None:
             await session.close()
+        wires, self._wires = self._wires, {}
+        for pool in wires.values():
+            await pool.aclose()
 
     def _session(self) -> aiohttp.ClientSession:
         """The pooled session, made on first use in the running event loop."""
@@ -286,6 +300,30 @@ class HTTPBackend:
             )
         return session
 
+    def _wire(self, url: URL) -> WirePool:
+        """The lean client's pool for ``url``'s origin, made on first use in the running loop."""
+        origin = url.origin()
+        pool = self._wires.get(origin)
+        if pool is None:
+            context: ssl.SSLContext | None = None
+            if url.scheme == "https":
+                if isinstance(self._ssl, ssl.SSLContext):
+                    context = self._ssl
+                else:
+                    context = ssl.create_default_context()
+                    if not self._ssl:  # tls_insecure
+                        context.check_hostname = False
+                        context.verify_mode = ssl.CERT_NONE
+            pool = self._wires[origin] = WirePool(
+                origin,
+                ssl_context=context,
+                limit=self._max_connections,
+                connect_timeout=self.timeouts.connect,
+                keepalive_s=KEEPALIVE_EXPIRY,
+                headers=self._headers,
+            )
+        return pool
+
     def _target(self, path_or_url: str) -> tuple[URL, URL | None, dict[str, str] | None]:
         """The URL for a path under ``url`` (or an absolute URL), and its proxy; cached."""
         target = self._urls.get(path_or_url)
@@ -298,11 +336,11 @@ class HTTPBackend:
             self._urls[path_or_url] = target
         return target
 
-    async def _post_raw(
-        self, path: str, data: bytes, headers: Mapping[str, str]
-    ) -> aiohttp.ClientResponse:
+    async def _post_raw(self, path: str, data: bytes, headers: Mapping[str, str]) -> Response:
         url, proxy, proxy_headers = self._target(path)
         try:
+            if proxy is None:
+                return await self._wire(url).post(url.raw_path_qs, data, headers)
             return await self._session().post(
                 url,
                 data=data,
@@ -318,7 +356,7 @@ class HTTPBackend:
 
     async def _send(
         self, path: str, body: Mapping[str, Any], deadline: Deadline, headers: Mapping[str, str]
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         """POST ``body``; the open response once its status is known to be good."""
         response = await deadline.run(self._post_raw(path, orjson.dumps(body), headers))
         if response.status >= 400:
@@ -329,7 +367,7 @@ class HTTPBackend:
             raise status_error(response.status, response.headers, raw, self.name)
         return response
 
-    async def _read(self, response: aiohttp.ClientResponse, deadline: Deadline) -> bytes:
+    async def _read(self, response: Response, deadline: Deadline) -> bytes:
         try:
             return await deadline.run(response.read())
         except TRANSPORT_ERRORS as exc:
