@@ -141,8 +141,13 @@ class WireResponse(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._parser is not None and not self._complete:
-            self._fail(ResponseBroken(f"upstream closed the connection mid-response ({exc!r})"))
+        if self._parser is None or self._complete:
+            return
+        if exc is None and self.status and not self._framed():
+            self._complete = True  # a body delimited by the connection's end (HTTP/1.0 style)
+            self._wake()
+            return
+        self._fail(ResponseBroken(f"upstream closed the connection mid-response ({exc!r})"))
 
     # -- httptools callbacks -------------------------------------------------------------
 
@@ -175,6 +180,9 @@ class WireResponse(asyncio.Protocol):
         self._wake()
 
     # -- internals -----------------------------------------------------------------------
+
+    def _framed(self) -> bool:
+        return "content-length" in self.headers or "transfer-encoding" in self.headers
 
     @property
     def fresh(self) -> bool:

@@ -115,6 +115,12 @@ async def test_chunked_bodies_arrive_piece_by_piece() -> None:
         response.release()
 
 
+async def test_a_body_ended_by_closing_the_connection_is_complete() -> None:
+    server = RawServer(lambda _, __: b"HTTP/1.0 200 OK\r\n\r\nall of it", close_after_each=True)
+    async with serving(server) as pool:
+        assert await post(pool) == (200, b"all of it")
+
+
 async def test_cookies_the_upstream_sets_are_sent_back() -> None:
     server = RawServer(fixed(b"x", b"set-cookie: lb=node-7; Path=/\r\n"))
     async with serving(server) as pool:
