@@ -192,11 +192,13 @@ def store_kv(entries: jax.Array, storage: Any) -> jax.Array:
     return entries.astype(storage)
 
 
-def load_kv(stored: jax.Array) -> jax.Array:
-    """Cache entries as float32 for attention (inverse of ``store_kv``)."""
+def attention_view(stored: jax.Array) -> jax.Array:
+    """Cache entries in the type attention computes in: bfloat16 entries stay bfloat16 (dots
+    accumulate in float32; widening the whole cache to float32 every step cost more than the
+    dots), float32 entries stay float32."""
     if stored.dtype == jnp.uint16:
-        stored = jax.lax.bitcast_convert_type(stored, jnp.bfloat16)
-    return stored.astype(jnp.float32)
+        return jax.lax.bitcast_convert_type(stored, jnp.bfloat16)
+    return stored
 
 
 def _write(
@@ -243,13 +245,15 @@ def decode(
         # this position. Slots whose position fell outside the bucket (inactive) are dropped.
         k_all = _write(k_cache[index], rows, positions, k)
         v_all = _write(v_cache[index], rows, positions, v)
-        k_past, v_past = load_kv(k_all[:slots]), load_kv(v_all[:slots])
-        qg = q.reshape(slots, config.n_kv_heads, groups, config.head_dim)
-        scores = _softcap(jnp.einsum("skgd,stkd->skgt", qg, k_past), config.attn_softcap)
+        k_past, v_past = attention_view(k_all[:slots]), attention_view(v_all[:slots])
+        qg = q.reshape(slots, config.n_kv_heads, groups, config.head_dim).astype(k_past.dtype)
+        scores = jnp.einsum("skgd,stkd->skgt", qg, k_past, preferred_element_type=jnp.float32)
+        scores = _softcap(scores, config.attn_softcap)
         mask = (local_mask if is_local else causal) | (distance == 0)
         scores = jnp.where(mask[:, None, None, :], scores, -1e30)
-        probs = jax.nn.softmax(scores, axis=-1)
-        attn = jnp.einsum("skgt,stkd->skgd", probs, v_past).reshape(slots, -1)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v_past.dtype)
+        attn = jnp.einsum("skgt,stkd->skgd", probs, v_past, preferred_element_type=jnp.float32)
+        attn = attn.reshape(slots, -1)
         h = _mlp_and_residual(config, layer, h, attn)
         new_k.append(k_all)
         new_v.append(v_all)
