@@ -97,7 +97,12 @@ class LocalHistogram:
             point[n + 3] = value
 
     def metric(self, now_ns: int) -> Metric | None:
-        """The cumulative points so far, or None before the first measurement."""
+        """The cumulative points so far, or None before the first measurement.
+
+        A periodic exporter calls this from its own thread: the dict and each point are copied
+        first (each copy is one step under the GIL), so a point is never half-read, though a
+        measurement recorded meanwhile may land in this export or the next.
+        """
         n = len(self._bounds) + 1
         points = [
             HistogramDataPoint(
