@@ -100,8 +100,8 @@ class LocalHistogram:
         """The cumulative points so far, or None before the first measurement.
 
         A periodic exporter calls this from its own thread: the dict and each point are copied
-        first (each copy is one step under the GIL), so a point is never half-read, though a
-        measurement recorded meanwhile may land in this export or the next.
+        first (each copy is one step under the GIL). A measurement being recorded at that very
+        moment may show in its bucket but not yet in count and sum; the next export is whole.
         """
         n = len(self._bounds) + 1
         points = [
