@@ -18,7 +18,8 @@ mid-body is closed, which is what tells the upstream to stop generating.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -30,6 +31,7 @@ import orjson
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
+from adapters._batch import DeltaBatch
 from adapters._deadline import Deadline
 from adapters._sse import SSEDecoder
 from adapters._wire import ConnectFailed, ConnectTimedOut, ResponseBroken, WirePool, WireResponse
@@ -37,6 +39,7 @@ from adapters.base import (
     BackendError,
     BadRequest,
     Capabilities,
+    Delta,
     LoadSnapshot,
     Overloaded,
     Timeout,
@@ -50,11 +53,14 @@ SSE_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"
 DEFAULT_RETRY_AFTER = 1.0
 DEFAULT_TIMEOUTS = Timeouts()
 KEEPALIVE_EXPIRY = 30.0  # seconds an idle pooled connection is kept
-# What a request or a body read can raise below HTTP. Everything else is a bug of ours.
 # An upstream response: aiohttp's (proxied upstreams, probes) or the lean client's.
 Response = aiohttp.ClientResponse | WireResponse
-
+# What a request or a body read can raise below HTTP. Everything else is a bug of ours.
 TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, ValueError)
+# What reading a decoded event the upstream got wrong raises (missing keys, wrong types).
+MALFORMED = (KeyError, TypeError, AttributeError, IndexError, ValueError)
+# Reads one upstream event: its output goes into the batch; a delta it returns goes out first.
+EventReader = Callable[[Any, DeltaBatch], Delta | None]
 
 
 def tls_verify(ca_file: str | None, insecure: bool) -> ssl.SSLContext | bool:
@@ -412,6 +418,36 @@ class HTTPBackend:
                     yield batch
         finally:
             finish(response)
+
+    async def _deltas(
+        self, events: AsyncGenerator[list[Any], None], deadline: Deadline, read_event: EventReader
+    ) -> AsyncGenerator[Delta, None]:
+        """One delta per read of the body: the output of the events a read completed, merged.
+
+        ``read_event`` parses one event and adds its output to the batch, returning a delta
+        that must go out on its own first (an echoed prompt) or None. When an event is an
+        error or unreadable, what the read held before it is handed over first, then the error
+        is raised, so a broken stream is still relayed and billed up to where it broke.
+        """
+        batch = DeltaBatch()
+        async with aclosing(events):
+            async for events_read in events:
+                deadline.started = True  # the upstream answered: only the total deadline counts
+                for data in events_read:
+                    try:
+                        first = read_event(data, batch)
+                    except (BackendError, *MALFORMED) as exc:
+                        if (delivered := batch.take()) is not None:
+                            yield delivered
+                        if isinstance(exc, BackendError):
+                            raise
+                        raise UpstreamProtocolError(
+                            f"unreadable event: {str(data)[:200]!r}", backend=self.name
+                        ) from exc
+                    if first is not None:
+                        yield first
+                if (delivered := batch.take()) is not None:
+                    yield delivered
 
     async def _get(self, path_or_url: str) -> Fetched | None:
         """A probe GET bounded by the connect timeout; None when the upstream is unreachable."""

@@ -20,7 +20,7 @@ import orjson
 
 from adapters._batch import DeltaBatch
 from adapters._deadline import Deadline
-from adapters._http import HTTPBackend, code_error, loads
+from adapters._http import MALFORMED, HTTPBackend, code_error, loads
 from adapters._prometheus import mean, parse_metrics, total
 from adapters.base import (
     BackendError,
@@ -43,7 +43,6 @@ _VLLM_METRICS = (
     "vllm:kv_cache_usage_perc",
     "vllm:gpu_cache_usage_perc",  # the name before vLLM 0.10
 )
-_MALFORMED = (KeyError, TypeError, AttributeError, IndexError, ValueError)
 
 
 class OpenAICompatibleBackend(HTTPBackend):
@@ -84,60 +83,46 @@ class OpenAICompatibleBackend(HTTPBackend):
         counted = 0
         done = False
         echo_pending = req.echo and not chat
-        echo: Delta | None = None
-        batch = DeltaBatch()
-        async with aclosing(self._events(path, body, deadline)) as events:
-            async for events_read in events:
-                for data in events_read:
-                    if data == "[DONE]":
-                        # Read on to the end of the body rather than break: a response
-                        # closed early drops its keep-alive connection, and the next request
-                        # then pays for a new TCP connection.
-                        done = True
-                        continue
-                    deadline.started = True
-                    try:
-                        if done:
-                            raise UpstreamProtocolError("data after [DONE]", backend=self.name)
-                        chunk = loads(data, self.name)
-                        if "error" in chunk or chunk.get("object") == "error":
-                            raise _stream_error(chunk, self.name)
-                        chunk_usage = chunk.get("usage")
-                        if chunk_usage:
-                            usage = chunk_usage
-                        for choice in chunk.get("choices") or ():
-                            text, logprobs = _piece(choice, chat)
-                            if echo_pending and logprobs is not None:
-                                echo_pending = False
-                                prompt, text, logprobs = _split_echo(req, text, logprobs)
-                                echo = prompt
-                            if self._continuous and chunk_usage:
-                                tokens = int(chunk_usage["completion_tokens"]) - counted
-                            elif logprobs is not None:
-                                tokens = len(logprobs)
-                            else:
-                                tokens = 1 if text else 0  # one engine step per chunk: a guess
-                            if text or tokens:
-                                counted += tokens
-                                batch.add(text, tokens, logprobs)
-                            reason = choice.get("finish_reason")
-                            if reason is not None:
-                                finish = self._finish(reason)
-                    except BackendError:
-                        if (delivered := batch.take()) is not None:
-                            yield delivered  # what arrived before the error is still output
-                        raise
-                    except _MALFORMED as exc:
-                        if (delivered := batch.take()) is not None:
-                            yield delivered
-                        raise UpstreamProtocolError(
-                            f"unreadable chunk: {data[:200]!r}", backend=self.name
-                        ) from exc
-                    if echo is not None:
-                        yield echo  # the prompt comes first, on its own
-                        echo = None
-                if (delivered := batch.take()) is not None:
-                    yield delivered
+
+        def read_event(data: str, batch: DeltaBatch) -> Delta | None:
+            nonlocal finish, usage, counted, done, echo_pending
+            if data == "[DONE]":
+                # Read on to the end of the body rather than stop: a response closed early
+                # drops its keep-alive connection, and the next request pays for a new one.
+                done = True
+                return None
+            if done:
+                raise UpstreamProtocolError("data after [DONE]", backend=self.name)
+            chunk = loads(data, self.name)
+            if "error" in chunk or chunk.get("object") == "error":
+                raise _stream_error(chunk, self.name)
+            chunk_usage = chunk.get("usage")
+            if chunk_usage:
+                usage = chunk_usage
+            echo: Delta | None = None
+            for choice in chunk.get("choices") or ():
+                text, logprobs = _piece(choice, chat)
+                if echo_pending and logprobs is not None:
+                    echo_pending = False
+                    echo, text, logprobs = _split_echo(req, text, logprobs)
+                if self._continuous and chunk_usage:
+                    tokens = int(chunk_usage["completion_tokens"]) - counted
+                elif logprobs is not None:
+                    tokens = len(logprobs)
+                else:
+                    tokens = 1 if text else 0  # one engine step per chunk: an estimate
+                if text or tokens:
+                    counted += tokens
+                    batch.add(text, tokens, logprobs)
+                reason = choice.get("finish_reason")
+                if reason is not None:
+                    finish = self._finish(reason)
+            return echo  # the prompt goes out first, on its own
+
+        events = self._events(path, body, deadline)
+        async with aclosing(self._deltas(events, deadline, read_event)) as deltas:
+            async for delta in deltas:
+                yield delta
         if finish is None:
             state = "[DONE] without a finish_reason" if done else "end of stream before [DONE]"
             raise UpstreamProtocolError(f"stream broke off: {state}", backend=self.name)
@@ -295,5 +280,5 @@ def _trtllm_load(text: str) -> LoadSnapshot | None:
             waiting=latest.get("numQueuedRequests"),
             kv_usage=used / most if used is not None and most else None,
         )
-    except (orjson.JSONDecodeError, *_MALFORMED):
+    except (orjson.JSONDecodeError, *MALFORMED):
         return None

@@ -18,7 +18,7 @@ from typing import Any
 
 from adapters._batch import DeltaBatch
 from adapters._deadline import Deadline
-from adapters._http import HTTPBackend, code_error, loads
+from adapters._http import MALFORMED, HTTPBackend, code_error, loads
 from adapters._prometheus import parse_metrics, total
 from adapters.base import (
     BackendError,
@@ -34,7 +34,6 @@ from adapters.base import (
 )
 
 _RESERVED = frozenset({"max_new_tokens", "details", "decoder_input_details", "stop", "best_of"})
-_MALFORMED = (KeyError, TypeError, AttributeError, IndexError, ValueError)
 # error_type of TGI's `{"error", "error_type"}` body -> the HTTP status it comes with
 _ERROR_STATUS = {"overloaded": 429, "validation": 422, "generation": 424, "tokenizer": 422}
 
@@ -73,39 +72,28 @@ class TGIBackend(HTTPBackend):
                 yield delta
             return
         final: Delta | None = None
-        batch = DeltaBatch()
-        async with aclosing(self._events("/generate_stream", body, deadline)) as events:
-            async for events_read in events:
-                for data in events_read:
-                    if final is not None:
-                        # Read on to the end of the body rather than return: a response
-                        # closed early drops its keep-alive connection. Nothing follows details.
-                        continue
-                    deadline.started = True
-                    try:
-                        event = loads(data, self.name)
-                        if "error" in event:
-                            raise _event_error(event, self.name)
-                        token = event["token"]
-                        top = event.get("top_tokens")
-                        logprobs = [_logprob(token, top)] if req.logprobs else None
-                        # Special tokens (EOS) count as generated but are not text.
-                        batch.add("" if token.get("special") else token["text"], 1, logprobs)
-                        details = event.get("details")
-                        if details is not None:
-                            final = self._final(details)
-                    except BackendError:
-                        if (delivered := batch.take()) is not None:
-                            yield delivered  # what arrived before the error is still output
-                        raise
-                    except _MALFORMED as exc:
-                        if (delivered := batch.take()) is not None:
-                            yield delivered
-                        raise UpstreamProtocolError(
-                            f"unreadable event: {data[:200]!r}", backend=self.name
-                        ) from exc
-                if (delivered := batch.take()) is not None:
-                    yield delivered
+
+        def read_event(data: str, batch: DeltaBatch) -> None:
+            nonlocal final
+            if final is not None:
+                # Read on to the end of the body rather than stop: a response closed early
+                # drops its keep-alive connection. Nothing follows details.
+                return
+            event = loads(data, self.name)
+            if "error" in event:
+                raise _event_error(event, self.name)
+            token = event["token"]
+            logprobs = [_logprob(token, event.get("top_tokens"))] if req.logprobs else None
+            # Special tokens (EOS) count as generated but are not text.
+            batch.add("" if token.get("special") else token["text"], 1, logprobs)
+            details = event.get("details")
+            if details is not None:
+                final = self._final(details)
+
+        events = self._events("/generate_stream", body, deadline)
+        async with aclosing(self._deltas(events, deadline, read_event)) as deltas:
+            async for delta in deltas:
+                yield delta
         if final is None:
             raise UpstreamProtocolError("stream ended without its final details", backend=self.name)
         yield final
@@ -133,7 +121,7 @@ class TGIBackend(HTTPBackend):
                 logprobs=logprobs if req.logprobs else None,
             )
             yield self._final(details)
-        except _MALFORMED as exc:
+        except MALFORMED as exc:
             raise UpstreamProtocolError("unreadable /generate answer", backend=self.name) from exc
 
     def _final(self, details: Mapping[str, Any]) -> Delta:
@@ -194,7 +182,7 @@ class TGIBackend(HTTPBackend):
                 # `max_input_length` before TGI 2.0
                 "max_input_tokens": info.get("max_input_tokens", info.get("max_input_length")),
             }
-        except (UpstreamProtocolError, *_MALFORMED):
+        except (UpstreamProtocolError, *MALFORMED):
             return
         self._limits.update({k: int(v) for k, v in limits.items() if isinstance(v, int)})
         self.capabilities = replace(

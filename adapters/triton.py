@@ -34,7 +34,6 @@ from adapters.base import (
 )
 
 _RESERVED = frozenset({"text_input", "max_tokens", "stream", "stop_words"})
-_MALFORMED = (KeyError, TypeError, AttributeError, ValueError)
 _METRICS = (
     "nv_trt_llm_request_metrics",
     "nv_inference_pending_request_count",
@@ -66,39 +65,26 @@ class TritonBackend(HTTPBackend):
             source = self._events(f"{base}/generate_stream", body, deadline)
         else:
             source = self._single(f"{base}/generate", body, deadline)
-        batch = DeltaBatch()
-        async with aclosing(source) as events:
-            async for events_read in events:
-                for data in events_read:
-                    deadline.started = True
-                    try:
-                        event = loads(data, self.name) if isinstance(data, str) else data
-                        if "error" in event:
-                            raise _error(event["error"], self.name)
-                        text = event.get("text_output") or ""
-                        count = event.get("num_output_tokens")
-                        # Without counts (older ensembles) each response is one decode step.
-                        tokens = int(count) if count is not None else (1 if text else 0)
-                        if event.get("num_input_tokens") is not None:
-                            prompt_tokens = int(event["num_input_tokens"])
-                        if not isinstance(text, str):
-                            raise UpstreamProtocolError(
-                                "text_output is not text", backend=self.name
-                            )
-                    except BackendError:
-                        if (delivered := batch.take()) is not None:
-                            yield delivered  # what arrived before the error is still output
-                        raise
-                    except _MALFORMED as exc:
-                        if (delivered := batch.take()) is not None:
-                            yield delivered
-                        raise UpstreamProtocolError(
-                            f"unreadable response: {str(data)[:200]!r}", backend=self.name
-                        ) from exc
-                    produced += tokens
-                    batch.add(text, tokens)
-                if (delivered := batch.take()) is not None:
-                    yield delivered
+
+        def read_event(data: Any, batch: DeltaBatch) -> None:
+            nonlocal prompt_tokens, produced
+            event = loads(data, self.name) if isinstance(data, str) else data
+            if "error" in event:
+                raise _error(event["error"], self.name)
+            text = event.get("text_output") or ""
+            if not isinstance(text, str):
+                raise UpstreamProtocolError("text_output is not text", backend=self.name)
+            count = event.get("num_output_tokens")
+            # Without counts (older ensembles) each response is one decode step.
+            tokens = int(count) if count is not None else (1 if text else 0)
+            if event.get("num_input_tokens") is not None:
+                prompt_tokens = int(event["num_input_tokens"])
+            produced += tokens
+            batch.add(text, tokens)
+
+        async with aclosing(self._deltas(source, deadline, read_event)) as deltas:
+            async for delta in deltas:
+                yield delta
         yield Delta(
             finish_reason="length" if produced >= req.max_tokens else "stop",
             usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=produced),
