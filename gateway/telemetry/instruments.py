@@ -23,7 +23,6 @@ from opentelemetry.sdk.metrics.export import (
     ResourceMetrics,
     ScopeMetrics,
 )
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from gateway.telemetry import semconv as sc
@@ -137,25 +136,22 @@ class LocalExport:
         self.histograms = list(histograms)
         self.scope = scope
 
-    def attach(self, reader: MetricReader, resource: Resource) -> None:
+    def attach(self, reader: MetricReader) -> None:
         """Make ``reader`` export the local histograms too."""
         receive = reader._receive_metrics
 
         def with_local(data: MetricsData, *args: object, **kwargs: object) -> None:
-            receive(self.merge(data, resource), *args, **kwargs)  # type: ignore[arg-type]
+            receive(self.merge(data), *args, **kwargs)  # type: ignore[arg-type]
 
         setattr(reader, "_receive_metrics", with_local)  # noqa: B010
 
-    def merge(self, data: MetricsData | None, resource: Resource) -> MetricsData:
+    def merge(self, data: MetricsData) -> MetricsData:
         """``data`` with the local histograms added to this scope's metrics."""
         now = time.time_ns()
         local = [m for h in self.histograms if (m := h.metric(now)) is not None]
-        resources = list(data.resource_metrics) if data is not None else []
-        if not local:
-            return MetricsData(resources)
-        if not resources:
-            resources = [ResourceMetrics(resource, [], self.scope.schema_url or "")]
-        first = resources[0]
+        if not local or not data.resource_metrics:
+            return data
+        first, *others = data.resource_metrics
         scopes = list(first.scope_metrics)
         for i, scoped in enumerate(scopes):
             if scoped.scope.name == self.scope.name:
@@ -163,8 +159,7 @@ class LocalExport:
                 break
         else:
             scopes.append(ScopeMetrics(self.scope, local, self.scope.schema_url or ""))
-        resources[0] = ResourceMetrics(first.resource, scopes, first.schema_url)
-        return MetricsData(resources)
+        return MetricsData([ResourceMetrics(first.resource, scopes, first.schema_url), *others])
 
 
 class NoHistogram:
@@ -174,6 +169,9 @@ class NoHistogram:
 
     def record(self, value: float, *labels: str | int) -> None:
         """Nothing to keep."""
+
+
+_NONE = NoHistogram()
 
 
 @dataclass(slots=True)
@@ -191,17 +189,30 @@ class Instruments:
     rejections: Counter
     budget: LocalSum  # tenant
 
+    @property
+    def histograms(self) -> list[LocalHistogram]:
+        """The request-path histograms that are kept (for export)."""
+        kept = (self.duration, self.ttft, self.tpot, self.tokens)
+        return [h for h in kept if isinstance(h, LocalHistogram)]
 
-def create_histograms() -> list[LocalHistogram]:
-    """The request-path histograms, with the buckets the GenAI conventions recommend."""
+
+def create_instruments(meter: Meter, *, histograms: bool) -> Instruments:
+    """Every instrument, with the buckets the GenAI conventions recommend; the request-path
+    histograms are kept only when ``histograms`` (some reader exports them)."""
     base = (
         sc.GEN_AI_OPERATION_NAME,
         sc.GEN_AI_PROVIDER_NAME,
         sc.GEN_AI_REQUEST_MODEL,
         sc.TOLLGATE_BACKEND,
     )
-    return [
-        LocalHistogram(
+
+    def histogram(
+        name: str, unit: str, description: str, bounds: Sequence[float], *keys: str
+    ) -> LocalHistogram | NoHistogram:
+        return LocalHistogram(name, unit, description, bounds, *keys) if histograms else _NONE
+
+    return Instruments(
+        duration=histogram(
             sc.METRIC_REQUEST_DURATION,
             "s",
             "Time from admission to last byte",
@@ -209,21 +220,13 @@ def create_histograms() -> list[LocalHistogram]:
             *base,
             sc.ERROR_TYPE,
         ),
-        LocalHistogram(
-            sc.METRIC_TTFT,
-            "s",
-            "Time to first token, fallbacks included",
-            sc.TTFT_BUCKETS,
-            *base,
+        ttft=histogram(
+            sc.METRIC_TTFT, "s", "Time to first token, fallbacks included", sc.TTFT_BUCKETS, *base
         ),
-        LocalHistogram(
-            sc.METRIC_TPOT,
-            "s",
-            "Time per output token after the first",
-            sc.TPOT_BUCKETS,
-            *base,
+        tpot=histogram(
+            sc.METRIC_TPOT, "s", "Time per output token after the first", sc.TPOT_BUCKETS, *base
         ),
-        LocalHistogram(
+        tokens=histogram(
             sc.METRIC_TOKEN_USAGE,
             "{token}",
             "Tokens per generation by type",
@@ -232,19 +235,6 @@ def create_histograms() -> list[LocalHistogram]:
             sc.TOLLGATE_TENANT,
             sc.GEN_AI_TOKEN_TYPE,
         ),
-    ]
-
-
-def create_instruments(
-    meter: Meter, histograms: Sequence[LocalHistogram] | None = None
-) -> Instruments:
-    """Every instrument; the histograms are ``create_histograms()``'s when metrics export."""
-    hist: Sequence[LocalHistogram | NoHistogram] = histograms or [NoHistogram()] * 4
-    return Instruments(
-        duration=hist[0],
-        ttft=hist[1],
-        tpot=hist[2],
-        tokens=hist[3],
         cost=_observed_sum(
             meter,
             sc.METRIC_COST,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import orjson
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -30,7 +31,6 @@ from gateway.telemetry.instruments import (
     BackendHealth,
     LocalExport,
     TokensPerDollar,
-    create_histograms,
     create_instruments,
     watch_fleet,
 )
@@ -46,18 +46,20 @@ VERSION = "0.1.0"
 
 
 class Telemetry:
-    """The tracer and instruments one app uses; no-ops unless providers are given.
+    """The tracer and instruments one app uses; no-ops unless a tracer provider or metric
+    readers are given.
 
-    Providers are always passed in (tests use in-memory readers); nothing is set globally.
-    ``registry`` is what ``GET /metrics`` renders, when a Prometheus reader feeds it.
+    The tracer provider and the readers are passed in (tests use in-memory ones); the meter
+    provider is built here over the readers, so that each of them also exports the
+    request-path histograms. Nothing is set globally. ``registry`` is what ``GET /metrics``
+    renders, when a Prometheus reader feeds it.
     """
 
     def __init__(
         self,
         tracer_provider: TracerProvider | None = None,
-        meter_provider: MeterProvider | None = None,
-        *,
         metric_readers: Sequence[MetricReader] = (),
+        *,
         resource: Resource | None = None,
         record_content: bool = False,
         registry: CollectorRegistry | None = None,
@@ -69,23 +71,24 @@ class Telemetry:
         self.tracer = (tracer_provider or NoOpTracerProvider()).get_tracer(
             sc.SCOPE, VERSION, schema_url=sc.SCHEMA_URL
         )
-        self.meter = (meter_provider or NoOpMeterProvider()).get_meter(
-            sc.SCOPE, VERSION, schema_url=sc.SCHEMA_URL
-        )
+        self._on_shutdown = list(on_shutdown)
+        meter_provider: MeterProvider = NoOpMeterProvider()
+        if metric_readers:
+            sdk_provider = SdkMeterProvider(metric_readers=metric_readers, resource=resource)
+            self._on_shutdown.append(sdk_provider.shutdown)
+            meter_provider = sdk_provider
+        self.meter = meter_provider.get_meter(sc.SCOPE, VERSION, schema_url=sc.SCHEMA_URL)
         self.record_content = record_content
         self.registry = registry
-        # The request-path histograms are kept locally and exported by these readers (the
-        # ones ``meter_provider`` collects for), beside the SDK's own instruments.
-        histograms = create_histograms() if metric_readers else None
-        if histograms:
-            export = LocalExport(
-                histograms, InstrumentationScope(sc.SCOPE, VERSION, sc.SCHEMA_URL)
-            )
-            for reader in metric_readers:
-                export.attach(reader, resource or Resource.create())
-        self.metrics = create_instruments(self.meter, histograms)
+        self.metrics = create_instruments(self.meter, histograms=bool(metric_readers))
+        # The request-path histograms are kept locally; each reader exports them beside the
+        # SDK's own instruments.
+        export = LocalExport(
+            self.metrics.histograms, InstrumentationScope(sc.SCOPE, VERSION, sc.SCHEMA_URL)
+        )
+        for reader in metric_readers:
+            export.attach(reader)
         self.tokens_per_dollar = TokensPerDollar()
-        self._on_shutdown = list(on_shutdown)
 
     def watch(
         self, health: BackendHealth, kinds: Mapping[str, str], in_flight: Callable[[], int]

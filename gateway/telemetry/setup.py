@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     MetricExporter,
     MetricReader,
@@ -49,14 +48,9 @@ def build_telemetry(settings: TelemetrySettings, env: Mapping[str, str] | None =
     if settings.prometheus:
         registry, reader = prometheus_reader()
         readers.append(reader)
-    meter_provider = None
-    if readers:
-        meter_provider = MeterProvider(metric_readers=readers, resource=resource)
-        stops.append(meter_provider.shutdown)
     return Telemetry(
         tracer_provider,
-        meter_provider,
-        metric_readers=readers,
+        readers,
         resource=resource,
         record_content=settings.record_content,
         registry=registry,

@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -109,12 +108,7 @@ def traced() -> Iterator[Factory]:
         tracer_provider = TracerProvider()
         tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
         reader = InMemoryMetricReader()
-        telemetry = Telemetry(
-            tracer_provider,
-            MeterProvider(metric_readers=[reader]),
-            metric_readers=[reader],
-            record_content=record_content,
-        )
+        telemetry = Telemetry(tracer_provider, [reader], record_content=record_content)
         store = MemoryStore()
         key = asyncio.run(store.create_key("team-a")).secret
         app = create_app(

@@ -6,7 +6,6 @@ import time
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from gateway.telemetry.instruments import LocalExport, LocalHistogram
@@ -59,7 +58,7 @@ def test_readers_receive_local_histograms_beside_the_sdk_instruments() -> None:
     counter = provider.get_meter("tollgate", "0.1.0", SCOPE.schema_url).create_counter("c")
     counter.add(1)  # the app always has SDK metrics too (its observable gauges)
     hist = LocalHistogram("local.h", "s", "test", (1.0,), "k")
-    LocalExport([hist], SCOPE).attach(reader, Resource.create())
+    LocalExport([hist], SCOPE).attach(reader)
     data = reader.get_metrics_data()
     assert data is not None
     names = [m.name for s in data.resource_metrics[0].scope_metrics for m in s.metrics]
