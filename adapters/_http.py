@@ -17,6 +17,7 @@ mid-body is closed, which is what tells the upstream to stop generating.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
@@ -71,6 +72,23 @@ def tls_verify(ca_file: str | None, insecure: bool) -> ssl.SSLContext | bool:
     if ca_file:
         return ssl.create_default_context(cafile=ca_file)
     return True
+
+
+def ssl_context(setting: ssl.SSLContext | bool) -> ssl.SSLContext:
+    """The context a ``tls_verify`` setting stands for (the lean client needs a context)."""
+    if isinstance(setting, ssl.SSLContext):
+        return setting
+    if setting:
+        return _system_roots()
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@functools.cache
+def _system_roots() -> ssl.SSLContext:
+    return ssl.create_default_context()  # ~20 ms to load the roots: once per process
 
 
 def build_client(
@@ -311,18 +329,9 @@ class HTTPBackend:
         origin = url.origin()
         pool = self._wires.get(origin)
         if pool is None:
-            context: ssl.SSLContext | None = None
-            if url.scheme == "https":
-                if isinstance(self._ssl, ssl.SSLContext):
-                    context = self._ssl
-                else:
-                    context = ssl.create_default_context()
-                    if not self._ssl:  # tls_insecure
-                        context.check_hostname = False
-                        context.verify_mode = ssl.CERT_NONE
             pool = self._wires[origin] = WirePool(
                 origin,
-                ssl_context=context,
+                ssl_context=ssl_context(self._ssl) if url.scheme == "https" else None,
                 limit=self._max_connections,
                 connect_timeout=self.timeouts.connect,
                 keepalive_s=KEEPALIVE_EXPIRY,

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from yarl import URL
 
+from adapters._http import ssl_context, tls_verify
 from adapters._wire import ConnectFailed, ResponseBroken, WirePool
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
@@ -49,22 +54,32 @@ class RawServer:
 
 
 @asynccontextmanager
-async def serving(server: RawServer) -> AsyncIterator[WirePool]:
-    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+async def serving(
+    server: RawServer,
+    *,
+    server_tls: ssl.SSLContext | None = None,
+    client_tls: ssl.SSLContext | None = None,
+) -> AsyncIterator[WirePool]:
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0, ssl=server_tls)
     server.port = listener.sockets[0].getsockname()[1]
-    pool = WirePool(
-        URL(f"http://127.0.0.1:{server.port}"),
-        ssl_context=None,
-        limit=8,
-        connect_timeout=2.0,
-        keepalive_s=30.0,
-        headers={"authorization": "Bearer k"},
-    )
+    pool = pool_for(server.port, client_tls)
     try:
         yield pool
     finally:
         await pool.aclose()
         listener.close()
+
+
+def pool_for(port: int, tls: ssl.SSLContext | None = None) -> WirePool:
+    scheme = "https" if tls is not None else "http"
+    return WirePool(
+        URL(f"{scheme}://127.0.0.1:{port}"),
+        ssl_context=tls,
+        limit=8,
+        connect_timeout=2.0,
+        keepalive_s=30.0,
+        headers={"authorization": "Bearer k"},
+    )
 
 
 def fixed(body: bytes, extra: bytes = b"") -> Answer:
@@ -135,16 +150,8 @@ async def test_refused_and_unreadable_answers_fail_clearly() -> None:
     async with serving(server) as pool:
         with pytest.raises(ResponseBroken):
             await post(pool)
-    closed = WirePool(
-        URL(f"http://127.0.0.1:{server.port}"),
-        ssl_context=None,
-        limit=1,
-        connect_timeout=1.0,
-        keepalive_s=30.0,
-        headers={},
-    )
     with pytest.raises(ConnectFailed):
-        await post(closed)
+        await post(pool_for(server.port))  # nothing listens there any more
 
 
 async def test_a_body_left_unread_closes_the_connection() -> None:
@@ -154,3 +161,34 @@ async def test_a_body_left_unread_closes_the_connection() -> None:
         response.close()  # as when the client went away mid-stream
         assert await post(pool) == (200, b"0123456789")
     assert server.connections == 2
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (made with the openssl command)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_tls_is_verified_against_the_configured_ca(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    trusted = ssl_context(tls_verify(str(cert), insecure=False))
+    server = RawServer(fixed(b"secret"))
+    async with serving(server, server_tls=server_tls, client_tls=trusted) as pool:
+        assert await post(pool) == (200, b"secret")
+        system_roots = ssl_context(tls_verify(None, insecure=False))
+        with pytest.raises(ConnectFailed):  # they do not know this certificate
+            await post(pool_for(server.port, system_roots))
+        unchecked = ssl_context(tls_verify(None, insecure=True))
+        assert await post(pool_for(server.port, unchecked)) == (200, b"secret")
