@@ -39,23 +39,25 @@ class ResponseBroken(ConnectionError):
 class WireResponse(asyncio.Protocol):
     """One keep-alive connection, and the response currently being read on it."""
 
+    _parser: httptools.HttpResponseParser | None
+    _chunks: list[bytes]
+    _buffered: int
+    _error: BaseException | None
+    _complete: bool
+    _keep_alive: bool
+    _received: bool
+    status: int
+    headers: dict[str, str]
+    _cookies: list[str]
+
     def __init__(self, pool: WirePool) -> None:
         self._pool = pool
         self._transport: asyncio.Transport | None = None
-        self._parser: httptools.HttpResponseParser | None = None
-        self._chunks: list[bytes] = []
-        self._buffered = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._head: asyncio.Future[None] | None = None
-        self._error: BaseException | None = None
-        self._complete = False
-        self._keep_alive = False
-        self._received = False
         self.closed = False
-        self.status = 0
-        self.headers: dict[str, str] = {}
-        self._cookies: list[str] = []
+        self._begin(None)
 
     # -- the request ---------------------------------------------------------------------
 
@@ -63,10 +65,7 @@ class WireResponse(asyncio.Protocol):
         """Start a request on this (idle) connection; the future resolves with the head."""
         if self.closed:  # the upstream closed it while it was idle
             raise ResponseBroken("the pooled connection was closed by the upstream")
-        self._parser = httptools.HttpResponseParser(self)
-        self._chunks, self._buffered, self._error = [], 0, None
-        self._complete = self._keep_alive = self._received = False
-        self.status, self.headers, self._cookies = 0, {}, []
+        self._begin(httptools.HttpResponseParser(self))
         self._head = asyncio.get_running_loop().create_future()
         assert self._transport is not None
         self._transport.write(head_and_body)
@@ -181,6 +180,21 @@ class WireResponse(asyncio.Protocol):
 
     # -- internals -----------------------------------------------------------------------
 
+    def _begin(self, parser: httptools.HttpResponseParser | None) -> None:
+        """Fresh per-response state; ``parser`` None while the connection is idle."""
+        self._parser = parser
+        self._chunks = []
+        self._buffered = 0
+        self._error = None
+        self._complete = self._keep_alive = self._received = False
+        self.status = 0
+        self.headers = {}
+        self._cookies = []
+
+    def detach(self) -> None:
+        """The response is finished: the connection idles (its status and headers stay)."""
+        self._parser = None
+
     def _framed(self) -> bool:
         return "content-length" in self.headers or "transfer-encoding" in self.headers
 
@@ -269,7 +283,7 @@ class WirePool:
     def done(self, conn: WireResponse, *, reusable: bool) -> None:
         """The request on ``conn`` finished: keep the connection for the next one, or close."""
         self._slots.release()
-        conn._parser = None
+        conn.detach()
         if reusable:
             self._idle.append((conn, asyncio.get_running_loop().time()))
         else:
