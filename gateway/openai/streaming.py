@@ -35,13 +35,14 @@ class EventStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
         assert task is not None
-        state = {"sending": True, "gone": False}
+        sending, gone = True, False
 
         async def watch() -> None:
+            nonlocal gone
             while (await receive())["type"] != "http.disconnect":
                 pass
-            if state["sending"]:
-                state["gone"] = True
+            if sending:  # after the last event, a disconnect is the normal end
+                gone = True
                 task.cancel()
 
         watcher = asyncio.ensure_future(watch())
@@ -50,15 +51,14 @@ class EventStream(Response):
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for event in events:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
-            state["sending"] = False
-            watcher.cancel()
+            sending = False
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not state["gone"]:
+            if not gone:
                 raise
             task.uncancel()  # the client left: not an error, and nobody else is cancelling
         finally:
-            state["sending"] = False
+            sending = False
             watcher.cancel()
             await events.aclose()  # runs the generator's cleanup if the client left mid-stream
 
