@@ -80,11 +80,14 @@ def smooth(
     maxima: Sequence[Sequence[np.ndarray]],
     alpha: float = ALPHA,
 ) -> dict[str, np.ndarray]:
-    """The same model, float32, with the smoothing factors folded in (see the module doc)."""
-    out = {name: np.asarray(array, np.float32) for name, array in tensors.items()}
+    """The same model with the smoothing factors folded in (see the module doc); the tensors
+    it changes come back as float32, the others as they were."""
+    out = dict(tensors)  # untouched tensors (the embedding is most of the bytes) pass through
     for i in range(config.n_layers):
         qkv_in, _, gate_up_in, down_in = maxima[i]
         layer = f"layers.{i}."
+        for name in ("attn_norm", "ffn_norm", "q", "k", "v", "gate", "up", "down"):
+            out[layer + name] = np.asarray(out[layer + name], np.float32)
         s = _factors(qkv_in, [out[layer + n] for n in ("q", "k", "v")], alpha)
         out[layer + "attn_norm"] = out[layer + "attn_norm"] / s
         for n in ("q", "k", "v"):
