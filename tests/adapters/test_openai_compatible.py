@@ -76,12 +76,17 @@ async def test_server_without_usage_still_meters_what_arrived() -> None:
 
 
 async def test_continuous_usage_stats_count_tokens_exactly() -> None:
-    async with FakeVLLM(TOKENS) as fake:
-        backend = backend_for(fake, continuous_usage_stats=True)
-        deltas = await collect(backend, request())
-        await backend.aclose()
+    # Two tokens per chunk: counting one per chunk would say 2, the usage stats say 4.
+    async with FakeVLLM(TOKENS, tokens_per_chunk=2) as fake:
+        continuous, plain = backend_for(fake, continuous_usage_stats=True), backend_for(fake)
+        exact = await collect(continuous, request())
+        guessed = await collect(plain, request())
+        await continuous.aclose()
+        await plain.aclose()
     assert fake.requests[0].body["stream_options"]["continuous_usage_stats"] is True
-    assert sum(d.tokens for d in deltas[:-1]) == 4  # events of one read arrive as one delta
+    assert sum(d.tokens for d in exact[:-1]) == 4
+    assert sum(d.tokens for d in guessed[:-1]) == 2  # the estimate (the final usage corrects it)
+    assert guessed[-1].usage is not None and guessed[-1].usage.completion_tokens == 4
 
 
 @pytest.mark.parametrize("style", ["nested", "flat", "trtllm"])

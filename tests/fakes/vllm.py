@@ -47,10 +47,14 @@ class FakeVLLM(FakeHTTPUpstream):
         api_key: str | None = None,
         error_style: ErrorStyle = "nested",
         send_usage: bool = True,
+        tokens_per_chunk: int = 1,
     ) -> None:
         super().__init__(tokens, failure=failure, api_key=api_key)
         self.error_style = error_style
         self.send_usage = send_usage  # False: behave like a server that ignores include_usage
+        # >1: several tokens per chunk, as vLLM sends under load or with speculative decoding
+        # (logprobs are then those of the chunk's last token only: use with logprobs off).
+        self.tokens_per_chunk = tokens_per_chunk
         self.load = {"running": 3, "waiting": 2, "kv": 0.25}
 
     async def handle(self, request: Recorded, send: Send) -> None:
@@ -189,15 +193,20 @@ class FakeVLLM(FakeHTTPUpstream):
         if chat:
             await event(chunk({"index": 0, "delta": {"role": "assistant", "content": ""}}, 0))
         echo = not chat and body.get("echo") and body.get("logprobs") is not None
+        pending: list[str] = []
         for index, text in enumerate(plan.texts):
             failure = self.failure_at(index)
             if failure is not None:
                 await self._fail(failure, event, send)
                 return
             await self.pace(index)
-            choice = self._choice(body, chat, text, index)
-            if echo and index == 0:
+            pending.append(text)
+            if len(pending) < self.tokens_per_chunk and index + 1 < len(plan.texts):
+                continue
+            choice = self._choice(body, chat, "".join(pending), index)
+            if echo and index + 1 == len(pending):  # the first chunk
                 _prepend_echo(choice, body)
+            pending = []
             await event(chunk(choice, index + 1))
         failure = self.failure_at(len(plan.texts))
         if failure is not None:
