@@ -70,13 +70,14 @@ class LocalHistogram:
     a bisect. Buckets follow OpenTelemetry's rule: bucket i holds (bounds[i-1], bounds[i]].
     """
 
-    __slots__ = ("_bounds", "_keys", "_points", "description", "name", "unit")
+    __slots__ = ("_bounds", "_keys", "_n", "_points", "description", "name", "unit")
 
     def __init__(
         self, name: str, unit: str, description: str, bounds: Sequence[float], *keys: str
     ) -> None:
         self.name, self.unit, self.description = name, unit, description
         self._bounds = tuple(bounds)
+        self._n = len(self._bounds) + 1  # buckets; count, sum, min, max, start follow them
         self._keys = keys
         # labels -> [bucket counts..., count, sum, min, max, start ns]
         self._points: dict[tuple[str | int, ...], list[float]] = {}
@@ -84,7 +85,7 @@ class LocalHistogram:
     def record(self, value: float, *labels: str | int) -> None:
         """Add one measurement to the attribute set ``labels`` (in ``keys`` order, "" = absent)."""
         point = self._points.get(labels)
-        n = len(self._bounds) + 1
+        n = self._n
         if point is None:
             point = self._points[labels] = [0] * n + [0, 0.0, value, value, time.time_ns()]
         point[bisect_left(self._bounds, value)] += 1
@@ -102,7 +103,7 @@ class LocalHistogram:
         first (each copy is one step under the GIL). A measurement being recorded at that very
         moment may show in its bucket but not yet in count and sum; the next export is whole.
         """
-        n = len(self._bounds) + 1
+        n = self._n
         points = [
             HistogramDataPoint(
                 attributes={k: v for k, v in zip(self._keys, labels, strict=True) if v != ""},
