@@ -85,7 +85,10 @@ class TimeoutSettings(_Strict):
 
 
 class CapacityPrior(_Strict):
-    """What the backend is expected to sustain before live measurements exist."""
+    """What one instance of the backend is expected to sustain before measurements exist.
+
+    Operators type these from memory or a datasheet: routing corrects them by measurement.
+    """
 
     output_tokens_per_s: float = Field(1000.0, gt=0)
     ttft_s: float = Field(0.5, gt=0)
@@ -93,20 +96,82 @@ class CapacityPrior(_Strict):
     max_concurrency: int = Field(64, ge=1)
 
 
-class SimulateSettings(_Strict):
-    """A backend's behaviour in the fleet simulator (``tollgate bench fleet``)."""
+class PoolSettings(_Strict):
+    """How a backend's instances are paid for and scaled: what its marginal token costs.
 
-    slots: int = Field(ge=1)
+    ``reserved``: ``instances`` committed or always-on instances, paid whether used or not.
+    ``elastic``: an autoscaled pool between ``min_instances`` (kept warm, so also paid whether
+    used or not) and ``max_instances``; Tollgate exports how many instances it wants
+    (``tollgate.pool.desired_instances``) for the autoscaler to track. Per-token backends
+    ignore this block.
+    """
+
+    billing: Literal["reserved", "elastic"] = "reserved"
+    instances: int = Field(1, ge=1)  # reserved: how many are paid for
+    min_instances: int = Field(0, ge=0)  # elastic: the warm floor
+    max_instances: int = Field(1, ge=1)  # elastic: the ceiling
+    scale_up_s: float = Field(60.0, ge=0)  # from asking for an instance to its first request
+    scale_down_s: float = Field(300.0, ge=0)  # a surplus instance stays up (and paid) this long
+    target_utilisation: float = Field(0.8, gt=0, le=1)  # share of slots the pool is sized to fill
+    # Where the pool's instances are listed: "dns://name:port" (one address per instance) or
+    # "k8s://namespace/service" (its EndpointSlices); None: counted from config and metrics.
+    discovery: str | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PoolSettings:
+        if self.billing == "elastic" and self.min_instances > self.max_instances:
+            raise ValueError("min_instances must not exceed max_instances")
+        return self
+
+    @property
+    def sunk_instances(self) -> int:
+        """Instances paid whether used or not: the reserved ones, or the pool's warm floor."""
+        return self.instances if self.billing == "reserved" else self.min_instances
+
+    @property
+    def ceiling(self) -> int:
+        """The most instances that can be up."""
+        return self.instances if self.billing == "reserved" else self.max_instances
+
+
+# Keys that once lived in ``simulate:`` and describe how the pool is paid and scaled: a fleet
+# file that still has them there gets them moved into ``pool:`` (production reads that).
+_LEGACY_POOL_KEYS = ("always_on", "min_instances", "max_instances", "scale_up_s",
+                     "scale_down_idle_s", "target_utilisation")
+
+
+def _lift_legacy_pool(data: dict[str, Any]) -> dict[str, Any]:
+    sim = data.get("simulate")
+    if not isinstance(sim, dict) or not any(k in sim for k in _LEGACY_POOL_KEYS):
+        return data
+    sim = dict(sim)
+    old = {k: sim.pop(k) for k in _LEGACY_POOL_KEYS if k in sim}
+    data = {**data, "simulate": sim}
+    if "pool" in data:
+        return data  # the production block wins; the old keys are dropped
+    pool: dict[str, Any] = {}
+    if old.get("always_on", True):
+        pool = {"billing": "reserved", "instances": old.get("max_instances", 1)}
+    else:
+        pool = {"billing": "elastic", "min_instances": old.get("min_instances", 1),
+                "max_instances": old.get("max_instances", 1)}
+    renames = {"scale_up_s": "scale_up_s", "scale_down_idle_s": "scale_down_s",
+               "target_utilisation": "target_utilisation"}
+    pool.update({new: old[k] for k, new in renames.items() if k in old})
+    return {**data, "pool": pool}
+
+
+class SimulateSettings(_Strict):
+    """A backend's true behaviour in the fleet simulator (``tollgate bench fleet``).
+
+    How it is paid and scaled comes from the backend's ``pool`` block, as in production.
+    """
+
+    slots: int = Field(ge=1)  # decode slots per instance
     prefill_tokens_per_s: float = Field(gt=0)
     decode_step_s: dict[int, float]  # batch size -> seconds per decode step (interpolated)
-    always_on: bool = True
-    min_instances: int = Field(1, ge=0)
-    max_instances: int = Field(1, ge=1)
-    scale_up_s: float = Field(0.0, ge=0)
-    scale_down_idle_s: float = Field(300.0, ge=0)
     list_price_usd_per_mtok: float | None = None  # what an operator types into a peer gateway
     max_queue: int = Field(256, ge=0)  # waiting requests per instance before it answers Overloaded
-    target_utilisation: float = Field(0.8, gt=0, le=1)  # the autoscaler's slot-usage target
     ttft_overhead_s: float = Field(0.0, ge=0)  # network and scheduling before prefill starts
 
 
@@ -133,10 +198,16 @@ class BackendSettings(_Strict):
     api_key_env: str | None = None  # name of the env var holding a bearer token
     tls_ca_file: str | None = None
     tls_insecure: bool = False
-    capacity: CapacityPrior = CapacityPrior()
+    capacity: CapacityPrior = CapacityPrior()  # per instance
+    pool: PoolSettings = PoolSettings()
     engine: EngineSettings | None = None
     simulate: SimulateSettings | None = None
     options: dict[str, Any] = {}  # adapter-specific knobs
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        return _lift_legacy_pool(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _address(self) -> BackendSettings:
@@ -160,6 +231,7 @@ class RoutingSettings(_Strict):
     retry_budget_ratio: float = Field(0.2, ge=0, le=1)  # retries per first attempt, fleet-wide
     max_attempts: int = Field(3, ge=1)
     probe_interval_s: float = Field(5.0, gt=0)
+    explore_share: float = Field(0.02, ge=0, le=0.1)  # requests that re-measure stale backends
     breaker_failures: int = Field(5, ge=1)
     breaker_cooldown_s: float = Field(10.0, gt=0)
 

@@ -8,7 +8,6 @@ in a slot gains one token. The step takes ``decode_step_s`` at the batch size, i
 from __future__ import annotations
 
 import heapq
-import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from bench.fleet.workload import SimRequest
 from gateway.settings import BackendSettings, SimulateSettings
 
 Notify = Callable[[SimRequest], None]
+KV_TOKENS_PER_SLOT = 2048  # KV-cache capacity per decode slot, for vLLM's usage figure
 
 
 def step_table(points: dict[int, float], slots: int) -> list[float]:
@@ -115,6 +115,14 @@ class Instance:
         for req in admitted:
             self.hooks.first_token(req)
 
+    def kv_tokens(self) -> int:
+        """KV-cache entries held: each decoding request's prompt and tokens so far."""
+        held = 0
+        for finish, _, req in self.active:
+            left = finish - self.steps
+            held += req.prompt_tokens + max(0, req.output_tokens - 1 - left)
+        return held
+
     def _end_step(self) -> None:
         self.steps += 1
         active = self.active
@@ -162,13 +170,15 @@ class Pool(SimBackend):
         super().__init__(config)
         assert config.simulate is not None and config.price.usd_per_hour is not None
         self.sim: SimulateSettings = config.simulate
+        self.pool = config.pool
+        self.always_on = config.pool.billing == "reserved"
         self.usd_per_hour = config.price.usd_per_hour
         self.events, self.hooks = events, hooks
         self.instances: list[Instance] = []
         self.retired: list[Instance] = []
         self.pending: deque[SimRequest] = deque()  # arrived while no instance was up
         self._surplus_since: float | None = None
-        first = self.sim.max_instances if self.sim.always_on else self.sim.min_instances
+        first = self.pool.sunk_instances
         for _ in range(first):
             self.instances.append(Instance(self.sim, events, hooks, ready_at=0.0))
 
@@ -189,28 +199,43 @@ class Pool(SimBackend):
         return True
 
     def snapshot(self) -> LoadSnapshot:
-        """The probe's answer: running, waiting, and the share of ready slots in use."""
+        """The probe's answer, shaped like the real server's metrics for this kind.
+
+        vLLM: running, waiting and the share of KV-cache blocks in use (not of slots); TGI and
+        Triton: batch size and queue; JetStream: its prefill backlog and the share of slots in
+        use, no running count. Nothing ready (scaled to zero, booting) fails the probe, as a
+        Service with no ready endpoint does.
+        """
         ready = [i for i in self.instances if i.ready]
         running = sum(len(i.active) for i in self.instances)
         waiting = len(self.pending) + sum(len(i.queue) for i in self.instances)
+        detail = f"{len(ready)}/{len(self.instances)} instances ready"
+        if not ready:
+            return LoadSnapshot(False, detail=detail)
         slots = len(ready) * self.sim.slots
-        kv = running / slots if slots else None
-        # Nothing ready (scaled to zero, or booting) fails the probe, like a Service with
-        # no ready endpoint; the gateway's spill count is what scales it up.
-        return LoadSnapshot(bool(ready), running=running, waiting=waiting, kv_usage=kv,
-                            detail=f"{len(ready)}/{len(self.instances)} instances ready")
+        if self.kind == "jetstream":
+            return LoadSnapshot(True, waiting=waiting, kv_usage=running / slots, detail=detail)
+        if self.kind == "vllm":
+            kv = sum(i.kv_tokens() for i in ready) / (slots * KV_TOKENS_PER_SLOT)
+            return LoadSnapshot(True, running=running, waiting=waiting, kv_usage=min(1.0, kv),
+                                detail=detail)
+        return LoadSnapshot(True, running=running, waiting=waiting, detail=detail)
 
-    def autoscale(self, extra_slots: float) -> None:
-        """Target tracking on slots in use (+ demand the gateway spilled elsewhere)."""
-        if self.sim.always_on:
+    def endpoints(self) -> tuple[int, int]:
+        """What discovery lists: (ready, all) instances, booting ones not ready."""
+        live = [i for i in self.instances if not i.draining]
+        return sum(i.ready for i in live), len(live)
+
+    def autoscale(self, desired: int) -> None:
+        """Follow the gateway's exported wanted count: up at once, down after a quiet spell.
+
+        This is what an HPA or KEDA scaler on ``tollgate.pool.desired_instances`` does, with
+        its scale-down stabilisation window set to the pool's ``scale_down_s``.
+        """
+        if self.always_on:
             return
         live = [i for i in self.instances if not i.draining]
-        booting = any(not i.ready for i in live)
-        # Spilled demand counts once per boot: what it asks for is on its way while booting.
-        extra = 0.0 if booting else extra_slots
-        used = sum(i.load for i in self.instances) + len(self.pending) + extra
-        want = math.ceil(used / (self.sim.slots * self.sim.target_utilisation))
-        want = min(self.sim.max_instances, max(self.sim.min_instances, want))
+        want = min(self.pool.max_instances, max(self.pool.min_instances, desired))
         now = self.events.now
         if want > len(live):
             self._start(want - len(live))
@@ -218,7 +243,7 @@ class Pool(SimBackend):
         elif want < len(live):
             if self._surplus_since is None:
                 self._surplus_since = now
-            elif now - self._surplus_since >= self.sim.scale_down_idle_s:
+            elif now - self._surplus_since >= self.pool.scale_down_s:
                 for inst in sorted(live, key=lambda i: i.load)[: len(live) - want]:
                     inst.drain()
                 self._surplus_since = None
@@ -227,7 +252,7 @@ class Pool(SimBackend):
         self._retire()
 
     def _start(self, count: int) -> None:
-        ready_at = self.events.now + self.sim.scale_up_s
+        ready_at = self.events.now + self.pool.scale_up_s
         for _ in range(count):
             self.instances.append(Instance(self.sim, self.events, self.hooks, ready_at))
         self.events.at(ready_at, self._booted)
@@ -247,8 +272,8 @@ class Pool(SimBackend):
 
     def cost(self, start: float, end: float) -> float:
         """Dollars billed in [start, end]: reserved capacity always, a pool while up."""
-        if self.sim.always_on:
-            return self.sim.max_instances * (end - start) * self.usd_per_hour / 3600
+        if self.always_on:
+            return self.pool.instances * (end - start) * self.usd_per_hour / 3600
         seconds = 0.0
         for inst in (*self.instances, *self.retired):
             stop = end if inst.stopped_at is None else min(end, inst.stopped_at)
@@ -282,10 +307,14 @@ class HostedApi(SimBackend):
         self.hooks.done(req)
 
     def snapshot(self) -> LoadSnapshot:
-        """Healthy, with its running count (no slots to share)."""
-        return LoadSnapshot(True, running=self.running, waiting=0)
+        """Healthy; a hosted API publishes no load figures."""
+        return LoadSnapshot(True)
 
-    def autoscale(self, extra_slots: float) -> None:
+    def endpoints(self) -> tuple[int, int]:
+        """Not discoverable: one endpoint."""
+        return 1, 1
+
+    def autoscale(self, desired: int) -> None:
         """Scales itself."""
 
     def cost(self, start: float, end: float) -> float:

@@ -185,12 +185,14 @@ class Simulation:
 
     def _probe(self) -> None:
         for name, model in self.models.items():
+            if model.config.pool.discovery:
+                self.router.observe_instances(name, *model.endpoints())
             self.router.observe_load(name, model.snapshot())
         self.events.at(self.events.now + self.settings.routing.probe_interval_s, self._probe)
 
     def _autoscale(self) -> None:
         for name, model in self.models.items():
-            model.autoscale(self.router.stats(name).spill_slots())
+            model.autoscale(self.router.desired_instances(name))
         self.events.at(self.events.now + AUTOSCALE_INTERVAL_S, self._autoscale)
 
     # -- one run --------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """Routing policies: rank candidate backends by marginal cost, predicted latency, or both.
 
 ``cost``: among backends predicted to meet the objectives, the lowest marginal $ per output
-token; when none meets them, the lowest predicted end-to-end time. ``latency``: the lowest
+token (``routing.pricing``: nothing for a free slot on paid-for capacity); when none meets
+them, the lowest predicted end-to-end time. ``latency``: the lowest
 predicted end-to-end time (TTFT + TPOT x expected answer length). ``balanced``: among those
 meeting the objectives, ``BALANCED_COST_WEIGHT * cost/best_cost + (1 - BALANCED_COST_WEIGHT) *
 time/best_time`` (1.0 is a backend best at both). Candidates within ``NEAR_TIE`` of the best
-score are broken by power-of-two-choices on load so replicas do not herd.
+score are broken by power-of-two-choices on the share of slots taken, so replicas do not herd.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from adapters.base import Backend
+from gateway.routing.pool import PoolState
+from gateway.routing.pricing import SlotPrice
 from gateway.routing.stats import BackendStats
-from gateway.settings import Price
 
 NEAR_TIE = 0.05
 HEADROOM = 0.9  # a prediction right at the objective is a coin toss: keep 10% in hand
@@ -31,6 +33,11 @@ class Objectives:
     max_ttft_s: float | None = None
     max_tpot_s: float | None = None
 
+    @property
+    def tpot_limit_s(self) -> float | None:
+        """The TPOT that capacity is planned for: the objective with headroom kept in hand."""
+        return None if self.max_tpot_s is None else self.max_tpot_s * HEADROOM
+
 
 @dataclass(frozen=True, slots=True)
 class Estimate:
@@ -41,6 +48,7 @@ class Estimate:
     tpot_s: float
     usd_per_output_token: float
     load: int
+    fill: float = 0.0  # share of its slots in service that are taken (ties are broken on it)
     expected_tokens: int = 256  # answer length the end-to-end time is predicted for
     healthy: bool = True  # False: the last probe failed; ranked after every healthy one
 
@@ -58,21 +66,14 @@ class Estimate:
         )
 
 
-def marginal_cost(price: Price, stats: BackendStats, prompt_tokens: int, max_tokens: int) -> float:
-    """Dollars per output token this request would cost on the backend (DESIGN's model)."""
-    if price.usd_per_hour is not None:
-        return price.usd_per_hour / 3600.0 / stats.sustained_tokens_per_s()
-    out = (price.usd_per_mtok_output or 0.0) / 1e6
-    inp = (price.usd_per_mtok_input or 0.0) / 1e6
-    return out + inp * prompt_tokens / max(1, max_tokens)
-
-
 def estimate(
     backend: Backend,
-    price: Price,
+    price: SlotPrice,
+    pool: PoolState,
     stats: BackendStats,
     prompt_tokens: int,
-    max_tokens: int,
+    expected_tokens: int,
+    objectives: Objectives,
     *,
     healthy: bool = True,
 ) -> Estimate:
@@ -81,9 +82,12 @@ def estimate(
         backend=backend,
         ttft_s=stats.predicted_ttft(prompt_tokens),
         tpot_s=stats.predicted_tpot(),
-        usd_per_output_token=marginal_cost(price, stats, prompt_tokens, max_tokens),
+        usd_per_output_token=price.marginal(
+            pool, stats, prompt_tokens, expected_tokens, objectives.tpot_limit_s
+        ),
         load=stats.concurrency,
-        expected_tokens=max_tokens,
+        fill=stats.concurrency / pool.slots if pool.slots else 0.0,
+        expected_tokens=expected_tokens,
         healthy=healthy,
     )
 
@@ -92,7 +96,7 @@ def _score(policy: str, est: Estimate, best_cost: float, best_time: float) -> fl
     if policy == "latency":
         return est.duration_s
     if policy == "balanced":
-        cost = est.usd_per_output_token / best_cost if best_cost > 0 else 1.0
+        cost = est.usd_per_output_token / best_cost if best_cost > 0 else 0.0
         w = BALANCED_COST_WEIGHT
         return w * cost + (1.0 - w) * est.duration_s / best_time
     return est.usd_per_output_token
@@ -111,7 +115,10 @@ def rank(
     pool = [e for e in estimates if e.meets(objectives)]
     if not pool:
         pool, policy = list(estimates), "latency"  # nobody meets them: get as close as we can
-    best_cost = min(e.usd_per_output_token for e in pool)
+    # Free slots on paid-for capacity cost nothing: weigh the others against the cheapest
+    # priced one, so ``balanced`` still tells an API from an elastic pool.
+    priced = [e.usd_per_output_token for e in pool if e.usd_per_output_token > 0]
+    best_cost = min(priced, default=0.0)
     best_time = min(e.duration_s for e in pool) or 1e-9
     scores = {id(e): _score(policy, e, best_cost, best_time) for e in pool}
     ranked = sorted(pool, key=lambda e: scores[id(e)])
@@ -121,7 +128,7 @@ def rank(
     tied = [e for e in ranked[: len(pool)] if scores[id(e)] <= top * (1 + NEAR_TIE)]
     if len(tied) > 1:
         a, b = rng.sample(tied, 2)
-        first = a if a.load <= b.load else b
+        first = a if a.fill <= b.fill else b
         ranked.remove(first)
         ranked.insert(0, first)
     return ranked

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,10 +20,16 @@ from adapters.base import Backend, BackendError, BadRequest, Capabilities, LoadS
 from gateway.errors import InvalidRequest
 from gateway.routing.breaker import CircuitBreaker
 from gateway.routing.policies import Estimate, Objectives, estimate, rank
+from gateway.routing.pool import PoolState
+from gateway.routing.pricing import SlotPrice
+from gateway.routing.scaling import DemandRate, Offer, allocate
 from gateway.routing.stats import BackendStats, Clock
 from gateway.settings import BackendSettings, RoutingSettings, TimeoutSettings
 
 log = logging.getLogger("tollgate.routing")
+
+STALE_S = 300.0  # a backend with no answer finished this long is measured again
+ANSWER_ALPHA = 0.05  # how fast the expected answer length follows finished answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +69,33 @@ class _Member:
     backend: Backend
     config: BackendSettings
     stats: BackendStats
+    pool: PoolState
+    price: SlotPrice
     breaker: CircuitBreaker
     healthy: bool = False
     probed: bool = False
+    measured_at: float | None = None  # when an answer last finished here
+
+    def sync(self) -> None:
+        """Hand the pool view's slot and instance counts to the stats that predict on them."""
+        self.stats.resize(self.pool.planned_slots, self.pool.ready)
+
+
+def _member(backend: Backend, config: BackendSettings, settings: RoutingSettings,
+            clock: Clock) -> _Member:
+    pool = PoolState(config.pool, config.capacity.max_concurrency, kind=backend.kind, clock=clock)
+    stats = BackendStats(prior=config.capacity, clock=clock)
+    stats.shares_prefill = config.price.usd_per_hour is not None  # an API's requests do not
+    member = _Member(
+        backend=backend,
+        config=config,
+        stats=stats,
+        pool=pool,
+        price=SlotPrice(config.price),
+        breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s),
+    )
+    member.sync()
+    return member
 
 
 class Router:
@@ -81,16 +112,15 @@ class Router:
     ) -> None:
         self.settings = settings
         self.clock: Callable[[], float] = clock
-        self._members = {
-            b.name: _Member(
-                backend=b,
-                config=configs[b.name],
-                stats=BackendStats(prior=configs[b.name].capacity, clock=clock),
-                breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s),
-            )
-            for b in backends
-        }
+        self._members = {b.name: _member(b, configs[b.name], settings, clock) for b in backends}
         self._rng = random.Random(seed)
+        self._answer_tokens: float | None = None  # EWMA of finished answers' output tokens
+        self._prompt_tokens: float | None = None  # EWMA of planned requests' prompt tokens
+        self._groups: dict[frozenset[str], DemandRate] = {}  # demand per candidate set
+        self.objectives = Objectives(
+            None if settings.max_ttft_ms is None else settings.max_ttft_ms / 1000,
+            None if settings.max_tpot_ms is None else settings.max_tpot_ms / 1000,
+        )
         self._first_attempts = 0.0
         self._retries = 0.0
         self._probe_task: asyncio.Task[None] | None = None
@@ -103,6 +133,10 @@ class Router:
     def stats(self, name: str) -> BackendStats:
         """Live stats of one backend."""
         return self._members[name].stats
+
+    def pool(self, name: str) -> PoolState:
+        """The instance view of one backend."""
+        return self._members[name].pool
 
     def timeouts(self, name: str) -> TimeoutSettings:
         """The configured deadlines of one backend."""
@@ -125,6 +159,11 @@ class Router:
             )
         return able
 
+    def expected_tokens(self, max_tokens: int) -> int:
+        """The answer length to plan for: what answers here run to, capped by the request's."""
+        typical = self._answer_tokens
+        return max_tokens if typical is None else max(1, min(max_tokens, round(typical)))
+
     def plan(
         self,
         candidates: Sequence[Backend],
@@ -139,6 +178,11 @@ class Router:
         last probe failed come after every healthy one. The list is what fallback walks.
         """
         now = self.clock()
+        expected = self.expected_tokens(max_tokens)
+        old = self._prompt_tokens
+        self._prompt_tokens = (
+            prompt_tokens if old is None else old + ANSWER_ALPHA * (prompt_tokens - old)
+        )
         healthy: list[Estimate] = []
         sick: list[Estimate] = []
         for backend in candidates:
@@ -146,50 +190,36 @@ class Router:
             if not m.breaker.allows(now):
                 continue
             ok = m.healthy or not m.probed  # not probed yet: give it the benefit of the doubt
-            est = estimate(backend, m.config.price, m.stats, prompt_tokens, max_tokens, healthy=ok)
+            est = estimate(backend, m.price, m.pool, m.stats, prompt_tokens, expected, objectives,
+                           healthy=ok)
             (healthy if ok else sick).append(est)
         ranked = rank(policy, healthy, objectives, self._rng)
-        if ranked and policy != "latency":
-            self._count_spills(ranked[0], healthy, sick, objectives)
+        if len(ranked) > 1:
+            self._explore(ranked, objectives, now)
+        group = self._groups.setdefault(frozenset(b.name for b in candidates), DemandRate())
+        group.add(expected, now)
         if sick:
             ranked += rank("latency", sick, Objectives(), self._rng)
         return ranked
 
-    def _count_spills(
-        self,
-        chosen: Estimate,
-        healthy: Sequence[Estimate],
-        sick: Sequence[Estimate],
-        objectives: Objectives,
-    ) -> None:
-        """Count the request against the cheapest backend that passed it over and can grow.
+    def _explore(self, ranked: list[Estimate], objectives: Objectives, now: float) -> None:
+        """Now and then, put first a backend whose figures are stale, if it meets the objectives.
 
-        A full backend spills, and so does one with nothing ready (a pool scaled to zero
-        probes unhealthy); one skipped for a stall is already busy catching up. Only one
-        backend hears each spill: the cheapest whose autoscaler has shown it acts (slots
-        came or went, or it was scaled to zero) and that has not gone on spilling without
-        growing (a reserved instance, a pool at its ceiling). When every autoscaler
-        answers the one request, the fleet grows by several times what it needs, and
-        in the dearest places too. Before any pool has shown it scales, the cheapest
-        passed-over backend that is not known to be stuck hears it.
+        Prices and predictions are corrected only by answers: a backend that a wrong prior
+        ranks last would never be measured. A bounded share of requests keeps every backend's
+        figures fresh, and only where the prediction says the objectives still hold.
         """
-        price = chosen.usd_per_output_token
-        passed: list[tuple[float, BackendStats]] = []
-        for est in (*healthy, *sick):
-            stats = self._members[est.backend.name].stats
-            if est.usd_per_output_token >= price:
-                continue
-            if est.healthy and (est.meets(objectives) or not stats.saturated):
-                continue
-            passed.append((est.usd_per_output_token, stats))
-        if not passed:
+        if self._rng.random() >= self.settings.explore_share:
             return
-        open_ = [p for p in passed if not p[1].stuck]
-        growing = [p for p in open_ if p[1].grows]
-        target = min(growing or open_, key=lambda p: p[0])[1] if open_ else None
-        for _, stats in passed:
-            if stats is target or stats.stuck:  # a stuck one's clock keeps running
-                stats.spilled(chosen.expected_tokens)
+        stale = [e for e in ranked[1:] if self._stale(e.backend.name, now) and e.meets(objectives)]
+        if stale:
+            pick = self._rng.choice(stale)
+            ranked.remove(pick)
+            ranked.insert(0, pick)
+
+    def _stale(self, name: str, now: float) -> bool:
+        at = self._members[name].measured_at
+        return at is None or now - at > STALE_S
 
     def allows(self, name: str) -> bool:
         """Whether ``name`` may be tried now (its breaker is not open, no back-off asked)."""
@@ -228,7 +258,78 @@ class Router:
 
     def finished(self, name: str, *, ok: bool, output_tokens: int, decode_s: float) -> None:
         """A started generation ended (completed, broken or cancelled)."""
-        self._members[name].stats.finished(ok=ok, output_tokens=output_tokens, decode_s=decode_s)
+        member = self._members[name]
+        member.stats.finished(ok=ok, output_tokens=output_tokens, decode_s=decode_s)
+        if ok and output_tokens:
+            member.measured_at = self.clock()
+            old = self._answer_tokens
+            self._answer_tokens = (
+                output_tokens if old is None else old + ANSWER_ALPHA * (output_tokens - old)
+            )
+
+    # -- fleet economics --------------------------------------------------------------------
+
+    def observe_instances(self, name: str, ready: int, up: int) -> None:
+        """Discovery's count of a backend's instances: ``ready`` serving, ``up`` listed."""
+        member = self._members[name]
+        member.pool.observe_instances(ready, up)
+        member.sync()
+
+    def desired_instances(self, name: str) -> int:
+        """Instances the router wants for ``name``, exported for the pool's autoscaler.
+
+        Exporting is asking: without discovery, the pool's count follows what was asked.
+        """
+        m = self._members[name]
+        want = self._want(m)
+        m.pool.asked(want)
+        m.sync()
+        return want
+
+    def _want(self, m: _Member) -> int:
+        """The allocation's count for the demand, or more if the work on it now needs more."""
+        pool = m.pool
+        settings = pool.settings
+        if not pool.elastic:
+            return settings.instances
+        now = self.clock()
+        allocated = settings.min_instances
+        for names, demand in self._groups.items():
+            if m.backend.name in names:
+                offers = [self._offer(self._members[n]) for n in names]
+                allocated = max(allocated, allocate(demand.rate(now), offers)[m.backend.name])
+        # Work already past the warm floor keeps the instances it fills at the target (a
+        # partly filled one is the allocation's call: it may be cheaper at the API).
+        fill = max(1e-9, pool.slots_per_instance * settings.target_utilisation)
+        past = max(0.0, m.stats.concurrency - pool.sunk_slots)
+        busy = settings.min_instances + math.floor(past / fill)
+        return min(settings.max_instances, max(allocated, busy))
+
+    def _offer(self, m: _Member) -> Offer:
+        """What ``m`` offers the allocation, from its price, pool view and measurements."""
+        expected = self.expected_tokens(1 << 20)
+        if not m.price.hourly:
+            prompt = round(self._prompt_tokens or 0)
+            return Offer(m.backend.name, True, m.price.per_token(prompt, expected))
+        limit = self.objectives.tpot_limit_s
+        tokens_per_s = m.price.instance_tokens_per_s(m.pool, m.stats, limit)
+        pool = m.pool.settings
+        return Offer(
+            m.backend.name,
+            False,
+            m.price.usd_per_instance_s / tokens_per_s,
+            tokens_per_s=tokens_per_s,
+            usd_per_instance_s=m.price.usd_per_instance_s,
+            sunk_instances=pool.sunk_instances,
+            max_instances=pool.ceiling,
+            up_instances=round(m.pool.up),
+            elastic=m.pool.elastic,
+        )
+
+    def billed_instances(self, name: str) -> float | None:
+        """Instances of ``name`` paid for now (None for a per-token backend)."""
+        m = self._members[name]
+        return m.pool.billed_instances() if m.price.hourly else None
 
     # -- health -------------------------------------------------------------------------
 
@@ -259,7 +360,9 @@ class Router:
             "tpot_s": {"ewma": s.tpot_s, "p50": s.tpot_percentile(0.5),
                        "p99": s.tpot_percentile(0.99)},
             "output_tokens_per_s": round(s.output_tokens_per_s(), 2),
-            "spill_per_s": round(s.spill_rate(), 3),
+            "instances": {"ready": m.pool.ready, "up": m.pool.up,
+                          "desired": self._want(m)},
+            "slots_per_instance": round(m.pool.slots_per_instance, 1),
         }
 
     def observe_load(self, name: str, snapshot: LoadSnapshot) -> None:
@@ -269,6 +372,8 @@ class Router:
             log.info("backend %s healthy=%s %s", name, snapshot.healthy, snapshot.detail)
         member.healthy, member.probed = snapshot.healthy, True
         member.stats.observe_load(snapshot)
+        member.pool.observe_load(snapshot, member.stats.in_flight)
+        member.sync()
 
     async def probe_all(self) -> None:
         """Probe every backend once, concurrently."""
@@ -289,6 +394,8 @@ class Router:
     async def _probe_loop(self) -> None:
         while True:
             await self.probe_all()
+            for name in self._members:
+                self.desired_instances(name)  # keeps the undiscovered pools' counts current
             await asyncio.sleep(self.settings.probe_interval_s)
 
     async def aclose(self) -> None:

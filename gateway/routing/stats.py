@@ -1,8 +1,9 @@
 """Live per-backend measurements and the predictions routing ranks on.
 
 Predictions start from the backend's ``CapacityPrior`` and are corrected by what this replica
-measures: TPOT samples rescale the prior's batch curve, the probe's running/KV figures give the
-slots in service, and requests still waiting for a first token put a floor under the next TTFT.
+measures: TPOT samples rescale the prior's batch curve, the pool view (``routing.pool``) gives the
+slots and instances in service, and requests still waiting for a first token put a floor under
+the next TTFT.
 """
 
 from __future__ import annotations
@@ -20,16 +21,13 @@ from gateway.settings import CapacityPrior
 Clock = Callable[[], float]
 
 SERVED_HORIZON_S = 30.0  # window of "output tokens per second served"
-SPILL_HORIZON_S = 10.0  # time constant of the spill rate
 TTFT_CLIP = 4.0  # one cold start must not hide a backend: clip samples at 4x the estimate
 RATIO_RANGE = (0.1, 10.0)  # a TPOT sample moves the calibration at most this far
-TYPICAL_ANSWER_TOKENS = 256  # answer length of a spill whose request did not say
 TTFT_MEMORY_S = 30.0  # unrefreshed, a TTFT estimate relaxes to the prior over this time
 BATCH_MARK_S = 0.5  # spacing of the batch-size history that TPOT samples are calibrated on
 BATCH_HISTORY_S = 900.0  # longest decode the history covers
 ENDING_HORIZON_S = 10.0  # window of "answers ending per second" (the rate slots free at)
 MIN_ENDINGS = 0.01  # no ending seen: a slot is predicted to free within 1,000 s
-STUCK_S = 150.0  # spilled this long with no slot added: this backend does not grow
 
 
 def _ewma(old: float | None, sample: float, alpha: float) -> float:
@@ -61,20 +59,17 @@ class BackendStats:
     errors: int = 0
     error_rate: float = 0.0
     load: LoadSnapshot | None = None
-    slots: float = 0.0  # decode slots in service (all instances); the prior until a probe
+    slots: float = 0.0  # decode slots in service (all instances), as the pool view counts them
+    instances: float = 1.0  # instances in service, as the pool view counts them
     recent_ttft: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     recent_tpot: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     # starts still awaiting a token: (when, whether every slot was taken at the time)
     _pending: deque[tuple[float, bool]] = field(default_factory=deque)
+    _prefilling: int = 0  # of those, the ones that had a slot (their prefill is under way)
+    shares_prefill: bool = True  # its instances prefill new requests in turn (not an API)
     _served: deque[tuple[float, int]] = field(default_factory=deque)
     _served_total: int = 0
     _ends: deque[float] = field(default_factory=deque)  # when recent answers ended
-    _spill: float = 0.0  # spills, decayed over SPILL_HORIZON_S
-    _spill_tokens: float = 0.0  # their expected output tokens, decayed the same way
-    _spill_at: float = 0.0
-    _spill_began: float = 0.0  # start of the current run of spills (for an unbiased rate)
-    _spilling_since: float | None = None  # start of the current run of spills with no growth
-    grows: bool = False  # its slots in service have been seen to change (an autoscaled pool)
     # The per-instance batch integrated over time, so a TPOT sample is compared with the
     # batch the request actually decoded in, not the one left when it finished.
     _area: float = 0.0
@@ -126,13 +121,12 @@ class BackendStats:
         self.in_flight += 1
         self.requests += 1
         self._pending.append((self.clock(), queued))
+        self._prefilling += not queued
         self._advance()
 
     def first_token(self, ttft_s: float) -> None:
         """The first token of a request arrived after ``ttft_s``."""
-        queued = False
-        if self._pending:  # FIFO is close enough: only the oldest age is read
-            queued = self._pending.popleft()[1]
+        queued = self._pop_pending()  # FIFO is close enough: only the oldest age is read
         self.recent_ttft.append(ttft_s)
         if queued:
             # It waited for a slot: the queue model predicts that wait (and the oldest
@@ -146,8 +140,7 @@ class BackendStats:
 
     def failed(self) -> None:
         """A request failed before its first token."""
-        if self._pending:
-            self._pending.popleft()
+        self._pop_pending()
         self.finished(ok=False, output_tokens=0, decode_s=0.0)
 
     def finished(self, *, ok: bool, output_tokens: int, decode_s: float) -> None:
@@ -155,7 +148,7 @@ class BackendStats:
         batch = self.mean_batch(decode_s)
         self.in_flight = max(0, self.in_flight - 1)
         while len(self._pending) > self.in_flight:  # ended without a first token
-            self._pending.popleft()
+            self._pop_pending()
         self.error_rate = _ewma(self.error_rate, 0.0 if ok else 1.0, self.alpha)
         if not ok:
             self.errors += 1
@@ -174,43 +167,30 @@ class BackendStats:
             self._served_total += output_tokens
         self._advance()
 
+    def _pop_pending(self) -> bool:
+        """Forget the oldest start awaiting a token; whether it had waited for a slot."""
+        if not self._pending:
+            return False
+        queued = self._pending.popleft()[1]
+        self._prefilling -= not queued
+        return queued
+
     def observe_load(self, snapshot: LoadSnapshot) -> None:
-        """Take the backend's own load report; running/KV share tells the slots in service."""
+        """Take the backend's own load report (its running and waiting counts)."""
         self._advance()
         self.load = snapshot
-        if snapshot.running and snapshot.kv_usage:
-            slots = max(1.0, snapshot.running / snapshot.kv_usage)
-            if abs(slots - self.slots) >= 0.5 * self.prior.max_concurrency:
-                self.grows = True  # instances came or went: something scales it
-            if slots > self.slots + 0.5 * self.prior.max_concurrency:
-                self._spilling_since = None  # it grew: the spill was heard
-            self.slots = slots
-        elif not snapshot.healthy:
-            self.grows = True  # nothing ready (scaled to zero): spill is what wakes it
+        self._advance()
+
+    def resize(self, slots: float, instances: float) -> None:
+        """The slots and instances in service changed (the pool view's count)."""
+        self._advance()
+        self.slots, self.instances = slots, instances
         self._advance()
 
     @property
     def saturated(self) -> bool:
         """Every slot in service is taken."""
         return self.concurrency >= self.slots
-
-    def spilled(self, expected_tokens: int = TYPICAL_ANSWER_TOKENS) -> None:
-        """A request this backend would have won went elsewhere because it was saturated."""
-        now = self.clock()
-        if now - self._spill_at > SPILL_HORIZON_S or not self._spill:
-            self._spill_began = now
-            if self._spilling_since is None or now - self._spill_at > SPILL_HORIZON_S:
-                self._spilling_since = now
-        decay = math.exp((self._spill_at - now) / SPILL_HORIZON_S)
-        self._spill = self._spill * decay + 1.0
-        self._spill_tokens = self._spill_tokens * decay + expected_tokens
-        self._spill_at = now
-
-    @property
-    def stuck(self) -> bool:
-        """Spilled past for ``STUCK_S`` without adding a slot: it is not going to grow."""
-        since = self._spilling_since
-        return since is not None and self.clock() - since >= STUCK_S
 
     # -- what has been measured -----------------------------------------------------------
 
@@ -221,11 +201,6 @@ class BackendStats:
         if self.load is not None:
             upstream = (self.load.running or 0) + (self.load.waiting or 0)
         return max(self.in_flight, upstream)
-
-    @property
-    def instances(self) -> float:
-        """How many prior-sized instances the slots in service amount to."""
-        return max(self.slots / self.prior.max_concurrency, 1e-9)
 
     def output_tokens_per_s(self, horizon_s: float = SERVED_HORIZON_S) -> float:
         """Output tokens per second served over the last ``horizon_s`` seconds."""
@@ -241,34 +216,6 @@ class BackendStats:
         while ends and ends[0] < cutoff:
             ends.popleft()
         return max(len(ends), MIN_ENDINGS) / ENDING_HORIZON_S
-
-    def spill_rate(self) -> float:
-        """Requests per second spilled past this backend (what an autoscaler should add).
-
-        An exponentially decayed count, divided by the weight its window has had so far:
-        a spill that began five seconds ago reads at its rate, not at 40% of it.
-        """
-        now = self.clock()
-        if not self._spill:
-            return 0.0
-        decayed = self._spill * math.exp((self._spill_at - now) / SPILL_HORIZON_S)
-        span = max(1.0, now - self._spill_began)
-        return decayed / (SPILL_HORIZON_S * -math.expm1(-span / SPILL_HORIZON_S))
-
-    def spill_slots(self) -> float:
-        """Decode slots the spilled demand would hold here (Little's law): the autoscale signal.
-
-        Holding time is the measured one, else the expected answer of the spilled requests
-        at the full-batch TPOT the prior (as calibrated) gives: spilled work fills a batch.
-        """
-        rate = self.spill_rate()
-        if not rate:
-            return 0.0
-        hold = self.hold_s
-        if hold is None:
-            full = self.tpot_ratio * self._prior_tpot(self.prior.max_concurrency)
-            hold = self._spill_tokens / self._spill * full
-        return rate * hold
 
     def oldest_wait_s(self) -> float:
         """How long the oldest request still waiting for its first token has waited."""
@@ -307,6 +254,10 @@ class BackendStats:
         TTFT estimate already reflects the prompts this backend usually sees.
         """
         base = self.measured_ttft()
+        if self.shares_prefill:
+            # Each request still in prefill on an instance goes before this one: a burst
+            # sent to one backend is predicted as slow as it will be, not as its average.
+            base *= 1.0 + self._prefilling / max(self.instances, 1.0)
         over = self.concurrency + extra - self.slots
         if over > 0:
             # Wait for ``over`` slots to free, counted near the 99th percentile rather
@@ -319,19 +270,23 @@ class BackendStats:
         # a stalled server) before any failure has been counted.
         return max(base, self.oldest_wait_s())
 
-    def sustained_tokens_per_s(self) -> float:
-        """Output tokens/s one instance sustains with its slots filled, as measured now.
+    def tpot_at(self, batch: float) -> float:
+        """Seconds per output token at a per-instance ``batch``, as calibrated here."""
+        return self.tpot_ratio * self._prior_tpot(batch)
 
-        A request that takes a free slot rides a batch whose throughput is the filled one
-        (the slot is paid for either way), so an idle accelerator is priced at what its
-        tokens cost when it is used; saturation shows in the TTFT prediction, not here.
-        """
-        full = self.prior.max_concurrency
-        filled = full / (self.tpot_ratio * self._prior_tpot(full))
-        return max(filled, self.output_tokens_per_s() / self.instances)
+    def batch_within(self, tpot_s: float) -> float:
+        """The largest per-instance batch whose calibrated TPOT stays within ``tpot_s``."""
+        prior = self.prior
+        alone = prior.tpot_s
+        full = max(alone, prior.max_concurrency / prior.output_tokens_per_s)
+        per_slot = (full - alone) / max(1, prior.max_concurrency - 1)
+        target = tpot_s / self.tpot_ratio
+        if target < alone:
+            return 1.0  # not even alone: one at a time is the best it does
+        return math.inf if per_slot <= 0 else 1.0 + (target - alone) / per_slot
 
     def _per_instance(self, requests: float) -> float:
-        return requests / self.instances
+        return requests / max(self.instances, 1e-9)
 
     def _prior_tpot(self, batch: float) -> float:
         """The prior's decode curve: ``tpot_s`` alone, ``max_concurrency / tokens/s`` full."""
@@ -340,5 +295,5 @@ class BackendStats:
         full = max(alone, slots / self.prior.output_tokens_per_s)
         if slots == 1:
             return full
-        b = min(max(batch, 1.0), float(slots))
-        return alone + (full - alone) * (b - 1.0) / (slots - 1)
+        # Past the prior's slot count (the real one is larger) the line goes on rising.
+        return alone + (full - alone) * (max(batch, 1.0) - 1.0) / (slots - 1)

@@ -1,0 +1,172 @@
+"""A backend's instances: how many are up, ready and billed, and how many slots each has.
+
+Instance counts come from discovery where the operator configured it (``observe_instances``),
+else from the ``pool`` block and the autoscaler the exported count drives. Slots per instance
+start at the operator's prior and are corrected by the backend's own metrics: a queue that
+persists at the same ``running`` count shows the real slot count, and ``running`` beyond the
+prior raises it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from adapters.base import LoadSnapshot
+from gateway.routing.stats import Clock
+from gateway.settings import PoolSettings
+
+FULL_PROBES = 3  # probes in a row that must see the same running count behind a queue
+PROBE_MARGIN = 0.05  # an unconfirmed slot count is filled this far past before a queue is expected
+
+
+@dataclass(slots=True)
+class PoolState:
+    """How many instances of one backend are up, ready and wanted, and their slot count."""
+
+    settings: PoolSettings
+    prior_slots: int  # the operator's slots per instance (``capacity.max_concurrency``)
+    kind: str = ""
+    clock: Clock = time.monotonic
+    ready: float = 0.0  # instances serving now
+    up: float = 0.0  # instances billed now: ready plus booting
+    slots_per_instance: float = 0.0
+    discovered: bool = False  # counts come from discovery, not config
+    confirmed: bool = False  # the slot count was seen full, not just assumed from the prior
+    _queued_at: int = 0  # probes in a row that saw a queue with an unchanged running count
+    _running: int = -1  # the running count at the last probe
+    _booting: list[tuple[float, int]] = field(default_factory=list)  # (ready at, count) asked
+    _surplus_since: float | None = None
+
+    def __post_init__(self) -> None:
+        self.slots_per_instance = float(self.prior_slots)
+        self.ready = self.up = float(self.settings.sunk_instances)
+
+    @property
+    def elastic(self) -> bool:
+        """Whether the pool grows and shrinks (and is paid per instance while up)."""
+        return self.settings.billing == "elastic"
+
+    @property
+    def slots(self) -> float:
+        """Decode slots in service across the ready instances."""
+        return self.ready * self.slots_per_instance
+
+    @property
+    def planned_slots(self) -> float:
+        """Slots routing fills before it expects a queue: an unconfirmed count is probed past.
+
+        A prior that understates the slots would otherwise never be corrected: running
+        beyond it is what raises the count, and the first full queue is what confirms it.
+        """
+        if self.confirmed:
+            return self.slots
+        return self.ready * (self.slots_per_instance * (1 + PROBE_MARGIN) + 1)
+
+    @property
+    def sunk_slots(self) -> float:
+        """Slots on instances paid whether used or not (reserved, or the warm floor)."""
+        return min(self.ready, float(self.settings.sunk_instances)) * self.slots_per_instance
+
+    @property
+    def at_ceiling(self) -> bool:
+        """No more instances can be added."""
+        return self.up >= self.settings.ceiling
+
+    # -- observations -----------------------------------------------------------------------
+
+    def observe_instances(self, ready: int, up: int) -> None:
+        """Discovery's answer: ``ready`` endpoints serving, ``up`` listed (booting included)."""
+        self.discovered = True
+        self.ready, self.up = float(ready), float(max(up, ready))
+
+    def observe_load(self, snapshot: LoadSnapshot, in_flight: int) -> None:
+        """Learn slots per instance from the backend's own running and waiting counts."""
+        if not self.discovered and self.elastic:
+            self._count_from_health(snapshot.healthy)
+        if not snapshot.healthy or self.ready <= 0:
+            return
+        running = snapshot.running
+        if running is None and self.kind == "jetstream":
+            self._slots_from_share(snapshot, in_flight)
+            return
+        if running is None:
+            return
+        per = running / self.ready
+        # A queue at every instance (balancers send to the least loaded) on three probes
+        # in a row with the same number running: every slot is taken. A queue that only
+        # waits for the next decode step comes and goes, with a changing count.
+        queued = (snapshot.waiting or 0) >= self.ready and running > 0
+        self._queued_at = self._queued_at + 1 if queued and running == self._running else 0
+        self._running = running
+        if self._queued_at >= FULL_PROBES - 1:
+            self.slots_per_instance = max(1.0, per)
+            self.confirmed = True
+        elif per > self.slots_per_instance:
+            self.slots_per_instance = per
+
+    def _slots_from_share(self, snapshot: LoadSnapshot, in_flight: int) -> None:
+        """JetStream reports the share of its slots in use and its backlog, not a count.
+
+        What this replica has in flight, less the backlog, is running: over the share, that
+        is the slot count (when this replica is the server's only client, as it is for a
+        pool it alone routes to; with several replicas the figure is a lower bound).
+        """
+        share = snapshot.kv_usage
+        running = in_flight - (snapshot.waiting or 0)
+        if share is None or share < 0.05 or running < 4:
+            return  # too little traffic to read a slot count from
+        per = running / share / self.ready
+        if share >= 0.99 or per > self.slots_per_instance:
+            self.slots_per_instance = per
+            self.confirmed = self.confirmed or share >= 0.99
+
+    def _count_from_health(self, healthy: bool) -> None:
+        """Without discovery, a failed probe means nothing is ready, a passing one at least one."""
+        self._settle_boots()
+        booting = sum(n for _, n in self._booting)
+        if not healthy:
+            self.ready = 0.0
+        elif self.ready < 1:
+            self.ready = max(1.0, self.up - booting)
+        self.up = max(self.up, self.ready)
+
+    def asked(self, desired: int) -> None:
+        """The wanted count was exported: without discovery, follow the autoscaler it drives.
+
+        It adds instances at once (billed from then, serving ``scale_up_s`` later) and removes
+        a surplus once it has lasted ``scale_down_s``, as the pool's settings say.
+        """
+        if self.discovered or not self.elastic:
+            return
+        now = self.clock()
+        self._settle_boots()
+        if desired > self.up:
+            self._booting.append((now + self.settings.scale_up_s, int(desired - self.up)))
+            self.up = float(desired)
+            self._surplus_since = None
+        elif desired < self.up:
+            if self._surplus_since is None:
+                self._surplus_since = now
+            elif now - self._surplus_since >= self.settings.scale_down_s:
+                self.up = float(desired)
+                self.ready = min(self.ready, self.up)
+                self._surplus_since = None
+        else:
+            self._surplus_since = None
+        self._settle_boots()
+
+    def _settle_boots(self) -> None:
+        now = self.clock()
+        done = [b for b in self._booting if b[0] <= now]
+        if done:
+            self._booting = [b for b in self._booting if b[0] > now]
+            self.ready = min(self.up, self.ready + sum(n for _, n in done))
+
+    # -- what it costs ------------------------------------------------------------------------
+
+    def billed_instances(self) -> float:
+        """Instances paid for now (up, booting or idle), as metering books them."""
+        if not self.elastic:
+            return float(self.settings.instances)
+        return self.up

@@ -1,0 +1,98 @@
+"""The autoscaling signal: how many instances each pool should have for the demand routing sees.
+
+The demand (output tokens per second the router is asked for) is met the cheapest way the fleet
+allows, the way the cost policy routes it: capacity paid whether used or not first (reserved
+instances, warm floors), then elastic pools in order of their price per token at the target
+fill, each up to its ceiling, then per-token APIs. A pool's last, partly filled instance is
+added only while the tokens it would take cost more at the API than the instance does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+SWITCH_GAIN = 0.8  # a pool this much cheaper than one that is up is worth booting instead
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What one backend offers the allocation, as measured now."""
+
+    name: str
+    per_token: bool  # priced per token, no capacity limit to plan
+    usd_per_token: float  # per-token price, or an elastic instance's price at the target fill
+    tokens_per_s: float = 0.0  # one instance at the target fill (instance-priced backends)
+    usd_per_instance_s: float = 0.0
+    sunk_instances: int = 0  # paid whether used or not: reserved, or the warm floor
+    max_instances: int = 0
+    up_instances: int = 0  # up now (booting included)
+    elastic: bool = False
+
+
+def allocate(demand_tokens_per_s: float, offers: Sequence[Offer]) -> Mapping[str, int]:
+    """Instances wanted per instance-priced backend to serve ``demand_tokens_per_s``.
+
+    Instances already up are kept first (cheapest first): their boot is paid, and trading
+    them for another pool's costs a boot there and a scale-down wait here, which only a
+    clearly cheaper pool (``SWITCH_GAIN``) is worth. New instances go to the cheapest pool.
+    """
+    remaining = demand_tokens_per_s
+    wanted: dict[str, int] = {}
+    for o in offers:
+        if not o.per_token:
+            wanted[o.name] = o.sunk_instances
+            remaining -= o.sunk_instances * o.tokens_per_s
+    api = min((o.usd_per_token for o in offers if o.per_token), default=math.inf)
+    pools = sorted((o for o in offers if o.elastic and not o.per_token and o.usd_per_token < api),
+                   key=lambda o: o.usd_per_token)
+    if not pools:
+        return wanted
+    best = pools[0].usd_per_token
+    for o in pools:  # what is up already, while it is not far dearer than the best pool
+        if o.usd_per_token * SWITCH_GAIN > best:
+            continue
+        remaining = _add(o, min(o.up_instances, o.max_instances) - o.sunk_instances,
+                         remaining, api, wanted)
+    for o in pools:  # then new instances, cheapest pool first
+        remaining = _add(o, o.max_instances - wanted[o.name], remaining, api, wanted)
+    return wanted
+
+
+def _add(o: Offer, room: int, remaining: float, api: float, wanted: dict[str, int]) -> float:
+    """Give ``o`` up to ``room`` more instances for ``remaining`` tokens/s; what is left."""
+    if remaining <= 0 or room <= 0:
+        return remaining
+    cap = max(o.tokens_per_s, 1e-9)
+    extra = min(room, math.floor(remaining / cap))
+    rest = remaining - extra * cap
+    if extra < room and rest > 0 and rest * api >= o.usd_per_instance_s:
+        extra += 1  # the partly filled last instance costs less than the API would
+    wanted[o.name] += extra
+    return remaining - extra * cap
+
+
+@dataclass(slots=True)
+class DemandRate:
+    """Output tokens per second asked of a group of backends, decayed over ``horizon_s``."""
+
+    horizon_s: float = 30.0
+    _sum: float = 0.0
+    _at: float = 0.0
+    _began: float | None = None
+
+    def add(self, tokens: float, now: float) -> None:
+        """A request expecting ``tokens`` output tokens was planned at ``now``."""
+        if self._began is None:
+            self._began = now
+        self._sum = self._sum * math.exp((self._at - now) / self.horizon_s) + tokens
+        self._at = now
+
+    def rate(self, now: float) -> float:
+        """Tokens per second, over the weight the window has had so far (no slow start)."""
+        if self._began is None:
+            return 0.0
+        decayed = self._sum * math.exp((self._at - now) / self.horizon_s)
+        span = max(1.0, now - self._began)
+        return decayed / (self.horizon_s * -math.expm1(-span / self.horizon_s))

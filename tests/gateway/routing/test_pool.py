@@ -1,0 +1,57 @@
+"""The pool view: instance counts and the slot count learned from a backend's own metrics."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.base import LoadSnapshot
+from gateway.routing.pool import PoolState
+from gateway.settings import PoolSettings
+
+pytestmark = pytest.mark.timeout(10)
+
+RESERVED = PoolSettings(billing="reserved", instances=2)
+
+
+def _probe(pool: PoolState, running: int, waiting: int, times: int = 1) -> None:
+    for _ in range(times):
+        pool.observe_load(LoadSnapshot(healthy=True, running=running, waiting=waiting), 0)
+
+
+def test_a_prior_that_overstates_the_slots_is_corrected_by_a_lasting_queue() -> None:
+    pool = PoolState(RESERVED, prior_slots=256)
+    _probe(pool, running=256, waiting=40, times=2)  # two probes are not yet enough
+    assert pool.slots_per_instance == 256 and not pool.confirmed
+    _probe(pool, running=256, waiting=40)
+    assert pool.slots_per_instance == 128 and pool.confirmed
+    assert pool.slots == pool.planned_slots == 256
+
+
+def test_a_queue_that_waits_for_the_next_step_does_not_lower_the_count() -> None:
+    pool = PoolState(RESERVED, prior_slots=256)
+    for running in (300, 301, 299, 305, 302):  # busy, a few waiting, the count moving
+        _probe(pool, running=running, waiting=3)
+    assert pool.slots_per_instance == 256 and not pool.confirmed
+
+
+def test_a_prior_that_understates_the_slots_is_raised_by_what_runs() -> None:
+    pool = PoolState(RESERVED, prior_slots=64)
+    assert pool.planned_slots > pool.slots  # an unconfirmed count is probed past
+    _probe(pool, running=200, waiting=0)
+    assert pool.slots_per_instance == 100
+
+
+def test_jetstream_slots_come_from_its_used_share() -> None:
+    one = PoolSettings(billing="reserved", instances=1)
+    pool = PoolState(one, prior_slots=32, kind="jetstream")
+    pool.observe_load(LoadSnapshot(healthy=True, waiting=0, kv_usage=0.25), in_flight=24)
+    assert pool.slots_per_instance == 96
+
+
+def test_an_elastic_pool_without_discovery_counts_nothing_ready_when_its_probe_fails() -> None:
+    pool = PoolState(PoolSettings(billing="elastic", min_instances=0, max_instances=8),
+                     prior_slots=16)
+    pool.observe_load(LoadSnapshot(healthy=False), 0)
+    assert pool.ready == 0 and pool.billed_instances() == 0
+    pool.observe_instances(ready=2, up=3)
+    assert (pool.ready, pool.billed_instances(), pool.slots) == (2, 3, 32)

@@ -1,0 +1,56 @@
+"""The allocation behind the autoscaling signal, and the demand rate it is fed."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.routing.scaling import DemandRate, Offer, allocate
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def _pool(name: str, usd_per_token: float, *, tokens_per_s: float = 1000.0, sunk: int = 0,
+          up: int = 0, max_instances: int = 10) -> Offer:
+    return Offer(name, False, usd_per_token, tokens_per_s=tokens_per_s,
+                 usd_per_instance_s=usd_per_token * tokens_per_s, sunk_instances=sunk,
+                 max_instances=max_instances, up_instances=up, elastic=True)
+
+
+API = Offer("api", True, 5e-6)
+
+
+def test_paid_for_capacity_is_used_before_any_pool_grows() -> None:
+    reserved = Offer("tpu", False, 1e-7, tokens_per_s=3000, sunk_instances=1, max_instances=1)
+    assert allocate(2500, [reserved, _pool("gpu", 1e-6), API]) == {"tpu": 1, "gpu": 0}
+
+
+def test_the_cheapest_pool_takes_the_demand_and_a_partial_instance_only_when_it_pays() -> None:
+    offers = [_pool("cheap", 1e-6), _pool("dear", 2e-6), API]
+    # 2,500 tokens/s: two full instances; the last 500 tokens/s at the API cost $2.5e-3/s,
+    # more than half an instance's $1e-3/s: a third instance is worth it.
+    assert allocate(2500, offers) == {"cheap": 3, "dear": 0}
+    # 2,100 tokens/s: the last 100 tokens/s cost $5e-4/s at the API, less than an instance.
+    assert allocate(2100, offers) == {"cheap": 2, "dear": 0}
+
+
+def test_a_pool_dearer_than_the_api_is_never_grown() -> None:
+    assert allocate(5000, [_pool("dear", 9e-6), API]) == {"dear": 0}
+
+
+def test_instances_already_up_are_kept_unless_another_pool_is_clearly_cheaper() -> None:
+    near = [_pool("up", 1.1e-6, up=2), _pool("new", 1e-6), API]
+    assert allocate(2000, near) == {"up": 2, "new": 0}
+    far = [_pool("up", 2e-6, up=2), _pool("new", 1e-6), API]
+    assert allocate(2000, far) == {"up": 0, "new": 2}
+
+
+def test_without_an_api_every_token_needs_an_instance() -> None:
+    assert allocate(2100, [_pool("only", 1e-6)]) == {"only": 3}
+
+
+def test_demand_rate_reads_at_its_rate_from_the_start() -> None:
+    demand = DemandRate(horizon_s=30.0)
+    for i in range(50):
+        demand.add(100, i * 0.1)  # 1,000 tokens/s for five seconds
+    assert demand.rate(5.0) == pytest.approx(1000, rel=0.1)
+    assert demand.rate(200.0) < 10
