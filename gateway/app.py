@@ -45,7 +45,7 @@ def create_app(
     backends = list(backends) if backends is not None else build_backends(settings)
     configs = {b.name: b for b in settings.backends}
     router = Router(backends, configs, settings.routing)
-    meter = meter or build_meter(settings, store)
+    meter = meter or build_meter(settings, store, instances=router.billed_instances)
     telemetry = telemetry or build_telemetry(settings.telemetry)
     counter = build_token_counter(settings, backends)
     admin_key = settings.admin_key or _generated_admin_key()

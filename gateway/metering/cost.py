@@ -1,9 +1,10 @@
 """Price models: exact per-token prices, and live-rate provisional costs for hourly instances.
 
-An instance-priced backend's provisional cost is its weighted tokens (prefill x
-``prefill_weight`` + output) times the backend's live rate: dollars per weighted token over its
-last busy closed windows, or, before any, the capacity prior (``usd_per_hour`` over the output
-tokens per hour it is expected to sustain).
+An hourly backend costs its instance-time x ``usd_per_hour``: every instance that was up, used or
+not. A request's provisional cost is its weighted tokens (prefill x ``prefill_weight`` + output)
+times the backend's live rate: the instance cost of its last busy closed windows per weighted
+token, or, before any, the capacity prior (``usd_per_hour`` over the output tokens per hour one
+instance is expected to sustain).
 """
 
 from __future__ import annotations
@@ -25,15 +26,22 @@ class BackendPrice:
     usd_per_mtok_input: float
     usd_per_mtok_output: float
     prior_usd_per_weighted_token: float
+    sunk_instances: int = 1  # from config: the reserved instances, or the pool's warm floor
 
     @property
     def hourly(self) -> bool:
         """Whether the backend is paid by the hour (and so reconciled per window)."""
         return self.usd_per_hour is not None
 
-    def window_cost_nano(self, window_s: float) -> int:
-        """What one window of this instance costs, in nano-dollars."""
-        return round((self.usd_per_hour or 0.0) * window_s / 3600 * 1e9)
+    def window_cost_nano(self, window_s: float, instance_seconds: float | None) -> int:
+        """A window's cost in nano-dollars: its instance-time x the price.
+
+        A window nobody observed is billed config's count of instances (``sunk_instances``).
+        """
+        seconds = self.sunk_instances * window_s if instance_seconds is None else instance_seconds
+        # Instance-time is sampled on a clock: a millisecond is far below what it resolves, and
+        # rounding to it keeps an exactly covered window exactly priced.
+        return round(round(seconds, 3) * (self.usd_per_hour or 0.0) * 1e9 / 3600)
 
 
 def price_of(backend: BackendSettings) -> BackendPrice:
@@ -47,6 +55,7 @@ def price_of(backend: BackendSettings) -> BackendPrice:
         usd_per_mtok_input=price.usd_per_mtok_input or 0.0,
         usd_per_mtok_output=price.usd_per_mtok_output or 0.0,
         prior_usd_per_weighted_token=(hourly or 0.0) / 3600 / per_token_s,
+        sunk_instances=backend.pool.sunk_instances,
     )
 
 

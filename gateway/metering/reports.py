@@ -1,4 +1,8 @@
-"""Per-backend efficiency: realised $ / 1M output tokens and tokens per dollar, fleet-wide."""
+"""Per-backend efficiency: realised $ / 1M output tokens and tokens per dollar, fleet-wide.
+
+An hourly backend's cost is the instance-time of its windows x its price, idle time included,
+as reconciliation books it.
+"""
 
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ async def backend_efficiency(
         totals = (await ledger.window_totals(name, span)).values()
         output = sum(t.completion_tokens for t in totals)
         if price.hourly:
-            cost = len(span) * price.window_cost_nano(window_s) / 1e9
+            cost = sum(price.window_cost_nano(window_s, t.instance_seconds) for t in totals) / 1e9
         else:
             prompt = sum(t.prompt_tokens for t in totals)
             cost = (prompt * price.usd_per_mtok_input + output * price.usd_per_mtok_output) / MTOK

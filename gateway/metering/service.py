@@ -18,6 +18,8 @@ from gateway.settings import BackendSettings, MeteringSettings
 from gateway.tenancy.store import Store
 
 log = logging.getLogger(__name__)
+# Instances of backend NAME billed right now, or None when unknown (then config's count holds).
+InstanceCount = Callable[[str], float | None]
 
 
 class CostMeter:
@@ -31,6 +33,7 @@ class CostMeter:
         *,
         clock: Callable[[], float] = time.time,
         tick_s: float | None = None,
+        instances: InstanceCount | None = None,
     ) -> None:
         self.window_s = settings.window_s
         self.prices = PriceBook(backends, settings.prefill_weight)
@@ -38,6 +41,7 @@ class CostMeter:
         self.open = OpenWindows(self.window_s)
         self.reconciler = Reconciler(self.ledger, self.prices, self.window_s)
         self._clock = clock
+        self._instances = instances
         self._tick_s = tick_s if tick_s is not None else min(1.0, self.window_s / 4)
         self._task: asyncio.Task[None] | None = None
 
@@ -64,13 +68,24 @@ class CostMeter:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def aclose(self) -> None:
-        """Flush what is pending and stop."""
+        """Flush what is pending and stop; the instances stay billed to the window's end."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self.sample()
+        self.open.instances.finish()
         await self.flush()
+
+    def sample(self) -> None:
+        """Integrate how many instances of each hourly backend are billed now (no I/O)."""
+        counts: dict[str, float] = {}
+        for name, price in self.prices.prices.items():
+            if price.hourly:
+                seen = self._count(name)
+                counts[name] = float(price.sunk_instances) if seen is None else max(0.0, seen)
+        self.open.instances.sample(self._clock(), counts)
 
     async def flush(self) -> None:
         """Send this replica's window totals in one batch; kept for the next try on failure."""
@@ -82,8 +97,17 @@ class CostMeter:
         except (RedisError, GatewayError):
             self.open.put_back(batch)
 
+    def _count(self, name: str) -> float | None:
+        if self._instances is None:
+            return None
+        try:
+            return self._instances(name)
+        except KeyError:  # a configured backend the router does not serve: count unknown
+            return None
+
     async def tick(self) -> None:
-        """One round of background work: flush, reconcile if due, refresh live rates."""
+        """One round of background work: sample instances, flush, reconcile, refresh rates."""
+        self.sample()
         await self.flush()
         now = self._clock()
         try:

@@ -2,9 +2,11 @@
 
 Window ``w`` covers [w x W, (w+1) x W) of completion times. It is reconciled once
 ``now >= (w + 2) x W`` (a window of grace for in-flight settlements), by the one replica that
-holds the ``reconcile`` lock: the instance's cost for the window is shared among tenant x model by
-weighted tokens with largest remainders in nano-dollars, so the shares add up to it exactly; a
-window without tokens is booked as idle. Settlements that land after that re-open the window.
+holds the ``reconcile`` lock: the window's cost, its instance-seconds x ``usd_per_hour``, is
+shared among tenant x model by weighted tokens with largest remainders in nano-dollars, so the
+shares add up to it exactly; a window without tokens is booked as idle, and one without
+instance-time (a pool scaled to zero) costs nothing. Settlements, or a larger instance-time,
+that land after that re-open the window.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway.metering.cost import BackendPrice, PriceBook
+from gateway.metering.instances import InstanceTime
 from gateway.tenancy.ledger import Share, WindowLedger, WindowTotals
 
 LOCK = "reconcile"
@@ -23,10 +26,14 @@ RATE_WINDOWS = 5  # closed windows the live rate looks back over
 
 @dataclass(slots=True)
 class OpenWindows:
-    """This replica's not-yet-flushed totals per (backend, window); no I/O."""
+    """This replica's not-yet-flushed totals and instance-time per (backend, window); no I/O."""
 
     window_s: float
     pending: dict[tuple[str, int], WindowTotals] = field(default_factory=dict)
+    instances: InstanceTime = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.instances = InstanceTime(self.window_s)
 
     def observe(
         self, backend: str, t: float, prompt: int, completion: int, weighted: float
@@ -39,18 +46,16 @@ class OpenWindows:
         totals.weighted_tokens += weighted
 
     def take(self) -> dict[tuple[str, int], WindowTotals]:
-        """Everything pending, leaving nothing behind."""
+        """Everything pending, with this replica's instance-seconds so far, leaving nothing."""
         taken, self.pending = self.pending, {}
+        for slot, seconds in self.instances.take().items():
+            taken.setdefault(slot, WindowTotals()).add(WindowTotals(instance_seconds=seconds))
         return taken
 
     def put_back(self, batch: Mapping[tuple[str, int], WindowTotals]) -> None:
         """Return a batch whose flush failed, so the next flush carries it."""
         for slot, part in batch.items():
-            totals = self.pending.setdefault(slot, WindowTotals())
-            totals.requests += part.requests
-            totals.prompt_tokens += part.prompt_tokens
-            totals.completion_tokens += part.completion_tokens
-            totals.weighted_tokens += part.weighted_tokens
+            self.pending.setdefault(slot, WindowTotals()).add(part)
 
 
 def allocate(cost_nano: int, shares: Mapping[tuple[str, str], Share]) -> dict[tuple[str, str], int]:
@@ -99,22 +104,24 @@ class Reconciler:
         done = await self.ledger.reconciled_through(price.name)
         first = last if done is None else max(done + 1, last - MAX_CATCH_UP)
         again = [w for b, w in late if b == price.name and (done is None or w <= done)]
-        for window in [*again, *range(first, last + 1)]:
-            await self.book(price, window)
+        windows = [*again, *range(first, last + 1)]
+        totals = await self.ledger.window_totals(price.name, windows)
+        for window in windows:
+            await self.book(price, window, totals[window].instance_seconds)
         if last >= first:
             await self.ledger.mark_reconciled(price.name, last)
-        return len(again) + max(0, last + 1 - first)
+        return len(windows)
 
-    async def book(self, price: BackendPrice, window: int) -> None:
+    async def book(self, price: BackendPrice, window: int, instance_seconds: float | None) -> None:
         """Reconcile one window of one backend (idempotent)."""
-        cost = price.window_cost_nano(self.window_s)
+        cost = price.window_cost_nano(self.window_s, instance_seconds)
         shares = await self.ledger.window_shares(price.name, window)
         allocation = allocate(cost, shares)
         idle = 0 if allocation else cost
         await self.ledger.book_window(price.name, window, self.window_s, allocation, idle)
 
     async def refresh_rates(self, now: float) -> None:
-        """Live $ per weighted token from the fleet's last closed busy windows."""
+        """Live $ per weighted token: the instance cost of the last closed busy windows."""
         last = math.floor(now / self.window_s) - 1
         windows = list(range(last - RATE_WINDOWS + 1, last + 1))
         for price in self.prices.prices.values():
@@ -123,5 +130,6 @@ class Reconciler:
             totals = await self.ledger.window_totals(price.name, windows)
             busy = [t for t in totals.values() if t.weighted_tokens > 0]
             weighted = sum(t.weighted_tokens for t in busy)
-            cost = len(busy) * price.window_cost_nano(self.window_s) / 1e9
-            self.prices.set_rate(price.name, cost / weighted if weighted else None)
+            nano = sum(price.window_cost_nano(self.window_s, t.instance_seconds) for t in busy)
+            # Busy windows that cost nothing (a count that lagged a scale-up) measure no rate.
+            self.prices.set_rate(price.name, nano / 1e9 / weighted if weighted and nano else None)

@@ -1,13 +1,14 @@
 """The usage ledger's shared shapes: hourly aggregates, window shares, and report grouping.
 
 Both stores keep, per tenant x hour x backend x model, the requests, tokens, provisional cost and
-reconciliation adjustment (all costs in integer nano-dollars), and per tenant x backend x window
-the weighted tokens that instance cost is shared by. ``WindowLedger`` is what metering's
-reconciler needs from a store.
+reconciliation adjustment (all costs in integer nano-dollars), per tenant x backend x window
+the weighted tokens that instance cost is shared by, and per backend x window the instance-time
+that was billed. ``WindowLedger`` is what metering's reconciler needs from a store.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,12 +53,29 @@ class Cell:
 
 @dataclass(slots=True)
 class WindowTotals:
-    """A backend's traffic in one metering window, summed over replicas."""
+    """A backend's traffic and billed instance-time in one metering window.
+
+    Token counts add up over replicas; ``instance_seconds`` is each replica's observation of
+    the same fleet, so the most any replica saw is kept (``None``: nobody observed the window).
+    """
 
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     weighted_tokens: float = 0.0
+    instance_seconds: float | None = None
+
+    def add(self, other: WindowTotals) -> bool:
+        """Merge ``other`` in; whether it raised the instance-seconds observed."""
+        self.requests += other.requests
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.weighted_tokens += other.weighted_tokens
+        seen = other.instance_seconds
+        if seen is None or (self.instance_seconds is not None and seen <= self.instance_seconds):
+            return False
+        self.instance_seconds = seen
+        return True
 
 
 @dataclass(slots=True)
@@ -72,7 +90,11 @@ class WindowLedger(Protocol):
     """What window flushing and reconciliation need from the store."""
 
     async def add_window_totals(self, totals: Mapping[tuple[str, int], WindowTotals]) -> None:
-        """Add one replica's batch of per-backend window totals."""
+        """Add one replica's batch: token increments, and its instance-seconds so far.
+
+        Instance-seconds keep the per-window maximum over replicas; raising it in a window
+        that was already reconciled marks that window late, so it is booked again.
+        """
         ...
 
     async def window_totals(self, backend: str, windows: Sequence[int]) -> dict[int, WindowTotals]:
@@ -161,4 +183,6 @@ def group_rows(cells: Iterable[tuple[Cell, Counters]], group_by: Sequence[str]) 
 
 def hours_between(start: float, end: float) -> range:
     """The hour indexes whose aggregates a [start, end) query reads (hour granularity)."""
-    return range(hour_of(start), hour_of(end - 1e-9) + 1) if end > start else range(0)
+    # ``ceil`` keeps an end on the hour exclusive (``end - epsilon`` rounds back to it at unix
+    # times, where a float's step is ~2e-7 s).
+    return range(hour_of(start), math.ceil(end / 3600)) if end > start else range(0)

@@ -208,17 +208,15 @@ class MemoryStore:
     # WindowLedger
 
     async def add_window_totals(self, totals: Mapping[tuple[str, int], WindowTotals]) -> None:
-        """Add one batch of per-backend window totals."""
-        for slot, part in totals.items():
-            whole = self._totals.setdefault(slot, WindowTotals())
-            whole.requests += part.requests
-            whole.prompt_tokens += part.prompt_tokens
-            whole.completion_tokens += part.completion_tokens
-            whole.weighted_tokens += part.weighted_tokens
+        """Add one replica's batch; see ``WindowLedger``."""
+        for (backend, window), part in totals.items():
+            raised = self._totals.setdefault((backend, window), WindowTotals()).add(part)
+            if raised and window <= self._cursor.get(backend, window - 1):
+                self._late.add((backend, window))
 
     async def window_totals(self, backend: str, windows: Sequence[int]) -> dict[int, WindowTotals]:
-        """Totals of ``backend`` per window."""
-        return {w: self._totals.get((backend, w), WindowTotals()) for w in windows}
+        """Totals of ``backend`` per window (copies: the ledger's own stay unshared)."""
+        return {w: replace(self._totals.get((backend, w), WindowTotals())) for w in windows}
 
     async def window_shares(self, backend: str, window: int) -> dict[tuple[str, str], Share]:
         """Per (tenant, model) shares of a backend window."""

@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from gateway.errors import StoreUnavailable, Unauthenticated
@@ -115,6 +115,7 @@ class RedisStore:
         self._settle = self.redis.register_script(scripts.SETTLE)
         self._book = self.redis.register_script(scripts.BOOK)
         self._unlock = self.redis.register_script(scripts.UNLOCK)
+        self._flush = self.redis.register_script(scripts.FLUSH)
         self._replayer: asyncio.Task[None] | None = None
         self._closing = False
         self._replayed = asyncio.Event()
@@ -464,16 +465,35 @@ class RedisStore:
     # WindowLedger
 
     async def add_window_totals(self, totals: Mapping[tuple[str, int], WindowTotals]) -> None:
-        """Add one replica's batch of per-backend window totals (one pipeline)."""
+        """Add one replica's batch: a script per window, one round trip (see ``WindowLedger``)."""
+        calls = {
+            f"{backend}|{window}": [
+                f"{self._p}:win:{backend}:{window}", part.requests, part.prompt_tokens,
+                part.completion_tokens, repr(part.weighted_tokens),
+                "" if part.instance_seconds is None else repr(part.instance_seconds),
+                RETENTION_S, (window + 1.5) * self._metering_window_s,
+            ]
+            for (backend, window), part in totals.items()
+        }  # fmt: skip
+        answers = await self._flush_windows(calls)
+        missing = {slot: calls[slot] for slot, a in answers.items() if isinstance(a, NoScriptError)}
+        if missing:  # Redis restarted and forgot the script: load it, run only those again
+            await self.redis.script_load(scripts.FLUSH)
+            answers.update(await self._flush_windows(missing))
+        for answer in answers.values():
+            if isinstance(answer, Exception):
+                raise answer
+        late = [slot for slot, answer in answers.items() if int(answer)]
+        if late:
+            await self.redis.sadd(f"{self._p}:late", *late)
+
+    async def _flush_windows(self, calls: Mapping[str, list[Any]]) -> dict[str, Any]:
+        """EVALSHA per window in one pipeline (a registered script would add a round trip)."""
         pipe = self.redis.pipeline(transaction=False)
-        for (backend, window), part in totals.items():
-            key = f"{self._p}:win:{backend}:{window}"
-            pipe.hincrby(key, "n", part.requests)
-            pipe.hincrby(key, "p", part.prompt_tokens)
-            pipe.hincrby(key, "c", part.completion_tokens)
-            pipe.hincrbyfloat(key, "wt", part.weighted_tokens)
-            pipe.expire(key, RETENTION_S)
-        await pipe.execute()
+        for key, *args in calls.values():
+            pipe.evalsha(self._flush.sha, 1, key, *args)
+        answers = await pipe.execute(raise_on_error=False)
+        return dict(zip(calls, answers, strict=True))
 
     async def window_totals(self, backend: str, windows: Sequence[int]) -> dict[int, WindowTotals]:
         """Fleet-wide totals of ``backend`` per window."""
@@ -481,12 +501,7 @@ class RedisStore:
         for window in windows:
             pipe.hgetall(f"{self._p}:win:{backend}:{window}")
         found = await pipe.execute()
-        return {
-            w: WindowTotals(
-                int(d.get("n", 0)), int(d.get("p", 0)), int(d.get("c", 0)), float(d.get("wt", 0))
-            )
-            for w, d in zip(windows, found, strict=True)
-        }
+        return {w: _window_totals(d) for w, d in zip(windows, found, strict=True)}
 
     async def window_shares(self, backend: str, window: int) -> dict[tuple[str, str], Share]:
         """Per (tenant, model) shares of a backend window, read from every tenant's slot."""
@@ -573,3 +588,12 @@ def _cells(tenant: str, hour: int, data: Mapping[str, Any]) -> list[tuple[Cell, 
         elif counter == "adj":
             c.adjust_nano = number
     return list(by_cell.items())
+
+
+def _window_totals(data: Mapping[str, Any]) -> WindowTotals:
+    """Parse one backend-window totals hash (``is``: instance-seconds, absent if unobserved)."""
+    seen = data.get("is")
+    return WindowTotals(
+        int(data.get("n", 0)), int(data.get("p", 0)), int(data.get("c", 0)),
+        float(data.get("wt", 0)), None if seen is None else float(seen),
+    )  # fmt: skip

@@ -142,6 +142,34 @@ redis.call('HINCRBY', KEYS[2], ARGV[3] .. 'adj', string.format('%d', adjust - pr
 return 1
 """
 
+# KEYS: a backend's window totals (fleet-wide)
+# ARGV: requests, prompt, completion, weighted, instance_seconds ("" = not observed),
+#       retention_s, late_after
+# Adds one replica's token counts and keeps the most instance-seconds any replica observed (the
+# replicas watch the same fleet). Returns 1 when that raised a window already reconcilable.
+FLUSH = """
+local key = KEYS[1]
+if ARGV[1] ~= '0' then
+  redis.call('HINCRBY', key, 'n', ARGV[1])
+  redis.call('HINCRBY', key, 'p', ARGV[2])
+  redis.call('HINCRBY', key, 'c', ARGV[3])
+  redis.call('HINCRBYFLOAT', key, 'wt', ARGV[4])
+end
+local raised = false
+if ARGV[5] ~= '' then
+  local seen = redis.call('HGET', key, 'is')
+  if seen == false or tonumber(ARGV[5]) > tonumber(seen) then
+    redis.call('HSET', key, 'is', ARGV[5])
+    raised = true
+  end
+end
+redis.call('EXPIRE', key, ARGV[6])
+if not raised then return 0 end
+local t = redis.call('TIME')
+if tonumber(t[1]) + tonumber(t[2]) / 1000000 >= tonumber(ARGV[7]) then return 1 end
+return 0
+"""
+
 # KEYS: lock; ARGV: token. Deletes the lock only if this replica still holds it.
 UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end

@@ -18,6 +18,7 @@ import pytest
 
 from gateway.metering.service import CostMeter
 from gateway.settings import BackendSettings, MeteringSettings, Price
+from gateway.tenancy.ledger import WindowTotals
 from gateway.tenancy.models import Admission, Limits, UsageRecord
 from gateway.tenancy.redis_store import RedisStore
 
@@ -161,4 +162,17 @@ async def test_every_request_billed_once_through_a_redis_restart(
             if shares:
                 total += int(shares["gemma|pc"]) + int(shares["gemma|adj"])
         assert total == cost_nano, window
+    await store.aclose()
+
+
+@pytest.mark.timeout(30)
+async def test_window_totals_reach_a_redis_that_forgot_its_scripts(server: RedisServer) -> None:
+    store = RedisStore(f"redis://127.0.0.1:{server.port}/0", prefix="tg", metering_window_s=W)
+    batch = {("tpu", 7): WindowTotals(2, 10, 20, 21.25, instance_seconds=1.5)}
+    await store.add_window_totals(batch)
+    await store.redis.script_flush()  # what a restart without persistence of scripts leaves
+    await store.add_window_totals(batch)
+    await store.add_window_totals({("tpu", 7): WindowTotals(instance_seconds=1.0)})
+    # Tokens counted once per flush, instance-seconds the most any flush reported.
+    assert await store.window_totals("tpu", [7]) == {7: WindowTotals(4, 20, 40, 42.5, 1.5)}
     await store.aclose()
