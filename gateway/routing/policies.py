@@ -22,6 +22,7 @@ from gateway.routing.stats import BackendStats
 
 NEAR_TIE = 0.05
 HEADROOM = 0.9  # a prediction right at the objective is a coin toss: keep 10% in hand
+QUEUE_HEADROOM = 0.5  # ... and half of it when the prediction includes a wait for a slot
 BALANCED_COST_WEIGHT = 0.5
 POLICIES = ("cost", "latency", "balanced")
 
@@ -48,6 +49,7 @@ class Estimate:
     tpot_s: float
     usd_per_output_token: float
     load: int
+    queued: bool = False  # predicted to wait for a slot
     fill: float = 0.0  # share of its slots in service that are taken (ties are broken on it)
     expected_tokens: int = 256  # answer length the end-to-end time is predicted for
     healthy: bool = True  # False: the last probe failed; ranked after every healthy one
@@ -61,7 +63,10 @@ class Estimate:
         """Whether the prediction is within the request's objectives (with headroom)."""
         ttft = objectives.max_ttft_s
         tpot = objectives.max_tpot_s
-        return (ttft is None or self.ttft_s <= ttft * HEADROOM) and (
+        # A predicted wait for a slot is the least certain part of a prediction (slots free
+        # in bursts, per instance): planning on one needs twice the margin.
+        room = QUEUE_HEADROOM if self.queued else HEADROOM
+        return (ttft is None or self.ttft_s <= ttft * room) and (
             tpot is None or self.tpot_s <= tpot * HEADROOM
         )
 
@@ -86,6 +91,7 @@ def estimate(
             pool, stats, prompt_tokens, expected_tokens, objectives.tpot_limit_s
         ),
         load=stats.concurrency,
+        queued=stats.concurrency + 1 > stats.planned_slots,
         fill=stats.concurrency / pool.slots if pool.slots else 0.0,
         expected_tokens=expected_tokens,
         healthy=healthy,

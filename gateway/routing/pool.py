@@ -2,9 +2,9 @@
 
 Instance counts come from discovery where the operator configured it (``observe_instances``),
 else from the ``pool`` block and the autoscaler the exported count drives. Slots per instance
-start at the operator's prior and are corrected by the backend's own metrics: a queue that
-persists at the same ``running`` count shows the real slot count, and ``running`` beyond the
-prior raises it.
+start at the operator's prior and are corrected by the backend's own metrics: a queue longer
+than one decode step's arrivals, on consecutive probes, shows the real slot count, and
+``running`` beyond the prior raises it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from adapters.base import LoadSnapshot
 from gateway.routing.stats import Clock
 from gateway.settings import PoolSettings
 
-FULL_PROBES = 3  # probes in a row that must see the same running count behind a queue
+FULL_PROBES = 2  # probes in a row that must see a lasting queue
 PROBE_MARGIN = 0.05  # an unconfirmed slot count is filled this far past before a queue is expected
 
 
@@ -33,8 +33,7 @@ class PoolState:
     slots_per_instance: float = 0.0
     discovered: bool = False  # counts come from discovery, not config
     confirmed: bool = False  # the slot count was seen full, not just assumed from the prior
-    _queued_at: int = 0  # probes in a row that saw a queue with an unchanged running count
-    _running: int = -1  # the running count at the last probe
+    _queued_at: int = 0  # probes in a row that saw a queue no step's arrivals explain
     _booting: list[tuple[float, int]] = field(default_factory=list)  # (ready at, count) asked
     _surplus_since: float | None = None
 
@@ -59,8 +58,8 @@ class PoolState:
         A prior that understates the slots would otherwise never be corrected: running
         beyond it is what raises the count, and the first full queue is what confirms it.
         """
-        if self.confirmed:
-            return self.slots
+        if self.confirmed or self._queued_at:
+            return self.slots  # confirmed, or a queue no step explains was just seen
         return self.ready * (self.slots_per_instance * (1 + PROBE_MARGIN) + 1)
 
     @property
@@ -80,8 +79,13 @@ class PoolState:
         self.discovered = True
         self.ready, self.up = float(ready), float(max(up, ready))
 
-    def observe_load(self, snapshot: LoadSnapshot, in_flight: int) -> None:
-        """Learn slots per instance from the backend's own running and waiting counts."""
+    def observe_load(self, snapshot: LoadSnapshot, in_flight: int,
+                     arrivals_per_step: float = 0.0) -> None:
+        """Learn slots per instance from the backend's own running and waiting counts.
+
+        ``arrivals_per_step``: requests this router sends the backend in one decode step;
+        that many may wait for the next step without any slot being short.
+        """
         if not self.discovered and self.elastic:
             self._count_from_health(snapshot.healthy)
         if not snapshot.healthy or self.ready <= 0:
@@ -93,13 +97,12 @@ class PoolState:
         if running is None:
             return
         per = running / self.ready
-        # A queue at every instance (balancers send to the least loaded) on three probes
-        # in a row with the same number running: every slot is taken. A queue that only
-        # waits for the next decode step comes and goes, with a changing count.
-        queued = (snapshot.waiting or 0) >= self.ready and running > 0
-        self._queued_at = self._queued_at + 1 if queued and running == self._running else 0
-        self._running = running
-        if self._queued_at >= FULL_PROBES - 1:
+        # More waiting than one step's arrivals can explain, at every instance (balancers
+        # send to the least loaded), on two probes in a row: every slot is taken.
+        transient = max(2.0 * arrivals_per_step, self.ready)
+        queued = (snapshot.waiting or 0) > transient and running > 0
+        self._queued_at = self._queued_at + 1 if queued else 0
+        if self._queued_at >= FULL_PROBES:
             self.slots_per_instance = max(1.0, per)
             self.confirmed = True
         elif per > self.slots_per_instance:

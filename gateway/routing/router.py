@@ -78,7 +78,7 @@ class _Member:
 
     def sync(self) -> None:
         """Hand the pool view's slot and instance counts to the stats that predict on them."""
-        self.stats.resize(self.pool.planned_slots, self.pool.ready)
+        self.stats.resize(self.pool.slots, self.pool.planned_slots, self.pool.ready)
 
 
 def _member(backend: Backend, config: BackendSettings, settings: RoutingSettings,
@@ -372,7 +372,9 @@ class Router:
             log.info("backend %s healthy=%s %s", name, snapshot.healthy, snapshot.detail)
         member.healthy, member.probed = snapshot.healthy, True
         member.stats.observe_load(snapshot)
-        member.pool.observe_load(snapshot, member.stats.in_flight)
+        stats = member.stats
+        step = stats.tpot_at(stats.concurrency / max(member.pool.ready, 1.0))
+        member.pool.observe_load(snapshot, stats.in_flight, stats.start_rate * step)
         member.sync()
 
     async def probe_all(self) -> None:

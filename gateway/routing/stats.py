@@ -60,11 +60,15 @@ class BackendStats:
     error_rate: float = 0.0
     load: LoadSnapshot | None = None
     slots: float = 0.0  # decode slots in service (all instances), as the pool view counts them
+    planned_slots: float = 0.0  # what routing fills before predicting a wait (>= slots)
     instances: float = 1.0  # instances in service, as the pool view counts them
     recent_ttft: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     recent_tpot: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     # starts still awaiting a token: (when, whether every slot was taken at the time)
     _pending: deque[tuple[float, bool]] = field(default_factory=deque)
+    start_rate: float = 0.0  # requests sent per second between the last two probes
+    _starts: int = 0
+    _starts_at: float = 0.0
     _prefilling: int = 0  # of those, the ones that had a slot (their prefill is under way)
     shares_prefill: bool = True  # its instances prefill new requests in turn (not an API)
     _served: deque[tuple[float, int]] = field(default_factory=deque)
@@ -81,6 +85,7 @@ class BackendStats:
     def __post_init__(self) -> None:
         if not self.slots:
             self.slots = float(self.prior.max_concurrency)
+        self.planned_slots = max(self.planned_slots, self.slots)
         self._area_at = self.clock()
 
     def _advance(self) -> None:
@@ -179,12 +184,21 @@ class BackendStats:
         """Take the backend's own load report (its running and waiting counts)."""
         self._advance()
         self.load = snapshot
+        now = self.clock()
+        if now > self._starts_at:
+            self.start_rate = (self.requests - self._starts) / (now - self._starts_at)
+        self._starts, self._starts_at = self.requests, now
         self._advance()
 
-    def resize(self, slots: float, instances: float) -> None:
-        """The slots and instances in service changed (the pool view's count)."""
+    def resize(self, slots: float, planned: float, instances: float) -> None:
+        """The slots and instances in service changed (the pool view's count).
+
+        ``planned`` may exceed ``slots`` while the count is unconfirmed: routing fills that
+        far before it predicts a wait, but a request sent past ``slots`` may have waited,
+        so its TTFT is not learned as the backend's own.
+        """
         self._advance()
-        self.slots, self.instances = slots, instances
+        self.slots, self.planned_slots, self.instances = slots, planned, instances
         self._advance()
 
     @property
@@ -258,7 +272,7 @@ class BackendStats:
             # Each request still in prefill on an instance goes before this one: a burst
             # sent to one backend is predicted as slow as it will be, not as its average.
             base *= 1.0 + self._prefilling / max(self.instances, 1.0)
-        over = self.concurrency + extra - self.slots
+        over = self.concurrency + extra - self.planned_slots
         if over > 0:
             # Wait for ``over`` slots to free, counted near the 99th percentile rather
             # than the mean, plus one more: slots free in bursts with gaps between them.

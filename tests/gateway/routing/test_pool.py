@@ -20,7 +20,7 @@ def _probe(pool: PoolState, running: int, waiting: int, times: int = 1) -> None:
 
 def test_a_prior_that_overstates_the_slots_is_corrected_by_a_lasting_queue() -> None:
     pool = PoolState(RESERVED, prior_slots=256)
-    _probe(pool, running=256, waiting=40, times=2)  # two probes are not yet enough
+    _probe(pool, running=256, waiting=40)  # one probe is not yet enough
     assert pool.slots_per_instance == 256 and not pool.confirmed
     _probe(pool, running=256, waiting=40)
     assert pool.slots_per_instance == 128 and pool.confirmed
@@ -29,8 +29,9 @@ def test_a_prior_that_overstates_the_slots_is_corrected_by_a_lasting_queue() -> 
 
 def test_a_queue_that_waits_for_the_next_step_does_not_lower_the_count() -> None:
     pool = PoolState(RESERVED, prior_slots=256)
-    for running in (300, 301, 299, 305, 302):  # busy, a few waiting, the count moving
-        _probe(pool, running=running, waiting=3)
+    for running in (300, 301, 299, 305, 302):  # busy, one step's arrivals waiting
+        pool.observe_load(LoadSnapshot(healthy=True, running=running, waiting=6), 0,
+                          arrivals_per_step=3.0)
     assert pool.slots_per_instance == 256 and not pool.confirmed
 
 

@@ -273,8 +273,8 @@ def test_a_wait_for_a_slot_is_not_learned_as_the_backends_ttft() -> None:
     for _ in range(2):
         router.attempt_started("a", retry=False)
         router.first_token("a", 0.1)
-    for _ in range(3):  # the upstream shows them full: a queue behind the same two
-        router.observe_load("a", LoadSnapshot(healthy=True, running=2, waiting=1))
+    for _ in range(2):  # the upstream shows them full: a queue behind the two running
+        router.observe_load("a", LoadSnapshot(healthy=True, running=2, waiting=6))
     for _ in range(6):  # full: these queued, and their first tokens came late
         router.attempt_started("a", retry=False)
     for _ in range(6):
@@ -288,13 +288,13 @@ def test_a_filled_batch_that_has_not_started_ending_is_not_queued_on() -> None:
                          _config("dear", price={"usd_per_mtok_output": 50.0}, capacity=PRIOR)],
                         clock)
     # The slot count is confirmed: a queue behind the same 4 running on three probes.
-    for _ in range(3):
-        router.observe_load("cheap", LoadSnapshot(healthy=True, running=4, waiting=1))
+    for _ in range(2):
+        router.observe_load("cheap", LoadSnapshot(healthy=True, running=4, waiting=2))
     router.observe_load("cheap", LoadSnapshot(healthy=True, running=0, waiting=0))
     for _ in range(4):  # filled at once: nothing will end for a whole answer
         router.attempt_started("cheap", retry=False)
         router.first_token("cheap", 0.1)
-    objectives = Objectives(max_ttft_s=1.0)
+    objectives = Objectives(max_ttft_s=2.0)
     assert _first(router, objectives) == "dear"
     for _ in range(100):  # answers end often now: one more can wait for a slot
         clock.now += 0.1
