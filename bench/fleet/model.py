@@ -207,8 +207,10 @@ class Pool(SimBackend):
         Service with no ready endpoint does.
         """
         ready = [i for i in self.instances if i.ready]
-        running = sum(len(i.active) for i in self.instances)
-        waiting = len(self.pending) + sum(len(i.queue) for i in self.instances)
+        # A scrape through the Service reaches ready instances only; one draining its last
+        # requests has left the endpoint list.
+        running = sum(len(i.active) for i in ready)
+        waiting = len(self.pending) + sum(len(i.queue) for i in ready)
         detail = f"{len(ready)}/{len(self.instances)} instances ready"
         if not ready:
             return LoadSnapshot(False, detail=detail)

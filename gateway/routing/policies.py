@@ -49,7 +49,7 @@ class Estimate:
     tpot_s: float
     usd_per_output_token: float
     load: int
-    queued: bool = False  # predicted to wait for a slot
+    queued: bool = False  # past the slots known to be free: it may wait for one
     fill: float = 0.0  # share of its slots in service that are taken (ties are broken on it)
     expected_tokens: int = 256  # answer length the end-to-end time is predicted for
     healthy: bool = True  # False: the last probe failed; ranked after every healthy one
@@ -91,7 +91,7 @@ def estimate(
             pool, stats, prompt_tokens, expected_tokens, objectives.tpot_limit_s
         ),
         load=stats.concurrency,
-        queued=stats.concurrency + 1 > stats.planned_slots,
+        queued=price.hourly and stats.concurrency + 1 > stats.slots,
         fill=stats.concurrency / pool.slots if pool.slots else 0.0,
         expected_tokens=expected_tokens,
         healthy=healthy,
@@ -121,6 +121,10 @@ def rank(
     pool = [e for e in estimates if e.meets(objectives)]
     if not pool:
         pool, policy = list(estimates), "latency"  # nobody meets them: get as close as we can
+    elif not all(e.queued for e in pool):
+        # A wait for a slot is the least certain part of any prediction: while someone has
+        # a slot known to be free, nobody is planned to queue (or probe an unconfirmed count).
+        pool = [e for e in pool if not e.queued]
     # Free slots on paid-for capacity cost nothing: weigh the others against the cheapest
     # priced one, so ``balanced`` still tells an API from an elastic pool.
     priced = [e.usd_per_output_token for e in pool if e.usd_per_output_token > 0]

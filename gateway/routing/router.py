@@ -22,7 +22,7 @@ from gateway.routing.breaker import CircuitBreaker
 from gateway.routing.policies import Estimate, Objectives, estimate, rank
 from gateway.routing.pool import PoolState
 from gateway.routing.pricing import SlotPrice
-from gateway.routing.scaling import DemandRate, Offer, allocate
+from gateway.routing.scaling import Offer, allocate
 from gateway.routing.stats import BackendStats, Clock
 from gateway.settings import BackendSettings, RoutingSettings, TimeoutSettings
 
@@ -116,7 +116,11 @@ class Router:
         self._rng = random.Random(seed)
         self._answer_tokens: float | None = None  # EWMA of finished answers' output tokens
         self._prompt_tokens: float | None = None  # EWMA of planned requests' prompt tokens
-        self._groups: dict[frozenset[str], DemandRate] = {}  # demand per candidate set
+        # Backends that share a model share its demand: each set is sized together.
+        self._groups = {
+            frozenset(n for n, m in self._members.items() if model in m.backend.models)
+            for b in backends for model in b.models
+        }
         self.objectives = Objectives(
             None if settings.max_ttft_ms is None else settings.max_ttft_ms / 1000,
             None if settings.max_tpot_ms is None else settings.max_tpot_ms / 1000,
@@ -196,8 +200,6 @@ class Router:
         ranked = rank(policy, healthy, objectives, self._rng)
         if len(ranked) > 1:
             self._explore(ranked, objectives, now)
-        group = self._groups.setdefault(frozenset(b.name for b in candidates), DemandRate())
-        group.add(expected, now)
         if sick:
             ranked += rank("latency", sick, Objectives(), self._rng)
         return ranked
@@ -292,18 +294,31 @@ class Router:
         settings = pool.settings
         if not pool.elastic:
             return settings.instances
-        now = self.clock()
         allocated = settings.min_instances
-        for names, demand in self._groups.items():
+        for names in self._groups:
             if m.backend.name in names:
-                offers = [self._offer(self._members[n]) for n in names]
-                allocated = max(allocated, allocate(demand.rate(now), offers)[m.backend.name])
+                group = [self._members[n] for n in names]
+                demand = sum(self._tokens_per_s(x) for x in group)
+                offers = [self._offer(x) for x in group]
+                allocated = max(allocated, allocate(demand, offers)[m.backend.name])
         # Work already past the warm floor keeps the instances it fills at the target (a
         # partly filled one is the allocation's call: it may be cheaper at the API).
         fill = max(1e-9, pool.slots_per_instance * settings.target_utilisation)
         past = max(0.0, m.stats.concurrency - pool.sunk_slots)
         busy = settings.min_instances + math.floor(past / fill)
         return min(settings.max_instances, max(allocated, busy))
+
+    def _tokens_per_s(self, m: _Member) -> float:
+        """Output tokens/s the work on ``m`` asks for now: each request there, running or
+        waiting for a slot, at the rate a slot decodes at its batch (Little's law, so long
+        answers still running count as much as the short ones that have finished)."""
+        stats = m.stats
+        if not stats.concurrency:
+            return 0.0
+        if not m.price.hourly:
+            return stats.concurrency / stats.tpot_at(1.0)
+        per_instance = min(stats.concurrency, m.pool.slots) / max(m.pool.ready, 1.0)
+        return stats.concurrency / stats.tpot_at(per_instance)
 
     def _offer(self, m: _Member) -> Offer:
         """What ``m`` offers the allocation, from its price, pool view and measurements."""

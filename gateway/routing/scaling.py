@@ -1,10 +1,11 @@
 """The autoscaling signal: how many instances each pool should have for the demand routing sees.
 
-The demand (output tokens per second the router is asked for) is met the cheapest way the fleet
-allows, the way the cost policy routes it: capacity paid whether used or not first (reserved
-instances, warm floors), then elastic pools in order of their price per token at the target
-fill, each up to its ceiling, then per-token APIs. A pool's last, partly filled instance is
-added only while the tokens it would take cost more at the API than the instance does.
+The demand (output tokens per second the work on a model's backends asks for) is met the
+cheapest way the fleet allows, the way the cost policy routes it: capacity paid whether used
+or not first (reserved instances, warm floors), then elastic pools in order of their price per
+token at the target fill, each up to its ceiling, then per-token APIs. A pool's last, partly
+filled instance is added only while the tokens it would take cost more at the API than the
+instance does.
 """
 
 from __future__ import annotations
@@ -71,28 +72,3 @@ def _add(o: Offer, room: int, remaining: float, api: float, wanted: dict[str, in
         extra += 1  # the partly filled last instance costs less than the API would
     wanted[o.name] += extra
     return remaining - extra * cap
-
-
-@dataclass(slots=True)
-class DemandRate:
-    """Output tokens per second asked of a group of backends, decayed over ``horizon_s``."""
-
-    horizon_s: float = 30.0
-    _sum: float = 0.0
-    _at: float = 0.0
-    _began: float | None = None
-
-    def add(self, tokens: float, now: float) -> None:
-        """A request expecting ``tokens`` output tokens was planned at ``now``."""
-        if self._began is None:
-            self._began = now
-        self._sum = self._sum * math.exp((self._at - now) / self.horizon_s) + tokens
-        self._at = now
-
-    def rate(self, now: float) -> float:
-        """Tokens per second, over the weight the window has had so far (no slow start)."""
-        if self._began is None:
-            return 0.0
-        decayed = self._sum * math.exp((self._at - now) / self.horizon_s)
-        span = max(1.0, now - self._began)
-        return decayed / (self.horizon_s * -math.expm1(-span / self.horizon_s))

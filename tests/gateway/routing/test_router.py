@@ -11,7 +11,7 @@ from adapters.base import Capabilities, LoadSnapshot, Overloaded, Unavailable
 from gateway.errors import InvalidRequest
 from gateway.openai.generation import open_generation
 from gateway.routing.breaker import BreakerState
-from gateway.routing.policies import Objectives
+from gateway.routing.policies import Estimate, Objectives
 from gateway.routing.router import Needs, Router
 from gateway.settings import BackendSettings, RoutingSettings
 from tests.gateway.doubles import Script, ScriptedBackend
@@ -84,8 +84,9 @@ def test_cost_fills_paid_for_slots_then_the_cheapest_pool_then_the_api() -> None
         plan = router.plan(router.backends, "cost", objectives, 100, 100)
         chosen.append(plan[0].backend.name)
         router.attempt_started(plan[0].backend.name, retry=False)
-    # Each instance takes its 4 slots and a 5% probe past an unconfirmed count (one more).
-    assert chosen == ["reserved"] * 5 + ["cheap"] * 5 + ["dear"] * 4
+    # Each instance takes the 4 slots it is known to have; past them it might queue, so
+    # the next backend with a slot known to be free goes first, down to the API.
+    assert chosen == ["reserved"] * 4 + ["cheap"] * 4 + ["dear"] * 4 + ["api"] * 2
 
 
 def test_elastic_price_follows_measured_throughput_not_a_price_list() -> None:
@@ -95,7 +96,7 @@ def test_elastic_price_follows_measured_throughput_not_a_price_list() -> None:
     for name in ("a", "b"):
         _up(router, name, 1)
     assert {_first(router) for _ in range(20)} == {"a", "b"}  # a tie: both get picked
-    for _ in range(5):  # "a" turns out three times slower per token than its prior says
+    for _ in range(150):  # "a" turns out three times slower per token than its prior says
         router.attempt_started("a", retry=False)
         router.first_token("a", 0.1)
         router.finished("a", ok=True, output_tokens=101, decode_s=3.0 * 0.01 * 100)
@@ -287,7 +288,7 @@ def test_a_filled_batch_that_has_not_started_ending_is_not_queued_on() -> None:
     router, _ = _router([_config("cheap", price={"usd_per_hour": 1.0}, capacity=PRIOR),
                          _config("dear", price={"usd_per_mtok_output": 50.0}, capacity=PRIOR)],
                         clock)
-    # The slot count is confirmed: a queue behind the same 4 running on three probes.
+    # The slot count is confirmed: a queue behind the 4 running on two probes.
     for _ in range(2):
         router.observe_load("cheap", LoadSnapshot(healthy=True, running=4, waiting=2))
     router.observe_load("cheap", LoadSnapshot(healthy=True, running=0, waiting=0))
@@ -295,21 +296,27 @@ def test_a_filled_batch_that_has_not_started_ending_is_not_queued_on() -> None:
         router.attempt_started("cheap", retry=False)
         router.first_token("cheap", 0.1)
     objectives = Objectives(max_ttft_s=2.0)
+
+    def cheap() -> Estimate:
+        plan = router.plan(router.backends, "cost", objectives, 100, 100)
+        return next(e for e in plan if e.backend.name == "cheap")
+
+    assert cheap().queued and not cheap().meets(objectives)
     assert _first(router, objectives) == "dear"
     for _ in range(100):  # answers end often now: one more can wait for a slot
         clock.now += 0.1
         router.finished("cheap", ok=True, output_tokens=2, decode_s=0.01)
         router.attempt_started("cheap", retry=False)
         router.first_token("cheap", 0.1)
-    assert _first(router, objectives) == "cheap"
+    assert cheap().queued and cheap().meets(objectives)
 
 
-def _scaling_fleet(clock: Clock, **pool_a: Any) -> Router:
+def _scaling_fleet(clock: Clock, api_usd_per_mtok: float = 400.0, **pool_a: Any) -> Router:
     configs = [
         _config("reserved", price={"usd_per_hour": 1.0}, capacity=PRIOR),
         _elastic("pool-a", 2.0, PRIOR, **pool_a),
         _elastic("pool-b", 2.5, PRIOR),
-        _config("api", price={"usd_per_mtok_output": 400.0}, capacity=PRIOR),
+        _config("api", price={"usd_per_mtok_output": api_usd_per_mtok}, capacity=PRIOR),
     ]
     router, _ = _router(configs, clock)
     router.observe_load("reserved", LoadSnapshot(healthy=True, running=0, waiting=0))
@@ -319,38 +326,38 @@ def _scaling_fleet(clock: Clock, **pool_a: Any) -> Router:
     return router
 
 
-def _offer_load(router: Router, clock: Clock, per_s: int, seconds: int) -> None:
-    for _ in range(seconds * per_s):
-        plan = router.plan(router.backends, "cost", Objectives(max_ttft_s=1.0), 100, 100)
-        router.attempt_started(plan[0].backend.name, retry=False)
-        clock.now += 1.0 / per_s
+def _in_flight(router: Router, **requests: int) -> None:
+    for name, count in requests.items():
+        for _ in range(count):
+            router.attempt_started(name, retry=False)
 
 
 def test_demand_past_paid_capacity_asks_only_the_cheapest_pool_to_grow() -> None:
-    clock = Clock()
-    router = _scaling_fleet(clock)
-    # 10 requests/s of 100 tokens = 1,000 tokens/s. The reserved instance serves ~320 at
-    # its target fill; each pool instance the same. The API's $400/1M makes a partly
-    # filled instance worth it, so pool-a (the cheaper) is asked for the rest, pool-b for
-    # nothing, and the count is exported through ``desired_instances``.
-    _offer_load(router, clock, 10, 30)
+    router = _scaling_fleet(Clock())
+    # A slot decodes 100 tokens/s (TPOT 10 ms): 4 running on the reserved instance and 6 at
+    # the API ask for 1,000 tokens/s. The reserved instance serves 320 at its target fill,
+    # each pool instance the same: two full ones and a third whose 40 tokens/s would cost
+    # more at the API's $400/1M than the instance's $2/hour.
+    _in_flight(router, reserved=4, api=6)
     wanted = {n: router.desired_instances(n) for n in ("pool-a", "pool-b", "reserved")}
     assert wanted == {"pool-a": 3, "pool-b": 0, "reserved": 1}
 
 
 def test_a_pool_at_its_ceiling_passes_the_rest_to_the_next() -> None:
-    clock = Clock()
-    router = _scaling_fleet(clock, max_instances=1)
-    _offer_load(router, clock, 10, 30)
+    router = _scaling_fleet(Clock(), max_instances=1)
+    _in_flight(router, reserved=4, api=6)
     assert router.desired_instances("pool-a") == 1
     assert router.desired_instances("pool-b") == 2
 
 
-def test_an_instance_that_would_cost_more_than_the_api_is_not_asked_for() -> None:
-    clock = Clock()
-    router = _scaling_fleet(clock)
-    _offer_load(router, clock, 1, 60)  # 100 tokens/s: a third of the reserved instance
+def test_a_partly_filled_instance_is_asked_for_only_when_it_costs_less_than_the_api() -> None:
+    # pool-a costs $1.74/1M filled; the API $3/1M: a partly filled instance ($2/hour) pays
+    # from 185 tokens/s on.
+    router = _scaling_fleet(Clock(), api_usd_per_mtok=3.0)
+    _in_flight(router, reserved=4, api=1)  # 180 tokens/s past the reserved instance
     assert router.desired_instances("pool-a") == 0
+    _in_flight(router, api=1)  # 280
+    assert router.desired_instances("pool-a") == 1
     assert router.desired_instances("pool-b") == 0
 
 
@@ -364,7 +371,7 @@ def test_without_discovery_the_pool_count_follows_what_was_asked() -> None:
     ], clock)
     router.observe_load("pool", LoadSnapshot(healthy=False))
     assert router.billed_instances("pool") == 0
-    _offer_load(router, clock, 10, 30)
+    _in_flight(router, api=20)
     assert router.desired_instances("pool") == 4
     assert router.billed_instances("pool") == 4  # billed from the ask, serving a boot later
     assert router.pool("pool").ready == 0

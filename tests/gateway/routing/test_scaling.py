@@ -1,10 +1,10 @@
-"""The allocation behind the autoscaling signal, and the demand rate it is fed."""
+"""The allocation behind the autoscaling signal."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.routing.scaling import DemandRate, Offer, allocate
+from gateway.routing.scaling import Offer, allocate
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -46,11 +46,3 @@ def test_instances_already_up_are_kept_unless_another_pool_is_clearly_cheaper() 
 
 def test_without_an_api_every_token_needs_an_instance() -> None:
     assert allocate(2100, [_pool("only", 1e-6)]) == {"only": 3}
-
-
-def test_demand_rate_reads_at_its_rate_from_the_start() -> None:
-    demand = DemandRate(horizon_s=30.0)
-    for i in range(50):
-        demand.add(100, i * 0.1)  # 1,000 tokens/s for five seconds
-    assert demand.rate(5.0) == pytest.approx(1000, rel=0.1)
-    assert demand.rate(200.0) < 10
