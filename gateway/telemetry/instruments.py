@@ -348,6 +348,20 @@ def watch_fleet(
     def requests_in_flight(_: CallbackOptions) -> Iterable[Observation]:
         yield Observation(in_flight())
 
+    def pool_counts(key: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(_: CallbackOptions) -> Iterable[Observation]:
+            for name, h in health().items():
+                counts = h.get("instances")
+                if not isinstance(counts, Mapping):
+                    continue
+                if key == "desired":
+                    yield Observation(counts["desired"], _backend(name, kinds))
+                    continue
+                for state in ("ready", "up"):
+                    attrs = {**_backend(name, kinds), sc.TOLLGATE_INSTANCE_STATE: state}
+                    yield Observation(counts[state], attrs)
+        return observe
+
     meter.create_observable_gauge(
         sc.METRIC_BACKEND_HEALTHY, [healthy], unit="1", description="1 when the last probe passed"
     )
@@ -362,6 +376,18 @@ def watch_fleet(
         [backend_in_flight],
         unit="{request}",
         description="Generations in flight per backend",
+    )
+    meter.create_observable_gauge(
+        sc.METRIC_POOL_DESIRED,
+        [pool_counts("desired")],
+        unit="{instance}",
+        description="Instances the router wants per backend: what a pool's autoscaler tracks",
+    )
+    meter.create_observable_gauge(
+        sc.METRIC_POOL_INSTANCES,
+        [pool_counts("instances")],
+        unit="{instance}",
+        description="Instances per backend as routing sees them: ready, and up (billed)",
     )
     meter.create_observable_up_down_counter(
         sc.METRIC_IN_FLIGHT,

@@ -88,6 +88,11 @@ METRIC_TENANT_BUDGET: Final = "tollgate.tenant.budget"  # tollgate_tenant_budget
 METRIC_BACKEND_HEALTHY: Final = "tollgate.backend.healthy"
 METRIC_BACKEND_BREAKER: Final = "tollgate.backend.breaker"  # 1 for the current state
 METRIC_BACKEND_IN_FLIGHT: Final = "tollgate.backend.in_flight"
+# The autoscaling signal: instances the router wants per pool (HPA/KEDA scale on it), and
+# the instances it sees, by state ("ready" serving, "up" billed including booting).
+METRIC_POOL_DESIRED: Final = "tollgate.pool.desired_instances"
+METRIC_POOL_INSTANCES: Final = "tollgate.pool.instances"
+TOLLGATE_INSTANCE_STATE: Final = "tollgate.instance.state"
 
 # Bucket boundaries the GenAI conventions recommend for each histogram.
 DURATION_BUCKETS: Final = (

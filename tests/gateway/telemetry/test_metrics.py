@@ -126,3 +126,15 @@ def test_no_providers_means_no_spans_and_no_metrics_endpoint(traced: Factory) ->
     )
     with LiveServer(app) as server:
         assert httpx.get(f"{server.url}/metrics").status_code == 404
+
+
+def test_the_pool_gauges_export_what_the_router_wants_and_sees(traced: Factory) -> None:
+    gw = traced([ScriptedBackend("cheap"), ScriptedBackend("dear")])
+    data = gw.collect()
+    desired = {
+        (p.attributes or {})[sc.TOLLGATE_BACKEND]: p.value  # type: ignore[union-attr]
+        for p in where(data, sc.METRIC_POOL_DESIRED)
+    }
+    assert desired == {"cheap": 1, "dear": 1}  # one reserved instance each, by default
+    ready = where(data, sc.METRIC_POOL_INSTANCES, tollgate__instance__state="ready")
+    assert sorted(p.value for p in ready) == [1, 1]  # type: ignore[union-attr]
