@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -96,6 +97,9 @@ class CapacityPrior(_Strict):
     max_concurrency: int = Field(64, ge=1)
 
 
+_DISCOVERY = re.compile(r"dns://[^/:]+:\d+|k8s://[a-z0-9-]+/[a-z0-9-]+")
+
+
 class PoolSettings(_Strict):
     """How a backend's instances are paid for and scaled: what its marginal token costs.
 
@@ -121,6 +125,8 @@ class PoolSettings(_Strict):
     def _bounds(self) -> PoolSettings:
         if self.billing == "elastic" and self.min_instances > self.max_instances:
             raise ValueError("min_instances must not exceed max_instances")
+        if self.discovery is not None and not _DISCOVERY.fullmatch(self.discovery):
+            raise ValueError("discovery: use dns://name:port or k8s://namespace/service")
         return self
 
     @property

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from adapters.base import Backend, BackendError, BadRequest, Capabilities, LoadSnapshot, Overloaded
 from gateway.errors import InvalidRequest
 from gateway.routing.breaker import CircuitBreaker
+from gateway.routing.discovery import Discovery, KubernetesDiscovery, discovery_for
 from gateway.routing.policies import Estimate, Objectives, estimate, rank
 from gateway.routing.pool import PoolState
 from gateway.routing.pricing import SlotPrice
@@ -75,6 +76,7 @@ class _Member:
     healthy: bool = False
     probed: bool = False
     measured_at: float | None = None  # when an answer last finished here
+    discovery: Discovery | None = None  # where its instances are listed, if configured
 
     def sync(self) -> None:
         """Hand the pool view's slot and instance counts to the stats that predict on them."""
@@ -93,6 +95,7 @@ def _member(backend: Backend, config: BackendSettings, settings: RoutingSettings
         pool=pool,
         price=SlotPrice(config.price),
         breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s),
+        discovery=discovery_for(config.pool.discovery) if config.pool.discovery else None,
     )
     member.sync()
     return member
@@ -398,6 +401,12 @@ class Router:
 
     async def _probe(self, member: _Member) -> None:
         timeout = member.config.timeouts.connect_s * 2
+        if member.discovery is not None:
+            try:
+                found = await asyncio.wait_for(member.discovery.endpoints(), timeout)
+                self.observe_instances(member.backend.name, found.ready, found.up)
+            except Exception as exc:  # the last count stands until a lookup works again
+                log.warning("discovery for %s failed: %s", member.backend.name, exc)
         try:
             snapshot = await asyncio.wait_for(member.backend.probe(), timeout)
         except Exception as exc:  # any probe failure means unhealthy
@@ -422,3 +431,6 @@ class Router:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_task
         await asyncio.gather(*(m.backend.aclose() for m in self._members.values()))
+        for m in self._members.values():
+            if isinstance(m.discovery, KubernetesDiscovery):
+                await m.discovery.aclose()

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.cli import config_problems, main
-from gateway.settings import load_settings, parse_settings
+from gateway.settings import BackendSettings, PoolSettings, load_settings, parse_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,3 +54,23 @@ def test_check_config_reports_every_problem_with_its_path(
     assert "server.port" in capsys.readouterr().out
     assert main(["check-config", str(ROOT / "config" / "tollgate.yaml")]) == 0
     assert config_problems(str(tmp_path / "missing.yaml"))[0].startswith("cannot read")
+
+
+def test_a_fleet_file_with_scaling_in_its_simulate_block_gets_a_production_pool() -> None:
+    legacy = BackendSettings.model_validate({
+        "name": "gpu", "kind": "vllm", "url": "http://x", "models": {"m": "m"},
+        "price": {"usd_per_hour": 2.0},
+        "simulate": {"slots": 8, "prefill_tokens_per_s": 1000, "decode_step_s": {1: 0.01},
+                     "always_on": False, "min_instances": 1, "max_instances": 6,
+                     "scale_up_s": 45, "scale_down_idle_s": 90},
+    })
+    assert legacy.pool.billing == "elastic"
+    assert (legacy.pool.min_instances, legacy.pool.max_instances) == (1, 6)
+    assert (legacy.pool.scale_up_s, legacy.pool.scale_down_s) == (45, 90)
+    assert legacy.pool.sunk_instances == 1
+
+
+def test_pool_discovery_must_name_dns_or_kubernetes() -> None:
+    assert PoolSettings(discovery="k8s://inference/vllm").discovery == "k8s://inference/vllm"
+    with pytest.raises(ValidationError, match="dns://name:port"):
+        PoolSettings(discovery="http://pool")
