@@ -50,6 +50,7 @@ class Estimate:
     usd_per_output_token: float
     load: int
     queued: bool = False  # past the slots known to be free: it may wait for one
+    probing: bool = False  # ... but within an unconfirmed slot count, where none was seen full
     fill: float = 0.0  # share of its slots in service that are taken (ties are broken on it)
     expected_tokens: int = 256  # answer length the end-to-end time is predicted for
     healthy: bool = True  # False: the last probe failed; ranked after every healthy one
@@ -92,6 +93,7 @@ def estimate(
         ),
         load=stats.concurrency,
         queued=price.hourly and stats.concurrency + 1 > stats.slots,
+        probing=price.hourly and stats.slots < stats.concurrency + 1 <= stats.planned_slots,
         fill=stats.concurrency / pool.slots if pool.slots else 0.0,
         expected_tokens=expected_tokens,
         healthy=healthy,

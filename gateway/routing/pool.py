@@ -16,6 +16,7 @@ from adapters.base import LoadSnapshot
 from gateway.routing.stats import Clock
 from gateway.settings import PoolSettings
 
+CONFIRMED_S = 300.0  # a slot count seen full is trusted this long, then probed again
 FULL_PROBES = 2  # probes in a row that must see a lasting queue
 PROBE_MARGIN = 0.05  # an unconfirmed slot count is filled this far past before a queue is expected
 
@@ -32,7 +33,7 @@ class PoolState:
     up: float = 0.0  # instances billed now: ready plus booting
     slots_per_instance: float = 0.0
     discovered: bool = False  # counts come from discovery, not config
-    confirmed: bool = False  # the slot count was seen full, not just assumed from the prior
+    _confirmed_at: float | None = None  # when a lasting queue last showed the slots full
     _queued_at: int = 0  # probes in a row that saw a queue no step's arrivals explain
     _booting: list[tuple[float, int]] = field(default_factory=list)  # (ready at, count) asked
     _surplus_since: float | None = None
@@ -58,9 +59,20 @@ class PoolState:
         A prior that understates the slots would otherwise never be corrected: running
         beyond it is what raises the count, and the first full queue is what confirms it.
         """
-        if self.confirmed or self._queued_at:
+        if self.confirmed or self.queue_seen:
             return self.slots  # confirmed, or a queue no step explains was just seen
         return self.ready * (self.slots_per_instance * (1 + PROBE_MARGIN) + 1)
+
+    @property
+    def confirmed(self) -> bool:
+        """The slot count was seen full lately, not just assumed (it may change: re-probed)."""
+        at = self._confirmed_at
+        return at is not None and self.clock() - at < CONFIRMED_S
+
+    @property
+    def queue_seen(self) -> bool:
+        """The last probe showed a queue that one decode step's arrivals do not explain."""
+        return self._queued_at > 0
 
     @property
     def sunk_slots(self) -> float:
@@ -103,8 +115,9 @@ class PoolState:
         queued = (snapshot.waiting or 0) > transient and running > 0
         self._queued_at = self._queued_at + 1 if queued else 0
         if self._queued_at >= FULL_PROBES:
-            self.slots_per_instance = max(1.0, per)
-            self.confirmed = True
+            # At most halved at once: a queue can also be a prefill backlog after a burst.
+            self.slots_per_instance = max(1.0, per, self.slots_per_instance / 2)
+            self._confirmed_at = self.clock()
         elif per > self.slots_per_instance:
             self.slots_per_instance = per
 
@@ -122,7 +135,8 @@ class PoolState:
         per = running / share / self.ready
         if share >= 0.99 or per > self.slots_per_instance:
             self.slots_per_instance = per
-            self.confirmed = self.confirmed or share >= 0.99
+            if share >= 0.99:
+                self._confirmed_at = self.clock()
 
     def _count_from_health(self, healthy: bool) -> None:
         """Without discovery, a failed probe means nothing is ready, a passing one at least one."""

@@ -211,12 +211,16 @@ class Router:
         """Now and then, put first a backend whose figures are stale, if it meets the objectives.
 
         Prices and predictions are corrected only by answers: a backend that a wrong prior
-        ranks last would never be measured. A bounded share of requests keeps every backend's
-        figures fresh, and only where the prediction says the objectives still hold.
+        ranks last would never be measured, and slots past a prior that understates them
+        would never be filled. A bounded share of requests keeps every backend's figures
+        fresh and probes unconfirmed slot counts, only where the objectives still hold.
         """
         if self._rng.random() >= self.settings.explore_share:
             return
-        stale = [e for e in ranked[1:] if self._stale(e.backend.name, now) and e.meets(objectives)]
+        stale = [
+            e for e in ranked[1:]
+            if (e.probing or self._stale(e.backend.name, now)) and e.meets(objectives)
+        ]
         if stale:
             pick = self._rng.choice(stale)
             ranked.remove(pick)
@@ -393,6 +397,7 @@ class Router:
         stats = member.stats
         step = stats.tpot_at(stats.concurrency / max(member.pool.ready, 1.0))
         member.pool.observe_load(snapshot, stats.in_flight, stats.start_rate * step)
+        stats.upstream_queue = member.pool.queue_seen
         member.sync()
 
     async def probe_all(self) -> None:

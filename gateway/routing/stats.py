@@ -24,7 +24,7 @@ SERVED_HORIZON_S = 30.0  # window of "output tokens per second served"
 TTFT_CLIP = 4.0  # one cold start must not hide a backend: clip samples at 4x the estimate
 RATIO_RANGE = (0.1, 10.0)  # a TPOT sample moves the calibration at most this far
 PLANNING_ALPHA = 0.02  # TPOT calibration for sizing pools: about the last fifty answers
-TTFT_MEMORY_S = 30.0  # unrefreshed, a TTFT estimate relaxes to the prior over this time
+TTFT_MEMORY_S = 15.0  # unrefreshed, a TTFT estimate relaxes to the prior over this time
 BATCH_MARK_S = 0.5  # spacing of the batch-size history that TPOT samples are calibrated on
 BATCH_HISTORY_S = 900.0  # longest decode the history covers
 ENDING_HORIZON_S = 10.0  # window of "answers ending per second" (the rate slots free at)
@@ -73,6 +73,7 @@ class BackendStats:
     _starts_at: float = 0.0
     _prefilling: int = 0  # of those, the ones that had a slot (their prefill is under way)
     shares_prefill: bool = True  # its instances prefill new requests in turn (not an API)
+    upstream_queue: bool = False  # its last probe showed a queue: new requests may wait
     _served: deque[tuple[float, int]] = field(default_factory=deque)
     _served_total: int = 0
     _ends: deque[float] = field(default_factory=deque)  # when recent answers ended
@@ -123,7 +124,7 @@ class BackendStats:
 
     def started(self) -> None:
         """A request was sent."""
-        queued = self.concurrency >= self.slots
+        queued = self.upstream_queue or self.concurrency >= self.slots
         self._advance()
         self.in_flight += 1
         self.requests += 1
