@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from adapters.base import LoadSnapshot
+from gateway.routing.decode import DecodeLine
 from gateway.settings import CapacityPrior
 
 Clock = Callable[[], float]
@@ -23,7 +24,6 @@ Clock = Callable[[], float]
 SERVED_HORIZON_S = 30.0  # window of "output tokens per second served"
 TTFT_CLIP = 4.0  # one cold start must not hide a backend: clip samples at 4x the estimate
 RATIO_RANGE = (0.1, 10.0)  # a TPOT sample moves the calibration at most this far
-PLANNING_ALPHA = 0.02  # TPOT calibration for sizing pools: about the last fifty answers
 TTFT_MEMORY_S = 15.0  # unrefreshed, a TTFT estimate relaxes to the prior over this time
 BATCH_MARK_S = 0.5  # spacing of the batch-size history that TPOT samples are calibrated on
 BATCH_HISTORY_S = 900.0  # longest decode the history covers
@@ -54,7 +54,7 @@ class BackendStats:
     ttft_at: float = 0.0  # when ``ttft_s`` last took a sample
     tpot_s: float | None = None  # EWMA of measured seconds per output token
     tpot_ratio: float = 1.0  # measured TPOT over the prior's curve at the batch it ran at
-    planning_ratio: float = 1.0  # the same, averaged over many answers: for sizing pools
+    line: DecodeLine = field(init=False)  # TPOT by batch, fitted over many answers: planning
     hold_s: float | None = None  # EWMA of how long a request holds a decode slot
     in_flight: int = 0
     requests: int = 0
@@ -86,6 +86,7 @@ class BackendStats:
     _mark_area: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.line = DecodeLine(self.prior)
         if not self.slots:
             self.slots = float(self.prior.max_concurrency)
         self.planned_slots = max(self.planned_slots, self.slots)
@@ -167,7 +168,7 @@ class BackendStats:
             low, high = RATIO_RANGE
             ratio = min(high, max(low, tpot / self._prior_tpot(batch)))
             self.tpot_ratio = _ewma(self.tpot_ratio, ratio, self.alpha)
-            self.planning_ratio = _ewma(self.planning_ratio, ratio, PLANNING_ALPHA)
+            self.line.observe(batch, tpot)
         if ok and decode_s > 0:
             self.hold_s = _ewma(self.hold_s, decode_s, self.alpha)
         if output_tokens:
@@ -289,22 +290,13 @@ class BackendStats:
         return max(base, self.oldest_wait_s())
 
     def tpot_at(self, batch: float) -> float:
-        """Seconds per output token at a per-instance ``batch``, averaged over many answers.
-
-        What prices and pool sizes are planned on: one slow answer must not resize a fleet.
-        """
-        return self.planning_ratio * self._prior_tpot(batch)
+        """Seconds per output token at a per-instance ``batch``, on the line fitted over many
+        answers: what prices and pool sizes are planned on (one slow answer moves nothing)."""
+        return self.line.tpot(batch)
 
     def batch_within(self, tpot_s: float) -> float:
-        """The largest per-instance batch whose calibrated TPOT stays within ``tpot_s``."""
-        prior = self.prior
-        alone = prior.tpot_s
-        full = max(alone, prior.max_concurrency / prior.output_tokens_per_s)
-        per_slot = (full - alone) / max(1, prior.max_concurrency - 1)
-        target = tpot_s / self.planning_ratio
-        if target < alone:
-            return 1.0  # not even alone: one at a time is the best it does
-        return math.inf if per_slot <= 0 else 1.0 + (target - alone) / per_slot
+        """The largest per-instance batch whose planned TPOT stays within ``tpot_s``."""
+        return self.line.batch_within(tpot_s)
 
     def _per_instance(self, requests: float) -> float:
         return requests / max(self.instances, 1e-9)

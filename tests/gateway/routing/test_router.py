@@ -102,7 +102,8 @@ def test_elastic_price_follows_measured_throughput_not_a_price_list() -> None:
         router.finished("a", ok=True, output_tokens=101, decode_s=3.0 * 0.01 * 100)
     plan = router.plan(router.backends, "cost", Objectives(), 100, 100)
     assert plan[0].backend.name == "b"
-    assert plan[1].usd_per_output_token > 2 * plan[0].usd_per_output_token
+    # Measured alone, its whole line moves up (the prior's full-batch point still anchors it).
+    assert plan[1].usd_per_output_token > 1.5 * plan[0].usd_per_output_token
 
 
 def test_latency_policy_prefers_the_faster_backend_and_balanced_weighs_both() -> None:
