@@ -20,7 +20,8 @@ from gateway.routing.policies import POLICIES, Estimate, Objectives
 from gateway.routing.router import Needs, Router
 from gateway.settings import Settings
 
-BASELINES = ("round-robin", "least-outstanding", "list-price")
+BASELINES = ("round-robin", "least-outstanding", "list-price", "healthy-round-robin",
+             "healthy-list-price")
 ALL_POLICIES = (*POLICIES, *BASELINES)
 AUTOSCALE_INTERVAL_S = 5.0
 DRAIN_LIMIT_S = 900.0  # after arrivals stop, follow the measured requests at most this long
@@ -44,6 +45,7 @@ class RunResult:
     ttft_p50_s: float
     ttft_p99_s: float
     share: dict[str, float]  # output tokens by backend, as a share of all
+    bursty: bool = False  # arrivals came in bursts (x5 for 30 s in every 120 s)
 
     @property
     def slo_attainment(self) -> float:
@@ -131,6 +133,8 @@ class Simulation:
             "round-robin": round_robin,
             "least-outstanding": least_outstanding,
             "list-price": list_price,
+            "healthy-round-robin": _healthy_first(round_robin),
+            "healthy-list-price": _healthy_first(list_price),
         }
         return baselines.get(policy, lambda plan: plan)
 
@@ -140,8 +144,9 @@ class Simulation:
         self.requests.append(req)
         self.outstanding += 1
         router_policy = self.policy if self.policy in POLICIES else "latency"
+        # The client's max_tokens, as serving passes it: the true length is the backend's secret.
         plan = self.router.plan(self.candidates, router_policy, self.objectives,
-                                req.prompt_tokens, req.output_tokens)
+                                req.prompt_tokens, req.max_tokens)
         deadline = req.arrival + self.deadline_s  # as serving sets it: the longest wait
         for attempt, est in enumerate(self.choose(plan)):
             name = est.backend.name
@@ -198,9 +203,9 @@ class Simulation:
     # -- one run --------------------------------------------------------------------------
 
     def run(self, rate: float, *, duration_s: float, warmup_s: float, mixed: bool,
-            seed: int = 0) -> RunResult:
+            seed: int = 0, bursty: bool = False) -> RunResult:
         """Offer ``rate`` requests/s for ``duration_s``; measure from ``warmup_s`` on."""
-        source = arrivals(rate, duration_s, mixed=mixed, seed=seed)
+        source = arrivals(rate, duration_s, mixed=mixed, seed=seed, bursty=bursty)
 
         def next_arrival() -> None:
             req = next(source, None)
@@ -216,28 +221,21 @@ class Simulation:
         self.events.at(0.0, self._autoscale)
         self.events.run(duration_s)
         self.events.run(duration_s + DRAIN_LIMIT_S, stop=lambda: self.outstanding <= 0)
-        return self._measure(rate, mixed, warmup_s, duration_s)
+        return self._measure(rate, mixed, bursty, warmup_s, duration_s)
 
-    def _measure(self, rate: float, mixed: bool, start: float, end: float) -> RunResult:
+    def _measure(self, rate: float, mixed: bool, bursty: bool, start: float, end: float
+                 ) -> RunResult:
         ttft_max = self.objectives.max_ttft_s or math.inf
         tpot_max = self.objectives.max_tpot_s or math.inf
         tokens: dict[str, float] = dict.fromkeys(self.models, 0.0)
         good = 0.0
-        # The whole fleet's bill over the window: reserved and autoscaled instance time
-        # (booting and idle included) plus per-token spend, against the output tokens
-        # delivered in the window (each answer's tokens pro rata over its decode).
+        # The whole fleet's bill over the window (reserved and autoscaled instance time,
+        # booting and idle included, plus the per-token spend of the window's requests)
+        # against the output tokens of the requests that arrived in it: a count no policy's
+        # pace can move, so the oracle's bound holds it exactly.
         cost = sum(m.cost(start, end) for m in self.models.values())
         measured, failed, met, ttfts = 0, 0, 0, []
         for req in self.requests:
-            if req.first_at is not None:
-                done = req.done_at if req.done_at is not None else self.events.now
-                share = _overlap(req.first_at, done, start, end)
-                tokens[req.backend] += req.output_tokens * share
-                cost += self._per_token_cost(req, share, start, end)
-                ttft, tpot = req.ttft_s, req.tpot_s
-                if ttft is not None and tpot is not None and ttft <= ttft_max \
-                        and tpot <= tpot_max:
-                    good += req.output_tokens * share
             if not start <= req.arrival < end:
                 continue
             measured += 1
@@ -245,31 +243,42 @@ class Simulation:
             if req.failed or ttft is None or tpot is None:
                 failed += 1
                 continue
+            tokens[req.backend] += req.output_tokens
+            cost += self._per_token_cost(req)
             ttfts.append(ttft)
-            met += ttft <= ttft_max and tpot <= tpot_max
+            if ttft <= ttft_max and tpot <= tpot_max:
+                met += 1
+                good += req.output_tokens
         total = sum(tokens.values())
         return RunResult(
             policy=self.policy, rate=rate, mixed=mixed, requests=measured, failed=failed,
             slo_met=met, cost_usd=cost, output_tokens=total, good_tokens=good,
             ttft_p50_s=_quantile(ttfts, 0.5), ttft_p99_s=_quantile(ttfts, 0.99),
-            share={k: v / total if total else 0.0 for k, v in tokens.items()},
+            share={k: v / total if total else 0.0 for k, v in tokens.items()}, bursty=bursty,
         )
 
-    def _per_token_cost(self, req: SimRequest, share: float, start: float, end: float) -> float:
+    def _per_token_cost(self, req: SimRequest) -> float:
         price = self.models[req.backend].config.price
         if price.usd_per_hour is not None:
             return 0.0
-        out = (price.usd_per_mtok_output or 0.0) * req.output_tokens * share
-        first = req.first_at if req.first_at is not None else -1.0
-        inp = (price.usd_per_mtok_input or 0.0) * req.prompt_tokens * (start <= first < end)
+        out = (price.usd_per_mtok_output or 0.0) * req.output_tokens
+        inp = (price.usd_per_mtok_input or 0.0) * req.prompt_tokens
         return (out + inp) / 1e6
 
 
-def _overlap(a: float, b: float, start: float, end: float) -> float:
-    """Share of [a, b] inside [start, end] (a point counts when inside)."""
-    if b <= a:
-        return 1.0 if start <= a < end else 0.0
-    return max(0.0, min(b, end) - max(a, start)) / (b - a)
+def _healthy_first(order: Chooser) -> Chooser:
+    """A baseline that skips what the gateway knows is down.
+
+    The plan already leaves out backends whose breaker is open; this also skips those whose
+    last probe failed, trying them only after every healthy one (as the Router does), so a
+    pool scaled to zero is still reached when nothing else takes the request.
+    """
+
+    def choose(plan: list[Estimate]) -> list[Estimate]:
+        ordered = order(plan)
+        return [e for e in ordered if e.healthy] + [e for e in ordered if not e.healthy]
+
+    return choose
 
 
 def _list_price(name: str, settings: Settings) -> float:
@@ -281,15 +290,16 @@ def _list_price(name: str, settings: Settings) -> float:
 
 
 def simulate(settings: Settings, policy: str, rate: float, *, duration_s: float,
-             warmup_s: float, mixed: bool, seed: int = 0) -> RunResult:
+             warmup_s: float, mixed: bool, seed: int = 0, bursty: bool = False) -> RunResult:
     """One run on a fresh fleet."""
     return Simulation(settings, policy, seed=seed).run(
-        rate, duration_s=duration_s, warmup_s=warmup_s, mixed=mixed, seed=seed
+        rate, duration_s=duration_s, warmup_s=warmup_s, mixed=mixed, seed=seed, bursty=bursty
     )
 
 
 def sweep(settings: Settings, policies: Sequence[str], rates: Sequence[float], *,
-          duration_s: float, warmup_s: float, mixed: bool, seed: int = 0) -> list[RunResult]:
+          duration_s: float, warmup_s: float, mixed: bool, seed: int = 0,
+          bursty: bool = False) -> list[RunResult]:
     """Every policy at every rate (same arrivals for every policy at a rate)."""
     return [simulate(settings, p, r, duration_s=duration_s, warmup_s=warmup_s, mixed=mixed,
-                     seed=seed) for r in rates for p in policies]
+                     seed=seed, bursty=bursty) for r in rates for p in policies]

@@ -227,8 +227,10 @@ class Router:
             ranked.insert(0, pick)
 
     def _stale(self, name: str, now: float) -> bool:
-        at = self._members[name].measured_at
-        return at is None or now - at > STALE_S
+        m = self._members[name]
+        if not m.price.hourly:
+            return False  # a per-token price is exact: nothing to learn worth paying for
+        return m.measured_at is None or now - m.measured_at > STALE_S
 
     def allows(self, name: str) -> bool:
         """Whether ``name`` may be tried now (its breaker is not open, no back-off asked)."""

@@ -386,13 +386,15 @@ def test_a_small_share_of_requests_measures_a_backend_that_has_gone_unmeasured()
     clock = Clock()
     router, _ = _router([
         _config("cheap", price={"usd_per_hour": 1.0}, capacity={**PRIOR, "max_concurrency": 99}),
-        _config("never", price={"usd_per_mtok_output": 50.0}, capacity=PRIOR),
+        _elastic("never", 8.0, PRIOR),  # up, never used: its price is only a prior
+        _config("api", price={"usd_per_mtok_output": 50.0}, capacity=PRIOR),  # exact: no need
     ], clock)
+    _up(router, "never", 1)
     objectives = Objectives(max_ttft_s=1.0)
     firsts = [_first(router, objectives) for _ in range(5000)]
     assert 0.01 < firsts.count("never") / len(firsts) < 0.03
     router.attempt_started("never", retry=False)
     router.finished("never", ok=True, output_tokens=10, decode_s=0.1)
-    assert {_first(router, objectives) for _ in range(1000)} == {"cheap"}  # fresh now
+    assert {_first(router, objectives) for _ in range(1000)} == {"cheap"}  # fresh now; no API
     clock.now += 301
     assert "never" in {_first(router, objectives) for _ in range(1000)}  # stale again
