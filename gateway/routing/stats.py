@@ -55,7 +55,6 @@ class BackendStats:
     tpot_s: float | None = None  # EWMA of measured seconds per output token
     tpot_ratio: float = 1.0  # measured TPOT over the prior's curve at the batch it ran at
     line: DecodeLine = field(init=False)  # TPOT by batch, fitted over many answers: planning
-    hold_s: float | None = None  # EWMA of how long a request holds a decode slot
     in_flight: int = 0
     requests: int = 0
     errors: int = 0
@@ -169,8 +168,6 @@ class BackendStats:
             ratio = min(high, max(low, tpot / self._prior_tpot(batch)))
             self.tpot_ratio = _ewma(self.tpot_ratio, ratio, self.alpha)
             self.line.observe(batch, tpot)
-        if ok and decode_s > 0:
-            self.hold_s = _ewma(self.hold_s, decode_s, self.alpha)
         if output_tokens:
             self._ends.append(self.clock())
             self._served.append((self.clock(), output_tokens))
@@ -205,11 +202,6 @@ class BackendStats:
         self._advance()
         self.slots, self.planned_slots, self.instances = slots, planned, instances
         self._advance()
-
-    @property
-    def saturated(self) -> bool:
-        """Every slot in service is taken."""
-        return self.concurrency >= self.slots
 
     # -- what has been measured -----------------------------------------------------------
 
