@@ -12,18 +12,10 @@ from gateway.settings import BackendSettings, MeteringSettings, Price
 from gateway.tenancy.ledger import IDLE, Share
 from gateway.tenancy.memory import MemoryStore
 from gateway.tenancy.models import Limits, UsageRecord
+from tests.gateway.metering.conftest import T0, Clock
 
 pytestmark = pytest.mark.anyio
 W = 60.0
-T0 = 1_750_000_000.0 - 1_750_000_000.0 % 3600  # the start of an hour: windows align with it
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def backends() -> list[BackendSettings]:
