@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -143,12 +144,20 @@ async def _usage(
     }
 
 
+MAX_INSTANT = 253_402_300_799.0  # 9999-12-31T23:59:59Z: what datetime can still represent
+
+
 def _instant(value: str, param: str) -> float:
     """Unix seconds, or an ISO 8601 date/time (UTC unless it says otherwise)."""
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds) or abs(seconds) > MAX_INSTANT:
+            raise InvalidRequest(f"{param!r} must be a time between years 1 and 9999.",
+                                 param=param)
+        return seconds
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

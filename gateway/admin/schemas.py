@@ -14,12 +14,13 @@ from gateway.tenancy.models import ApiKey, Limits, Tenant, UsageRow
 class LimitsBody(BaseModel):
     """A tenant's limits; an absent or null field means unlimited."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1)
-    max_concurrent: int | None = Field(None, ge=1)
-    monthly_budget_usd: float | None = Field(None, ge=0)
+    # Bounds that Redis' integers and Lua's doubles hold exactly, far past any real limit.
+    requests_per_minute: int | None = Field(None, ge=1, le=10**9)
+    tokens_per_minute: int | None = Field(None, ge=1, le=10**12)
+    max_concurrent: int | None = Field(None, ge=1, le=10**6)
+    monthly_budget_usd: float | None = Field(None, ge=0, le=10**9)
     allowed_models: list[str] | None = None
     policy: Policy | None = None
 

@@ -6,13 +6,16 @@ failure becomes an ``InvalidRequest`` naming the offending field.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.errors import InvalidRequest
 
-TokenIds = list[Annotated[int, Field(ge=0)]]
+INT32_MAX = 2**31 - 1
+INT64 = (-(2**63), 2**63 - 1)  # what every backend's seed and counts fit in
+TokenIds = list[Annotated[int, Field(ge=0, le=INT32_MAX)]]  # no vocabulary is larger
 BodyT = TypeVar("BodyT", bound=BaseModel)
 # vLLM-style sampling extras a client may send (e.g. the OpenAI SDK's ``extra_body``);
 # passed to backends untouched. Anything else unknown is a 400.
@@ -34,18 +37,18 @@ VENDOR_EXTRAS = frozenset(
 class _Body(BaseModel):
     """Common fields; unknown keys are collected and checked against ``VENDOR_EXTRAS``."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     model: str = Field(min_length=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=128)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64[0], le=INT64[1])
     user: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
 
@@ -72,10 +75,29 @@ class _Body(BaseModel):
     def vendor_extras(self) -> dict[str, Any]:
         """Unknown fields that are known vendor extras; any other unknown field is a 400."""
         extras = self.model_extra or {}
-        for key in extras:
+        for key, value in extras.items():
             if key not in VENDOR_EXTRAS:
                 raise InvalidRequest(f"Unrecognized request argument supplied: {key}", param=key)
+            if not _representable(value):
+                raise InvalidRequest(
+                    f"'{key}' must hold finite numbers that fit in 64 bits.", param=key
+                )
         return dict(extras)
+
+
+def _representable(value: Any) -> bool:
+    """Whether a pass-through value is one every backend can read (finite, 64-bit integers)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return True
+    if isinstance(value, int):
+        return INT64[0] <= value <= INT64[1]
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_representable(v) for v in value)
+    if isinstance(value, dict):
+        return all(_representable(v) for v in value.values())
+    return False
 
 
 class StreamOptions(BaseModel):
@@ -89,7 +111,7 @@ class CompletionRequest(_Body):
     """``POST /v1/completions``."""
 
     prompt: str | list[str] | TokenIds | list[TokenIds] = ""
-    max_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=0, le=INT32_MAX)
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
     suffix: str | None = None
@@ -128,8 +150,8 @@ class ChatCompletionRequest(_Body):
     """``POST /v1/chat/completions``."""
 
     messages: list[ChatMessageIn] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=0)
-    max_completion_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=0, le=INT32_MAX)
+    max_completion_tokens: int | None = Field(None, ge=0, le=INT32_MAX)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None

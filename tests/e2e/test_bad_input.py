@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.e2e.conftest import Gateway
+from tests.e2e.conftest import ADMIN_KEY, Gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -78,3 +78,45 @@ def test_missing_and_malformed_keys(gateway: Gateway) -> None:
                           headers={"authorization": "Basic abc"})
     assert response.status_code == 401
     assert _error(response)["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"model": "test-model", "prompt": "x", "seed": 100000000000000000000}', "seed"),
+        (b'{"model": "test-model", "prompt": [1, 100000000000000000000]}', "prompt"),
+        (b'{"model": "test-model", "prompt": "x", "top_k": 100000000000000000000}', "top_k"),
+        (b'{"model": "test-model", "prompt": "x", "temperature": 1e400}', "temperature"),
+        (b'{"model": "test-model", "prompt": "x", "logit_bias": {"1": NaN}}', "logit_bias"),
+    ],
+)
+def test_numbers_no_backend_can_hold_are_refused_naming_the_field(
+    gateway: Gateway, body: bytes, param: str
+) -> None:
+    response = _post(gateway, body)
+    assert response.status_code == 400
+    assert str(_error(response)["param"]).startswith(param)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("max_concurrent", b"18446744073709551616"), ("monthly_budget_usd", b"1e300"),
+     ("requests_per_minute", b"Infinity")],
+)
+def test_tenant_limits_out_of_range_are_refused_and_nothing_is_created(
+    gateway: Gateway, field: str, value: bytes
+) -> None:
+    admin = {"authorization": f"Bearer {ADMIN_KEY}", "content-type": "application/json"}
+    body = b'{"id": "team-huge", "' + field.encode() + b'": ' + value + b"}"
+    response = httpx.post(f"{gateway.url}/admin/tenants", content=body, headers=admin)
+    assert response.status_code == 400
+    assert _error(response)["param"] == field
+    assert httpx.get(f"{gateway.url}/admin/tenants/team-huge", headers=admin).status_code == 404
+
+
+@pytest.mark.parametrize("query", ["to=inf", "from=-1e400", "to=nan"])
+def test_usage_times_that_are_not_times_are_refused(gateway: Gateway, query: str) -> None:
+    response = httpx.get(f"{gateway.url}/v1/usage?{query}",
+                         headers={"authorization": f"Bearer {gateway.key}"})
+    assert response.status_code == 400
+    assert _error(response)["param"] == query.split("=")[0]
