@@ -6,6 +6,7 @@ is OpenAI's envelope; nothing here logs a key or a prompt.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Sequence
@@ -15,16 +16,19 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from opentelemetry import context, trace
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters.base import BackendError
+from gateway.deps import bearer_token
 from gateway.errors import (
     BodyTooLarge,
     GatewayError,
     InvalidRequest,
+    Unauthenticated,
     error_body,
     error_json,
     http_answer,
@@ -139,7 +143,8 @@ class RequestContext:
         echo = (client_id or meta.request_id).encode()
         status = 0
         started = time.perf_counter()
-        span, token, failure = None, None, None
+        span, token = None, None
+        failure: Exception | None = None
         if self.telemetry.tracing and scope["path"] not in _UNTRACED:
             span = meta.span = start_server_span(self.telemetry.tracer, scope, meta.request_id)
             token = context.attach(trace.set_span_in_context(span))
@@ -154,10 +159,16 @@ class RequestContext:
         try:
             route = self._direct.get(scope["path"]) if scope["method"] == "POST" else None
             if route is None:
+                receive = _guard(scope, receive)
                 await self.app(scope, receive, send_with_id)
             else:
                 scope["route"] = route
                 await _serve_direct(route, scope, receive, send_with_id)
+        except GatewayError as exc:  # refused by the guard before any route ran
+            failure = exc
+            if status:
+                raise
+            await error_response(exc)(scope, receive, send_with_id)
         except Exception as exc:
             failure = exc
             log.exception("unhandled error on %s", scope.get("path"))
@@ -170,6 +181,37 @@ class RequestContext:
                 context.detach(token)
             if self.log_access:
                 _log_access(scope, meta, status or 499, time.perf_counter() - started)
+
+
+def _guard(scope: Scope, receive: Receive) -> Receive:
+    """What every routed request passes before its body is read.
+
+    ``/admin`` answers 401 to anyone without the admin key before a byte of the body is read
+    or parsed, and every body is cut off at ``max_body_bytes`` (413) as it arrives: an
+    unauthenticated 100 MB upload costs the gateway nothing.
+    """
+    state = getattr(getattr(scope.get("app"), "state", None), "tollgate", None)
+    if state is None:
+        return receive
+    if scope["path"].startswith("/admin"):
+        secret = bearer_token(Request(scope))
+        if not hmac.compare_digest(secret.encode(), state.admin_key.encode()):
+            raise Unauthenticated("This endpoint needs the admin key.")
+    limit = state.settings.server.max_body_bytes
+    declared = Headers(scope=scope).get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+    seen = 0
+
+    async def limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:  # raised inside the framework's body reading: an HTTP error it keeps
+            raise HTTPException(413, f"The request body exceeds the limit of {limit} bytes.")
+        return message
+
+    return limited
 
 
 async def _serve_direct(route: Route, scope: Scope, receive: Receive, send: Send) -> None:
@@ -228,7 +270,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         body = error_body(InvalidRequest(str(exc.detail)))
-        body["error"]["code"] = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        body["error"]["code"] = {404: "not_found", 405: "method_not_allowed",
+                                 413: "request_too_large"}.get(exc.status_code)
         return Response(orjson.dumps(body), exc.status_code, exc.headers, "application/json")
 
     app.add_exception_handler(GatewayError, domain)

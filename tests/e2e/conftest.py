@@ -49,6 +49,7 @@ class Gateway:
     backend: ScriptedBackend
     store: MemoryStore
     meter: PerTokenMeter
+    app: Any = None  # the ASGI app, for tests that must speak to it below HTTP
 
     def client(self, **kw: Any) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.key, max_retries=0, **kw)
@@ -73,4 +74,4 @@ def gateway() -> Iterator[Gateway]:
     key = asyncio.run(store.create_key("team-a")).secret
     app = create_app(gateway_settings(), store=store, backends=[backend], meter=meter)
     with LiveServer(app) as server:
-        yield Gateway(server.url, key, backend, store, meter)
+        yield Gateway(server.url, key, backend, store, meter, app)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+
 import httpx
 import pytest
 
@@ -120,3 +123,45 @@ def test_usage_times_that_are_not_times_are_refused(gateway: Gateway, query: str
                          headers={"authorization": f"Bearer {gateway.key}"})
     assert response.status_code == 400
     assert _error(response)["param"] == query.split("=")[0]
+
+
+def test_admin_refuses_a_stranger_without_reading_the_body(gateway: Gateway) -> None:
+    reads = 0
+
+    async def receive() -> dict[str, object]:  # a 100 MB upload, if anyone read it
+        nonlocal reads
+        reads += 1
+        return {"type": "http.request", "body": b"x" * 65536, "more_body": reads < 1600}
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/admin/tenants", "raw_path": b"",
+             "query_string": b"", "headers": [(b"content-type", b"application/json")],
+             "app": gateway.app, "http_version": "1.1", "scheme": "http",
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(gateway.app(scope, receive, send))
+    assert sent[0]["status"] == 401
+    assert reads == 0
+    malformed = httpx.post(f"{gateway.url}/admin/tenants", content=b'{"id": ',
+                           headers={"authorization": "Bearer not-the-admin-key"})
+    assert malformed.status_code == 401
+
+
+def test_every_route_has_the_body_limit(gateway: Gateway) -> None:
+    admin = {"authorization": f"Bearer {ADMIN_KEY}", "content-type": "application/json"}
+    huge = b'{"id": "team-big", "allowed_models": ["' + b"m" * 70_000 + b'"]}'
+    response = httpx.post(f"{gateway.url}/admin/tenants", content=huge, headers=admin)
+    assert response.status_code == 413
+    assert _error(response)["code"] == "request_too_large"
+
+    def chunked() -> Iterator[bytes]:  # no content-length: cut off as it arrives
+        yield b'{"id": "team-big", "allowed_models": ["'
+        for _ in range(20):
+            yield b"m" * 8192
+        yield b'"]}'
+
+    response = httpx.post(f"{gateway.url}/admin/tenants", content=chunked(), headers=admin)
+    assert response.status_code == 413
