@@ -115,9 +115,11 @@ async def healthz() -> ORJSONResponse:
 
 
 async def readyz(state: State) -> Response:
-    """Ready when every configured model has a backend probed healthy."""
-    ready = state.router.ready() and not state.draining
-    body = {"status": "ready" if ready else "not_ready", "backends": state.router.health()}
+    """Ready when every configured model has a backend probed healthy and the store answers."""
+    store = await state.store.reachable()
+    ready = store and state.router.ready() and not state.draining
+    body = {"status": "ready" if ready else "not_ready", "store": "ok" if store else "unreachable",
+            "backends": state.router.health()}
     return ORJSONResponse(body, status_code=200 if ready else 503)
 
 

@@ -202,6 +202,10 @@ class MemoryStore:
             ]
         return group_rows(cells, fields)
 
+    async def reachable(self) -> bool:
+        """Always: the state is in this process."""
+        return True
+
     async def aclose(self) -> None:
         """Nothing to release."""
 

@@ -450,6 +450,13 @@ class RedisStore:
                     cells.append((Cell(IDLE, hour, backend, IDLE), Counters(cost_nano=int(nano))))
         return cells
 
+    async def reachable(self) -> bool:
+        """Whether Redis answers a PING within a second."""
+        try:
+            return bool(await asyncio.wait_for(self.redis.ping(), 1.0))
+        except (RedisError, OSError, TimeoutError):
+            return False
+
     async def aclose(self) -> None:
         """Stop replaying and close connections (the spool keeps what is left)."""
         self._closing = True

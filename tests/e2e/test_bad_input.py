@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import ADMIN_KEY, Gateway
+from gateway.app import create_app
+from gateway.tenancy.redis_store import RedisStore
+from tests.e2e.conftest import ADMIN_KEY, Gateway, gateway_settings
+from tests.gateway.doubles import ScriptedBackend
 
 pytestmark = pytest.mark.e2e
 
@@ -165,3 +170,23 @@ def test_every_route_has_the_body_limit(gateway: Gateway) -> None:
 
     response = httpx.post(f"{gateway.url}/admin/tenants", content=chunked(), headers=admin)
     assert response.status_code == 413
+
+
+def test_readyz_says_not_ready_while_the_store_is_unreachable(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    ok = httpx.get(f"{gateway.url}/readyz")
+    assert ok.status_code == 200 and ok.json()["store"] == "ok"
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", spool_dir=str(tmp_path))
+    app = create_app(gateway_settings(), store=store, backends=[ScriptedBackend("scripted")])
+
+    async def readyz() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            return await http.get("/readyz")
+
+    response = asyncio.run(readyz())
+    assert response.status_code == 503 and response.json()["store"] == "unreachable"
