@@ -36,6 +36,7 @@ class ServerSettings(_Strict):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_tokens_limit: int = Field(131_072, ge=1)  # the most max_tokens any request may ask
     default_max_tokens: int = Field(256, ge=1)  # when a completions request names none
+    max_generations_per_request: int = Field(128, ge=1)  # prompts x n: one request's fan-out
     drain_timeout_s: float = Field(30.0, ge=0)
     access_log: bool = True
 

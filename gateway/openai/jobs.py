@@ -118,6 +118,13 @@ class JobBuilder:
             raise InvalidRequest("max_tokens must be at least 1.", param="max_tokens")
         if body.best_of is not None and body.best_of != body.n:
             raise InvalidRequest("best_of is not supported; use n.", param="best_of")
+        limit = self.settings.server.max_generations_per_request
+        if len(prompts) * body.n > limit:
+            raise InvalidRequest(
+                f"{len(prompts)} prompts x n={body.n} asks for {len(prompts) * body.n} "
+                f"generations; at most {limit} per request.",
+                param="n" if body.n > 1 else "prompt",
+            )
         texts: list[str] = []
         token_prompts = False
         for p in prompts:

@@ -190,3 +190,14 @@ def test_readyz_says_not_ready_while_the_store_is_unreachable(
 
     response = asyncio.run(readyz())
     assert response.status_code == 503 and response.json()["store"] == "unreachable"
+
+
+def test_one_request_cannot_fan_out_past_the_per_request_limit(gateway: Gateway) -> None:
+    prompts = b"[" + b",".join(b'"p"' for _ in range(10)) + b"]"
+    body = b'{"model": "test-model", "prompt": ' + prompts + b', "n": 20}'
+    before = len(gateway.backend.requests)
+    response = _post(gateway, body)
+    assert response.status_code == 400
+    error = _error(response)
+    assert error["param"] == "n" and "200 generations" in str(error["message"])
+    assert len(gateway.backend.requests) == before  # nothing reached the upstream
