@@ -49,6 +49,9 @@ class StoreSettings(_Strict):
     key_cache_ttl_s: float = Field(1.0, ge=0, le=1.0)
     limit_window_s: float = Field(60.0, gt=0)  # the "minute" of RPM and TPM
     failure_policy: Literal["open", "closed"] = "open"
+    # While Redis is away, a key checked this long ago is still trusted (None: the cache TTL,
+    # so a revocation on another replica is honoured as fast as ever, or the request refused).
+    outage_trust_s: float | None = Field(None, ge=0)
     spool_dir: str = "var/spool"
 
 

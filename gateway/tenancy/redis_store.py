@@ -14,7 +14,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import Any, Literal, TypeVar
 
@@ -94,6 +94,8 @@ class RedisStore:
         key_cache_ttl_s: float = 1.0,
         failure_policy: Literal["open", "closed"] = "open",
         spool_dir: str | None = None,
+        outage_trust_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
@@ -108,6 +110,10 @@ class RedisStore:
         self._window_s = limit_window_s
         self._metering_window_s = metering_window_s
         self._cache_ttl = key_cache_ttl_s
+        # How old a key check may be and still be trusted while Redis is away: the
+        # revocation promise (a revoked key stops within the cache TTL) holds by default.
+        self._outage_trust = key_cache_ttl_s if outage_trust_s is None else outage_trust_s
+        self._clock = clock
         self._policy = failure_policy
         self._spool = Spool(spool_dir) if spool_dir else None
         self._cache: dict[str, tuple[float, Principal | None]] = {}
@@ -135,6 +141,7 @@ class RedisStore:
             key_cache_ttl_s=settings.key_cache_ttl_s,
             failure_policy=settings.failure_policy,
             spool_dir=settings.spool_dir,
+            outage_trust_s=settings.outage_trust_s,
         )
 
     @property
@@ -266,16 +273,19 @@ class RedisStore:
         if not keys.looks_like_secret(secret):
             raise Unauthenticated("Incorrect API key provided.")
         digest = keys.hash_secret(secret)
-        now = time.monotonic()
+        now = self._clock()
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             return self._known(cached[1])
         try:
             principal = await self._lookup(digest)
         except RedisError as exc:
-            # Fail open only for keys this replica has already seen valid.
+            # Fail open only for keys this replica saw valid, and only as long as a revocation
+            # elsewhere could not have been seen anyway.
             if self._policy == "open" and cached is not None and cached[1] is not None:
-                return cached[1]
+                checked_at = cached[0] - self._cache_ttl
+                if now - checked_at <= self._outage_trust:
+                    return cached[1]
             raise StoreUnavailable("The tenancy store is unreachable; try again shortly.") from exc
         if len(self._cache) > 100_000:
             self._cache.clear()

@@ -7,9 +7,6 @@ costs exactly, and every reconciled window of the hourly backend must add up to 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,45 +18,11 @@ from gateway.settings import BackendSettings, MeteringSettings, Price
 from gateway.tenancy.ledger import WindowTotals
 from gateway.tenancy.models import Admission, Limits, UsageRecord
 from gateway.tenancy.redis_store import RedisStore
+from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.slow]
 W = 1.0
 USD_PER_HOUR = 36.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A private redis-server with an fsync-always AOF, so a kill loses nothing acknowledged."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["/usr/bin/redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-             "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
-                return
-            time.sleep(0.02)  # the server offers no readiness signal but its port
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
 
 
 @pytest.fixture
