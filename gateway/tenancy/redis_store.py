@@ -20,9 +20,10 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
-from redis.retry import Retry
 
 from gateway.errors import StoreUnavailable, Unauthenticated
 from gateway.settings import StoreSettings
@@ -102,8 +103,12 @@ class RedisStore:
             decode_responses=True,
             socket_connect_timeout=0.5,
             socket_timeout=2.0,
-            # A retried EVALSHA could reserve twice; outages go to the failure policy instead.
-            retry=Retry(NoBackoff(), 0),
+            # One retry, on a fresh connection, for a connection that broke: after a Redis
+            # restart every pooled connection is dead, and the command never reached the new
+            # server. A timeout is not retried (the command may have run: a reservation twice).
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1,
+                        supported_errors=(RedisConnectionError,)),
+            health_check_interval=5,  # an idle connection is PINGed before it is used again
         )
         self._p = prefix
         self._defaults = default_limits or Limits()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,3 +69,20 @@ async def test_a_key_checked_within_the_trust_bound_rides_out_a_short_outage(
     with pytest.raises(StoreUnavailable):
         await b.authenticate(issued.secret)
     await b.aclose()
+
+
+async def test_after_a_redis_restart_the_first_requests_succeed_on_fresh_connections(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    clock = Clock()
+    store = _replica(server, tmp_path, "c", clock)
+    issued = await store.create_key("team-z")
+    principal = await store.authenticate(issued.secret)
+    await asyncio.gather(*(store.admit(principal, tokens=1, cost_usd=0.0) for _ in range(8)))
+    server.kill()  # the pool holds several connections now
+    server.start()  # same port, same data (the AOF), every pooled connection now dead
+    for _ in range(24):
+        clock.now += 2.0  # past the key cache: every request asks Redis
+        checked = await store.authenticate(issued.secret)
+        await store.admit(checked, tokens=1, cost_usd=0.0)
+    await store.aclose()
