@@ -33,6 +33,9 @@ class SentencePieceTokenizer:
 TokenizerSource = Callable[[], "Tokenizer | None"]
 
 
+SPECIAL_TOKENS = 2  # BOS and EOS a server may add around what the tokenizer counts
+
+
 class TokenCounter:
     """Counts prompt tokens with the model's tokenizer, or estimates when it has none.
 
@@ -61,3 +64,14 @@ class TokenCounter:
         if tok is not None:
             return len(tok.encode(text))
         return max(1, (len(text.encode()) + self.BYTES_PER_TOKEN - 1) // self.BYTES_PER_TOKEN)
+
+    def bound(self, model: str, text: str) -> int:
+        """At least as many tokens as any backend will count for ``text`` (for reservations).
+
+        With the tokenizer: its count plus the special tokens a server adds (BOS, EOS). Without:
+        the UTF-8 byte count plus those, since byte-fallback vocabularies never need more
+        than a token a byte; the ~4-byte estimate can be exceeded by any backend.
+        """
+        tok = self.tokenizer(model)
+        counted = len(tok.encode(text)) if tok is not None else len(text.encode())
+        return counted + SPECIAL_TOKENS

@@ -41,6 +41,7 @@ class Job:
     requests: list[GenerationRequest]  # one per choice; ``model`` is the client-facing id
     prompt_of: list[int]  # choice index -> prompt index
     prompt_counts: list[int]  # prompt tokens per prompt (counted or estimated)
+    prompt_bounds: list[int]  # at least what any backend will count, per prompt (reserved)
     echo_texts: list[str]  # per choice: prompt text the gateway echoes ("" for none)
     candidates: list[Backend]
     policy: str
@@ -66,14 +67,19 @@ class Job:
         return sum(self.prompt_counts[g] for g in self.prompt_of)
 
     @property
+    def prompt_bound_total(self) -> int:
+        """An upper bound on ``prompt_token_total``: what admission reserves."""
+        return sum(self.prompt_bounds[g] for g in self.prompt_of)
+
+    @property
     def max_tokens_total(self) -> int:
         """The most completion tokens the request may produce."""
         return self.max_tokens * len(self.requests)
 
     @property
     def reserved_tokens(self) -> int:
-        """What TPM admission reserves: prompt tokens plus ``max_tokens`` per choice."""
-        return self.prompt_token_total + self.max_tokens_total
+        """What TPM admission reserves: prompt tokens (bounded) plus ``max_tokens`` per choice."""
+        return self.prompt_bound_total + self.max_tokens_total
 
 
 class JobBuilder:
@@ -147,6 +153,9 @@ class JobBuilder:
         counts = [
             len(p) if not isinstance(p, str) else self.counter.count(model.id, p) for p in prompts
         ]
+        bounds = [
+            len(p) if not isinstance(p, str) else self.counter.bound(model.id, p) for p in prompts
+        ]
         requests, prompt_of, echo = [], [], []
         for group, (p, text) in enumerate(zip(prompts, texts, strict=True)):
             for _ in range(body.n):
@@ -173,7 +182,7 @@ class JobBuilder:
             meta,
             requests,
             prompt_of,
-            counts,
+            (counts, bounds),
             echo,
             candidates,
             max_tokens,
@@ -215,6 +224,7 @@ class JobBuilder:
                 )
         rendered = template.render(messages) if template else "\n".join(m.content for m in messages)
         count = self.counter.count(model.id, rendered)
+        bound = self.counter.bound(model.id, rendered)
         top = body.top_logprobs if body.logprobs else None
         requests = [
             GenerationRequest(
@@ -235,7 +245,7 @@ class JobBuilder:
             meta,
             requests,
             [0] * body.n,
-            [count],
+            ([count], [bound]),
             [""] * body.n,
             candidates,
             max_tokens,
@@ -274,7 +284,7 @@ class JobBuilder:
         meta: RequestMeta,
         requests: list[GenerationRequest],
         prompt_of: list[int],
-        counts: list[int],
+        counts: tuple[list[int], list[int]],  # counted (or estimated), and bounded
         echo: list[str],
         candidates: list[Backend],
         max_tokens: int,
@@ -296,7 +306,8 @@ class JobBuilder:
             envelope=envelope,
             requests=requests,
             prompt_of=prompt_of,
-            prompt_counts=counts,
+            prompt_counts=counts[0],
+            prompt_bounds=counts[1],
             echo_texts=echo,
             candidates=candidates,
             policy=policy,

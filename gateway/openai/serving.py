@@ -124,7 +124,7 @@ class Serving:
 
     def _worst_case(self, job: Job) -> float:
         names = [b.name for b in job.candidates]
-        return self.meter.worst_case_cost(names, job.prompt_token_total, job.max_tokens_total)
+        return self.meter.worst_case_cost(names, job.prompt_bound_total, job.max_tokens_total)
 
     async def _open_all(self, job: Job) -> list[Generation]:
         with self.telemetry.routing(job.policy) as route:
