@@ -29,9 +29,9 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from gateway.tokenizers import SPECIAL_TOKENS
-import yaml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
