@@ -1,13 +1,9 @@
 """What the HTTP adapters share: the client, deadlines on a streamed POST, and error mapping.
 
-Every upstream answer passes through ``status_error`` or ``transport_error`` on its way to
-the router, so the HTTP adapters agree on one table:
-
-    429, 503            Overloaded (retry_after from ``Retry-After`` when present)
-    400, 404, 413, 422  BadRequest (param from the body when it names one)
-    408, 504            Timeout
-    401, 403, 424, 5xx  Unavailable (credentials, generation failures, crashes: try elsewhere)
-    connect failures    Unavailable; connect timeout: Timeout; broken bodies: UpstreamProtocolError
+Every upstream answer passes through ``status_error`` (``adapters._errors``, one table for
+statuses and bodies) or ``transport_error`` on its way to the router. Below HTTP: connect
+failures are Unavailable, a connect timeout is Timeout, broken bodies UpstreamProtocolError;
+addresses and exception texts stay in ``detail``, out of what a client reads.
 
 The client is one ``aiohttp.ClientSession`` per backend, made on first use inside the
 running event loop (aiohttp binds a session to its loop, and the app may be built outside
@@ -22,8 +18,6 @@ import ssl
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -34,15 +28,14 @@ from yarl import URL
 
 from adapters._batch import DeltaBatch
 from adapters._deadline import Deadline
+from adapters._errors import status_error
 from adapters._sse import SSEDecoder
 from adapters._wire import ConnectFailed, ConnectTimedOut, ResponseBroken, WirePool, WireResponse
 from adapters.base import (
     BackendError,
-    BadRequest,
     Capabilities,
     Delta,
     LoadSnapshot,
-    Overloaded,
     Timeout,
     Timeouts,
     Unavailable,
@@ -51,7 +44,6 @@ from adapters.base import (
 
 JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}
 SSE_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
-DEFAULT_RETRY_AFTER = 1.0
 DEFAULT_TIMEOUTS = Timeouts()
 KEEPALIVE_EXPIRY = 30.0  # seconds an idle pooled connection is kept
 # An upstream response: aiohttp's (proxied upstreams, probes) or the lean client's.
@@ -126,89 +118,30 @@ def env_proxy(url: URL) -> tuple[URL | None, dict[str, str] | None]:
     return proxy, ({"proxy-authorization": auth.encode()} if auth else None)
 
 
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), if usable."""
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def error_detail(raw: bytes) -> tuple[str, str | None]:
-    """Message and param from any error body we know: OpenAI nested, vLLM's old flat one,
-    trtllm-serve / Triton / TGI ``{"error": "..."}``; otherwise the text itself."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return raw[:500].decode("utf-8", "replace").strip() or "(empty body)", None
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict):
-            return str(error.get("message") or error), _param(error.get("param"))
-        if isinstance(error, str):
-            return error, _param(body.get("param"))
-        if "message" in body:
-            return str(body["message"]), _param(body.get("param"))
-    return str(body)[:500], None
-
-
-def _param(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def status_error(status: int, headers: Mapping[str, str], raw: bytes, backend: str) -> BackendError:
-    """The taxonomy's error for an HTTP error status and its body."""
-    message, param = error_detail(raw)
-    message = f"upstream {status}: {message}"
-    if status in (429, 503):
-        return Overloaded(
-            message,
-            backend=backend,
-            retry_after=retry_after(headers) or DEFAULT_RETRY_AFTER,
-        )
-    if status in (408, 504):
-        return Timeout(message, backend=backend)
-    if status in (401, 403, 424) or status >= 500:
-        return Unavailable(message, backend=backend)
-    return BadRequest(message, backend=backend, param=param)
-
-
-def code_error(code: object, message: str, backend: str) -> BackendError:
-    """The error for an ``{"error": ...}`` event inside a 200 stream, by its code if any."""
-    status = code if isinstance(code, int) else 500
-    return status_error(status, {}, orjson.dumps({"error": message}), backend)
-
-
 def transport_error(exc: BaseException, backend: str) -> BackendError:
     """The error for a failure below HTTP: refused, reset, timed out or truncated."""
-    if isinstance(exc, ConnectTimedOut):
-        return Timeout(f"connect timed out: {exc}", backend=backend)
+    said = f"{exc!r}"
+    if isinstance(exc, ConnectTimedOut | aiohttp.ConnectionTimeoutError):
+        # Connecting, or waiting for a pooled connection.
+        return Timeout("Connecting to the backend timed out.", backend=backend, detail=said)
     if isinstance(exc, ConnectFailed):
-        return Unavailable(str(exc), backend=backend)
-    if isinstance(exc, ResponseBroken):
-        return UpstreamProtocolError(f"broken upstream response: {exc}", backend=backend)
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # connecting, or waiting for the pool
-        return Timeout(f"connect timed out: {exc!r}", backend=backend)
+        return Unavailable("The backend cannot be reached.", backend=backend, detail=said)
     if isinstance(exc, TimeoutError):  # aiohttp's socket timeouts are TimeoutErrors too
-        return Timeout(f"upstream timed out: {exc!r}", backend=backend)
+        return Timeout("The backend timed out.", backend=backend, detail=said)
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientHttpProxyError):
-        return Unavailable(f"cannot connect: {exc}", backend=backend)  # refused, DNS, TLS, proxy
+        # Refused, DNS, TLS, proxy.
+        return Unavailable("The backend cannot be reached.", backend=backend, detail=said)
     if isinstance(
         exc,
-        aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError | aiohttp.ClientResponseError,
+        ResponseBroken
+        | aiohttp.ClientPayloadError
+        | aiohttp.ServerDisconnectedError
+        | aiohttp.ClientResponseError,
     ):
-        return UpstreamProtocolError(f"broken upstream response: {exc!r}", backend=backend)
-    return Unavailable(f"transport failure: {exc!r}", backend=backend)
+        return UpstreamProtocolError(
+            "The backend's answer broke off.", backend=backend, detail=said
+        )
+    return Unavailable("The backend cannot be reached.", backend=backend, detail=said)
 
 
 def loads(data: str | bytes, backend: str) -> Any:
@@ -217,7 +150,9 @@ def loads(data: str | bytes, backend: str) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise UpstreamProtocolError(
-            f"upstream sent invalid JSON: {str(data)[:200]!r}", backend=backend
+            "The backend sent an answer that is not JSON.",
+            backend=backend,
+            detail=f"{str(data)[:200]!r}",
         ) from exc
 
 
@@ -451,7 +386,9 @@ class HTTPBackend:
                         if isinstance(exc, BackendError):
                             raise
                         raise UpstreamProtocolError(
-                            f"unreadable event: {str(data)[:200]!r}", backend=self.name
+                            "The backend sent an event the gateway cannot read.",
+                            backend=self.name,
+                            detail=f"{str(data)[:200]!r}",
                         ) from exc
                     if first is not None:
                         yield first

@@ -9,8 +9,12 @@ Error tree (what the router understands)::
      ├── Overloaded(retry_after)   the upstream is full: try elsewhere, or later
      ├── Unavailable               the upstream is down or unreachable
      ├── Timeout                   connect, first-token or total deadline passed
-     ├── BadRequest(param)         the upstream refused this request as invalid
+     ├── BadRequest(param, code)   the request is at fault (the upstream refused it, or it
+     │                             cannot fit): the client's error, never the backend's health
      └── UpstreamProtocolError     the upstream answered something we cannot read
+
+``message`` is what a client may read; ``detail`` keeps what the upstream said (bodies,
+tracebacks, addresses) for logs and spans only, and ``str(error)`` shows both.
 """
 
 from __future__ import annotations
@@ -26,17 +30,25 @@ BackendKind = Literal["vllm", "tgi", "triton", "jetstream", "embedded"]
 class BackendError(Exception):
     """Base of every failure an adapter reports; ``backend`` names who failed."""
 
-    def __init__(self, message: str, *, backend: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, backend: str = "", detail: str | None = None) -> None:
+        super().__init__(f"{message} [{detail}]" if detail else message)
         self.message = message
         self.backend = backend
+        self.detail = detail
 
 
 class Overloaded(BackendError):
     """The upstream refused for load (HTTP 429/503, gRPC RESOURCE_EXHAUSTED)."""
 
-    def __init__(self, message: str, *, backend: str = "", retry_after: float = 1.0) -> None:
-        super().__init__(message, backend=backend)
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend: str = "",
+        retry_after: float = 1.0,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(message, backend=backend, detail=detail)
         self.retry_after = retry_after
 
 
@@ -49,11 +61,23 @@ class Timeout(BackendError):
 
 
 class BadRequest(BackendError):
-    """The upstream rejected the request itself; retrying elsewhere will not help."""
+    """The request itself is at fault; retrying elsewhere will not help.
 
-    def __init__(self, message: str, *, backend: str = "", param: str | None = None) -> None:
-        super().__init__(message, backend=backend)
+    ``code`` is OpenAI's error code when one applies (``context_length_exceeded``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend: str = "",
+        param: str | None = None,
+        code: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(message, backend=backend, detail=detail)
         self.param = param
+        self.code = code
 
 
 class UpstreamProtocolError(BackendError):
@@ -75,6 +99,7 @@ class Capabilities:
     penalties: bool = False  # presence / frequency penalties
     suffix: bool = False
     max_context: int | None = None  # prompt + completion tokens, when known
+    max_prompt: int | None = None  # prompt tokens alone, where the server limits them apart
 
 
 @dataclass(frozen=True, slots=True)

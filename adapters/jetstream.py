@@ -5,7 +5,8 @@ sample's ``token_ids``, prompt tokens are left to the gateway, and the finish re
 ``length`` when ``max_tokens`` tokens came, else ``stop``. The request carries only the
 fields both 0.2.x and current servers know (``max_tokens`` and the prompt) unless options
 ask for more: ``priority`` and ``session_cache`` (0.2.x), ``num_samples``, ``has_bos`` and
-``lora_adapter_id`` (current). Other options: ``max_context``.
+``lora_adapter_id`` (current). Other options: ``max_context`` (the server's
+``max_target_length``) and ``max_prompt`` (its ``max_prefill_length``).
 
 Responses are parsed here rather than by grpc's deserializer so that an unreadable
 message surfaces as ``UpstreamProtocolError`` instead of a generic RPC failure.
@@ -24,6 +25,7 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from grpc import aio
 
 from adapters._deadline import Deadline
+from adapters._errors import client_text
 from adapters._http import DEFAULT_TIMEOUTS, build_client
 from adapters._prometheus import mean, parse_metrics, total
 from adapters.base import (
@@ -45,12 +47,14 @@ from adapters.base import (
 pb: Any = importlib.import_module("adapters.jetstream_pb.jetstream_pb2")
 DECODE = "/jetstream_proto.Orchestrator/Decode"
 HEALTH_CHECK = "/jetstream_proto.Orchestrator/HealthCheck"
+# Current servers (jetstream/core/metrics/prometheus.py): every backlog in one gauge, and
+# slots in use two ways; 0.2.x: the prefill backlog and the slots available.
 _METRICS = (
+    "num_requests_waiting",
     "jetstream_prefill_backlog_size",
     "jetstream_slots_used_percentage",
-    "jetstream_slots_available_percentage",  # 0.2.x
-    "jetstream_num_requests_waiting",
-    "num_requests_waiting",
+    "kv_cache_utilization_perc",
+    "jetstream_slots_available_percentage",
 )
 _BAD_REQUEST = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -90,7 +94,13 @@ class JetStreamBackend:
         self.options: Mapping[str, Any] = dict(options or {})
         # A token prompt makes JetStream answer with token ids and no text, which the client
         # cannot read; the gateway decodes token prompts with the model's tokenizer instead.
-        self.capabilities = Capabilities(max_context=self.options.get("max_context"))
+        # JetStream keeps the last ``max_prefill_length`` tokens of a longer prompt, silently:
+        # its limits (``max_prompt``: the prefill length; ``max_context``: the target length)
+        # let the gateway refuse first.
+        self.capabilities = Capabilities(
+            max_context=self.options.get("max_context"),
+            max_prompt=self.options.get("max_prompt"),
+        )
         self._target, secure = _target(url)
         if channel_credentials is None and (secure or tls_ca_file):
             root = open(tls_ca_file, "rb").read() if tls_ca_file else None  # noqa: SIM115
@@ -237,21 +247,18 @@ class JetStreamBackend:
             return None
         samples = parse_metrics(response.text, _METRICS)
         used = mean(samples, "jetstream_slots_used_percentage")
-        if used is None:
-            available = mean(samples, "jetstream_slots_available_percentage")
-            used = 1.0 - available if available is not None else None
-        # The backlog and a waiting count describe the same queue where both exist.
-        queued = [
-            v
-            for v in (
-                total(samples, "jetstream_prefill_backlog_size"),
-                total(samples, "jetstream_num_requests_waiting"),
-                total(samples, "num_requests_waiting"),
-            )
-            if v is not None
-        ]
+        if used is None and (percent := mean(samples, "kv_cache_utilization_perc")) is not None:
+            used = percent / 100
+        free = mean(samples, "jetstream_slots_available_percentage")
+        if used is None and free is not None:
+            used = 1.0 - free
+        # num_requests_waiting counts the prefill, transfer and generate backlogs; 0.2.x has
+        # only the prefill backlog (its transfer/generate gauges, where exported, are stale).
+        waiting = total(samples, "num_requests_waiting")
+        if waiting is None:
+            waiting = total(samples, "jetstream_prefill_backlog_size")
         return LoadSnapshot(
-            healthy=True, waiting=int(max(queued)) if queued else None, kv_usage=used
+            healthy=True, waiting=int(waiting) if waiting is not None else None, kv_usage=used
         )
 
     async def aclose(self) -> None:
@@ -273,17 +280,24 @@ def _target(url: str) -> tuple[str, bool]:
 
 def _rpc_error(exc: aio.AioRpcError, backend: str) -> BackendError:
     code = exc.code()
-    message = f"upstream {code.name}: {exc.details()}"
+    detail = f"upstream {code.name}: {exc.details()}"
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return Overloaded(message, backend=backend, retry_after=_retry_after(exc) or 1.0)
+        wait = _retry_after(exc) or 1.0
+        return Overloaded(
+            "The backend is overloaded.", backend=backend, retry_after=wait, detail=detail
+        )
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return Timeout(message, backend=backend)
+        return Timeout("The backend timed out.", backend=backend, detail=detail)
     if code in _BAD_REQUEST:
-        return BadRequest(message, backend=backend)
+        return BadRequest(client_text(exc.details() or ""), backend=backend, detail=detail)
     if code is grpc.StatusCode.DATA_LOSS:
-        return UpstreamProtocolError(message, backend=backend)
+        return UpstreamProtocolError(
+            "The backend's answer broke off.", backend=backend, detail=detail
+        )
     # UNAVAILABLE is "down"; UNKNOWN/INTERNAL/ABORTED/auth failures: try another backend.
-    return Unavailable(message, backend=backend)
+    return Unavailable(
+        f"The backend failed ({code.name}).", backend=backend, detail=detail
+    )
 
 
 def _retry_after(exc: aio.AioRpcError) -> float | None:

@@ -1,29 +1,40 @@
 """Kind ``vllm``: any OpenAI-compatible server: vLLM, trtllm-serve, llama.cpp, OpenAI itself.
 
 Upstream calls always stream with ``stream_options.include_usage`` so that usage is never
-lost, even when the gateway folds the answer for a non-streaming client.
+lost, even when the gateway folds the answer for a non-streaming client. Where a server
+differs (``adapters._openai_servers``: learned once from ``/openapi.json`` and ``/v1/models``
+on first use), the adapter adapts: the context length a server states becomes
+``max_context``; one that does not stream an echo answers echo requests unstreamed; one that
+aborts a running stream for a new request gets one request at a time. Where a stream brings
+no usage, each chunk counts as the engine step it is (``_step_tokens``).
 
 Options: ``chat`` (default true), ``token_prompts`` (true), ``suffix`` (false),
-``max_logprobs`` (20), ``max_stop_sequences``, ``max_context``, ``max_tokens_field``
-(``max_tokens``; ``max_completion_tokens`` for OpenAI's newer chat models),
-``continuous_usage_stats`` (vLLM only: exact per-chunk token counts), ``api_prefix``
-(``/v1`` unless the url already ends in it), ``health_path`` (``/health``).
+``max_logprobs`` (20), ``max_stop_sequences``, ``max_context`` (wins over the server's),
+``max_tokens_field`` (``max_tokens``; ``max_completion_tokens`` for OpenAI's newer chat
+models), ``continuous_usage_stats`` (vLLM only: exact per-chunk token counts), ``api_prefix``
+(``/v1`` unless the url already ends in it), ``health_path`` (``/health``; a 404 there means
+the server has none and is up), and the traits ``serial`` and ``stream_echo``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import aclosing
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from adapters._batch import DeltaBatch
 from adapters._deadline import Deadline
-from adapters._http import MALFORMED, HTTPBackend, code_error, loads
+from adapters._errors import event_error, said_in
+from adapters._http import MALFORMED, Fetched, HTTPBackend, loads
+from adapters._openai_servers import ServerTraits, model_context
 from adapters._prometheus import mean, parse_metrics, total
 from adapters.base import (
     BackendError,
+    BadRequest,
     Capabilities,
     Delta,
     FinishReason,
@@ -59,6 +70,10 @@ class OpenAICompatibleBackend(HTTPBackend):
         if self._continuous:
             stream_options["continuous_usage_stats"] = True
         self._stream_options = stream_options
+        self._configured_context: int | None = opts.get("max_context")
+        self._traits = ServerTraits.configured(opts)
+        self._learned = False
+        self._turns: asyncio.Semaphore | None = None
         return Capabilities(
             chat=bool(opts.get("chat", True)),
             token_prompts=bool(opts.get("token_prompts", True)),
@@ -75,6 +90,17 @@ class OpenAICompatibleBackend(HTTPBackend):
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[Delta]:
         """Stream one (chat) completion; closing the iterator drops the upstream call."""
+        await self._learn()
+        async with self._turn():
+            if req.echo and req.messages is None and self._traits.stream_echo is False:
+                source = self._echo_unstreamed(req)
+            else:
+                source = self._streamed(req)
+            async with aclosing(source) as deltas:
+                async for delta in deltas:
+                    yield delta
+
+    async def _streamed(self, req: GenerationRequest) -> AsyncGenerator[Delta, None]:
         chat = req.messages is not None
         path, body = self._request(req)
         deadline = Deadline(self.timeouts, self.name)
@@ -82,10 +108,12 @@ class OpenAICompatibleBackend(HTTPBackend):
         usage: Mapping[str, Any] | None = None
         counted = 0
         done = False
+        heard = False  # any event at all
         echo_pending = req.echo and not chat
 
         def read_event(data: str, batch: DeltaBatch) -> Delta | None:
-            nonlocal finish, usage, counted, done, echo_pending
+            nonlocal finish, usage, counted, done, echo_pending, heard
+            heard = True
             if data == "[DONE]":
                 # Read on to the end of the body rather than stop: a response closed early
                 # drops its keep-alive connection, and the next request pays for a new one.
@@ -104,17 +132,17 @@ class OpenAICompatibleBackend(HTTPBackend):
                 text, logprobs = _piece(choice, chat)
                 if echo_pending and logprobs is not None:
                     echo_pending = False
-                    echo, text, logprobs = _split_echo(req, text, logprobs)
+                    echo, text, logprobs = self._split_echo(req, text, logprobs)
+                reason = choice.get("finish_reason")
                 if self._continuous and chunk_usage:
                     tokens = int(chunk_usage["completion_tokens"]) - counted
                 elif logprobs is not None:
                     tokens = len(logprobs)
                 else:
-                    tokens = 1 if text else 0  # one engine step per chunk: an estimate
+                    tokens = _step_tokens(choice, chat, text, reason)
                 if text or tokens:
                     counted += tokens
                     batch.add(text, tokens, logprobs)
-                reason = choice.get("finish_reason")
                 if reason is not None:
                     finish = self._finish(reason)
             return echo  # the prompt goes out first, on its own
@@ -123,10 +151,97 @@ class OpenAICompatibleBackend(HTTPBackend):
         async with aclosing(self._deltas(events, deadline, read_event)) as deltas:
             async for delta in deltas:
                 yield delta
+        if not heard:
+            # A 200 and not one event: the server refused the request after it had already
+            # answered 200 (llama-cpp-python does so for a prompt beyond its context).
+            raise BadRequest(
+                "The backend refused the request without an answer.",
+                backend=self.name,
+                detail="a 200 stream with no events",
+            )
         if finish is None:
+            # Not a complete answer, however it ended (llama-cpp-python ends a stream it
+            # interrupts with [DONE] and no finish_reason).
             state = "[DONE] without a finish_reason" if done else "end of stream before [DONE]"
-            raise UpstreamProtocolError(f"stream broke off: {state}", backend=self.name)
+            raise UpstreamProtocolError(
+                "The backend's answer broke off.", backend=self.name, detail=state
+            )
         yield Delta(finish_reason=finish, usage=self._usage(usage, counted))
+
+    async def _echo_unstreamed(self, req: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        """Echo with prompt logprobs from a server that streams no echo: one whole answer,
+        parted into the prompt's entries (those at offsets inside it) and the output's."""
+        path, body = self._request(req)
+        body["stream"] = False
+        body.pop("stream_options", None)
+        answer = await self._post_json(path, body, Deadline(self.timeouts, self.name))
+        try:
+            choice = answer["choices"][0]
+            raw = choice.get("logprobs") or {}
+            entries = _completion_logprobs(raw) if raw else []
+            prompt = req.prompt or ""
+            if req.prompt_token_ids is not None:
+                count = min(len(entries), len(req.prompt_token_ids))
+            else:
+                offsets = raw.get("text_offset") or []
+                count = sum(1 for at in offsets if at < len(prompt))
+            text = str(choice.get("text") or "")
+            usage = self._usage(answer.get("usage"), len(entries) - count)
+            finish = self._finish(choice.get("finish_reason") or "stop")
+        except MALFORMED as exc:
+            raise UpstreamProtocolError(
+                "The backend sent an answer the gateway cannot read.",
+                backend=self.name,
+                detail=str(answer)[:200],
+            ) from exc
+        prompt_text = prompt or "".join(e.token for e in entries[:count])
+        yield Delta(text=prompt_text, logprobs=entries[:count], echo=True)
+        rest = text.removeprefix(prompt_text)
+        yield Delta(text=rest, tokens=usage.completion_tokens, logprobs=entries[count:] or None)
+        yield Delta(finish_reason=finish, usage=usage)
+
+    def _split_echo(
+        self, req: GenerationRequest, text: str, logprobs: list[TokenLogprob]
+    ) -> tuple[Delta, str, list[TokenLogprob]]:
+        """The echoed prompt, parted from the first output of the chunk that carries both.
+
+        vLLM puts them in one chunk. A server whose first chunk is output only (it streams
+        no echo) gets the prompt echoed without logprobs, and is answered unstreamed next time.
+        """
+        if req.prompt_token_ids is None and not text.startswith(req.prompt or ""):
+            self._traits.stream_echo = False
+            return Delta(text=req.prompt or "", logprobs=[], echo=True), text, logprobs
+        return _split_echo(req, text, logprobs)
+
+    # -- what the server is ----------------------------------------------------------------
+
+    async def _learn(self) -> None:
+        """Once: which server this is and the context it states (cheap routes only)."""
+        if self._learned:
+            return
+        document = await self._get("/openapi.json")
+        if document is None:
+            return  # unreachable: learn on a later call
+        self._learned = True
+        self._traits.adopt_openapi(_json(document))
+        if not self._traits.llama_cpp:
+            # llama-cpp-python's /v1/models waits for the model lock, which aborts a stream.
+            listing = await self._get(f"{self._prefix}/models")
+            stated = model_context(_json(listing), self.models.values())
+            self._traits.max_context = stated
+        context = self._configured_context or self._traits.max_context
+        self.capabilities = replace(self.capabilities, max_context=context)
+
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """Hold the server's one slot for the whole answer when it takes one at a time."""
+        if not self._traits.serial:
+            yield
+            return
+        if self._turns is None:
+            self._turns = asyncio.Semaphore(1)
+        async with self._turns:
+            yield
 
     def _request(self, req: GenerationRequest) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {"model": req.model}
@@ -171,7 +286,9 @@ class OpenAICompatibleBackend(HTTPBackend):
         if reason == "length":
             return "length"
         if reason == "abort":  # vLLM aborted it (shutdown, preemption limits): not an answer
-            raise Unavailable("upstream aborted the generation", backend=self.name)
+            raise Unavailable(
+                "The backend aborted the generation.", backend=self.name, detail="finish: abort"
+            )
         return "stop"  # stop, eos, tool_calls, content_filter: the model ended the text
 
     @staticmethod
@@ -185,8 +302,13 @@ class OpenAICompatibleBackend(HTTPBackend):
         )
 
     async def probe(self) -> LoadSnapshot:
-        """``/health`` for liveness; vLLM's Prometheus or trtllm-serve's JSON metrics for load."""
-        return await self._probe(self._health_path, await self._load())
+        """``/health`` for liveness (a 404 there: the server has none, and it answered);
+        vLLM's Prometheus or trtllm-serve's JSON metrics for load."""
+        await self._learn()
+        snapshot = await self._probe(self._health_path, await self._load())
+        if not snapshot.healthy and snapshot.detail == "health answered 404":
+            return replace(snapshot, healthy=True, detail="no health route: answering HTTP")
+        return snapshot
 
     async def _load(self) -> LoadSnapshot | None:
         fetched = await self._metrics_text()
@@ -207,6 +329,29 @@ class OpenAICompatibleBackend(HTTPBackend):
             waiting=int(waiting) if waiting is not None else None,
             kv_usage=kv,
         )
+
+
+def _json(fetched: Fetched | None) -> Any:
+    """A probe answer's JSON body, or None when it failed or is not JSON."""
+    if fetched is None or fetched.status != 200:
+        return None
+    try:
+        return orjson.loads(fetched.body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _step_tokens(choice: Mapping[str, Any], chat: bool, text: str, reason: object) -> int:
+    """Tokens a chunk without counts stands for: one engine step each, its text empty or
+    not (llama.cpp sends the token that completes a stop sequence with the text before the
+    stop, often none), but for chat's opening role chunk; a closing chunk only if it has
+    text. An estimate where one step yields more (speculative decoding, a character held
+    back over several tokens) or a server sends usage, which then corrects it."""
+    if reason is not None:
+        return 1 if text else 0
+    if chat and "role" in (choice.get("delta") or {}):
+        return 1 if text else 0
+    return 1
 
 
 def _piece(choice: Mapping[str, Any], chat: bool) -> tuple[str, list[TokenLogprob] | None]:
@@ -240,7 +385,7 @@ def _chat_logprobs(content: Sequence[Mapping[str, Any]]) -> list[TokenLogprob]:
 def _split_echo(
     req: GenerationRequest, text: str, logprobs: list[TokenLogprob]
 ) -> tuple[Delta, str, list[TokenLogprob]]:
-    """vLLM puts the echoed prompt and the first output in one chunk; part them.
+    """Part the echoed prompt from the first output that came in one chunk with it.
 
     A token prompt has one logprob entry per prompt token; for a text prompt the entries
     whose text lies inside the prompt are the prompt's.
@@ -260,17 +405,20 @@ def _split_echo(
 
 
 def _stream_error(chunk: Mapping[str, Any], backend: str) -> BackendError:
-    """An error event inside a 200 stream, nested (``{"error": {...}}``) or flat."""
+    """An error event inside a 200 stream, nested (``{"error": {...}}``) or flat; classed by
+    its HTTP code when it has one, else by its type."""
     error = chunk.get("error")
     body = error if isinstance(error, dict) else chunk
-    message = str(body.get("message") or error or "upstream error")
-    return code_error(body.get("code"), message, backend)
+    return event_error(said_in(chunk), backend, body.get("code"))
 
 
 def _trtllm_load(text: str) -> LoadSnapshot | None:
-    """trtllm-serve's ``/metrics``: a JSON list of per-iteration stats, newest last."""
+    """trtllm-serve's ``/metrics``: the iteration stats queued since the last call, newest
+    last; none at all means no iteration ran since, so nothing was running or waiting."""
     try:
         stats = orjson.loads(text)
+        if stats == []:
+            return LoadSnapshot(healthy=True, running=0, waiting=0)
         latest = stats[-1] if isinstance(stats, list) else stats
         kv = latest.get("kvCacheStats") or {}
         used, most = kv.get("usedNumBlocks"), kv.get("maxNumBlocks")

@@ -18,7 +18,8 @@ from typing import Any
 
 from adapters._batch import DeltaBatch
 from adapters._deadline import Deadline
-from adapters._http import MALFORMED, HTTPBackend, code_error, loads
+from adapters._errors import said_error, said_in
+from adapters._http import MALFORMED, HTTPBackend, loads
 from adapters._prometheus import parse_metrics, total
 from adapters.base import (
     BackendError,
@@ -34,8 +35,19 @@ from adapters.base import (
 )
 
 _RESERVED = frozenset({"max_new_tokens", "details", "decoder_input_details", "stop", "best_of"})
-# error_type of TGI's `{"error", "error_type"}` body -> the HTTP status it comes with
-_ERROR_STATUS = {"overloaded": 429, "validation": 422, "generation": 424, "tokenizer": 422}
+# error_type of TGI's `{"error", "error_type"}` -> the HTTP status the same error gets outside
+# a stream (router/src/infer/mod.rs `InferError::error_type`, server.rs `From<InferError>`).
+_ERROR_STATUS = {
+    "generation": 424,
+    "overloaded": 429,
+    "validation": 422,
+    "incomplete_generation": 500,
+    "incomplete_generation_stream": 500,
+    "template_error": 422,
+    "missing_template_variable": 422,
+    "tool_error": 422,
+    "stream_serialization_error": 500,
+}
 
 
 class TGIBackend(HTTPBackend):
@@ -57,6 +69,7 @@ class TGIBackend(HTTPBackend):
             max_stop_sequences=self._limits["max_stop_sequences"],
             seed=True,
             max_context=self._limits["max_total_tokens"],
+            max_prompt=self._limits["max_input_tokens"],
         )
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[Delta]:
@@ -120,13 +133,14 @@ class TGIBackend(HTTPBackend):
                 tokens=int(details["generated_tokens"]),
                 logprobs=logprobs if req.logprobs else None,
             )
-            yield self._final(details)
+            # /generate's details have no input_length: the prefill has one entry per token.
+            yield self._final(details, prompt_tokens=len(prefill) or None)
         except MALFORMED as exc:
             raise UpstreamProtocolError("unreadable /generate answer", backend=self.name) from exc
 
-    def _final(self, details: Mapping[str, Any]) -> Delta:
+    def _final(self, details: Mapping[str, Any], prompt_tokens: int | None = None) -> Delta:
         reason: FinishReason = "length" if details["finish_reason"] == "length" else "stop"
-        prompt = details.get("input_length", details.get("prompt_tokens"))
+        prompt = details.get("input_length", prompt_tokens)
         usage = Usage(
             prompt_tokens=int(prompt) if prompt is not None else None,
             completion_tokens=int(details["generated_tokens"]),
@@ -189,6 +203,7 @@ class TGIBackend(HTTPBackend):
             self.capabilities,
             max_stop_sequences=self._limits["max_stop_sequences"],
             max_context=self._limits["max_total_tokens"],
+            max_prompt=self._limits["max_input_tokens"],
         )
 
     async def probe(self) -> LoadSnapshot:
@@ -216,4 +231,4 @@ def _logprob(token: Mapping[str, Any], top: Sequence[Mapping[str, Any]] | None) 
 def _event_error(event: Mapping[str, Any], backend: str) -> BackendError:
     """TGI's in-stream ``{"error", "error_type"}`` event, classed as its HTTP twin would be."""
     status = _ERROR_STATUS.get(str(event.get("error_type")), 500)
-    return code_error(status, str(event["error"]), backend)
+    return said_error(status, said_in(event), backend)

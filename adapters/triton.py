@@ -6,9 +6,19 @@ that are not decoupled, ``/generate``. Each response reports its own ``num_outpu
 ``length`` is inferred when ``max_tokens`` tokens came. Errors arrive as
 ``{"error": "..."}``, also inside a 200 stream.
 
-Options: ``stream`` (true), ``token_counts`` (true: ask for ``return_num_*_tokens``),
+Triton turns a body key that is not one of the model's inputs into a request parameter,
+which the ensemble ignores: a misnamed field is silently dropped. So the adapter reads the
+model's inputs once (``GET /v2/models/{model}``) and speaks to what is there: ``seed`` or,
+on tensorrtllm_backend ensembles up to v0.19, ``random_seed``; token counts only where the
+ensemble has ``return_num_input_tokens`` / ``return_num_output_tokens`` (TensorRT-LLM's
+``triton_backend`` since the move out of tensorrtllm_backend; without them the prompt is the
+gateway's to count, and each streamed response is one token); and a vendor extra the model
+has no input for is refused rather than lost.
+
+Options: ``stream`` (true), ``token_counts`` (true: ask for them where the model has them),
 ``exclude_input_in_output`` (true), ``input_names`` (rename inputs for a custom ensemble,
-e.g. ``{"seed": "random_seed"}``), ``max_context``.
+e.g. ``{"seed": "random_seed"}``; wins over what is learned), ``max_context``,
+``max_prompt`` (the engine's ``max_input_len``).
 """
 
 from __future__ import annotations
@@ -20,10 +30,12 @@ from urllib.parse import quote
 
 from adapters._batch import DeltaBatch
 from adapters._deadline import Deadline
-from adapters._http import HTTPBackend, code_error, loads
+from adapters._errors import UpstreamSaid, said_error
+from adapters._http import MALFORMED, HTTPBackend, loads
 from adapters._prometheus import parse_metrics, total
 from adapters.base import (
     BackendError,
+    BadRequest,
     Capabilities,
     Delta,
     GenerationRequest,
@@ -51,13 +63,19 @@ class TritonBackend(HTTPBackend):
         self._counts = bool(opts.get("token_counts", True))
         self._exclude_input = bool(opts.get("exclude_input_in_output", True))
         self._names: Mapping[str, str] = dict(opts.get("input_names") or {})
-        return Capabilities(stop=True, seed=True, max_context=opts.get("max_context"))
+        self._inputs: dict[str, frozenset[str]] = {}  # model -> its input names, once read
+        return Capabilities(
+            stop=True,
+            seed=True,
+            max_context=opts.get("max_context"),
+            max_prompt=opts.get("max_prompt"),
+        )
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[Delta]:
         """Stream one generation; closing the iterator drops the upstream call."""
-        deadline = Deadline(self.timeouts, self.name)
         base = f"/v2/models/{quote(req.model, safe='')}"
-        body = self._request(req)
+        body = self._request(req, await self._model_inputs(req.model, base))
+        deadline = Deadline(self.timeouts, self.name)
         prompt_tokens: int | None = None
         produced = 0
         source: AsyncGenerator[list[Any], None]
@@ -96,7 +114,24 @@ class TritonBackend(HTTPBackend):
         """``/generate`` for non-decoupled models: the whole answer as one response."""
         yield [await self._post_json(path, body, deadline)]
 
-    def _request(self, req: GenerationRequest) -> dict[str, Any]:
+    async def _model_inputs(self, model: str, base: str) -> frozenset[str] | None:
+        """The model's input names from its metadata, read once; None while unreadable."""
+        known = self._inputs.get(model)
+        if known is None:
+            fetched = await self._get(base)
+            if fetched is None or fetched.status != 200:
+                return None
+            try:
+                inputs = loads(fetched.body, self.name)["inputs"]
+                known = frozenset(str(i["name"]) for i in inputs)
+            except (UpstreamProtocolError, *MALFORMED):
+                return None
+            self._inputs[model] = known
+        return known
+
+    def _request(
+        self, req: GenerationRequest, inputs: frozenset[str] | None = None
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "text_input": req.prompt or "",
             "max_tokens": req.max_tokens,
@@ -104,7 +139,7 @@ class TritonBackend(HTTPBackend):
         }
         if self._exclude_input:
             body["exclude_input_in_output"] = True
-        if self._counts:
+        if self._counts and (inputs is None or "return_num_output_tokens" in inputs):
             body["return_num_input_tokens"] = True
             body["return_num_output_tokens"] = True
         if req.stop:
@@ -119,8 +154,23 @@ class TritonBackend(HTTPBackend):
         for key, value in req.extra.items():  # top_k, bad_words, repetition_penalty, ...
             if key not in _RESERVED:
                 body[key] = value
-        names = self._names
-        return {names.get(k, k): v for k, v in body.items()} if names else body
+        names = dict(self._names)
+        if inputs is not None and "seed" not in inputs and "random_seed" in inputs:
+            names.setdefault("seed", "random_seed")  # tensorrtllm_backend up to v0.19
+        if inputs is None:
+            return {names.get(k, k): v for k, v in body.items()} if names else body
+        asked = {*req.extra, "seed", "temperature", "top_p", "stop_words"}  # the client's
+        sent: dict[str, Any] = {}
+        for key, value in body.items():
+            name = names.get(key, key)
+            if name in inputs:
+                sent[name] = value
+            elif key in asked:  # Triton would drop it without a word
+                param = "stop" if key == "stop_words" else key
+                raise BadRequest(
+                    f"The backend's model takes no '{key}'.", backend=self.name, param=param
+                )
+        return sent
 
     async def probe(self) -> LoadSnapshot:
         """``/v2/health/ready``; TRT-LLM request and KV-cache metrics from Triton's exporter."""
@@ -147,5 +197,5 @@ def _error(message: object, backend: str) -> BackendError:
     """An error inside a 200 stream has no status; a full queue still means overloaded."""
     text = str(message)
     if "queue size" in text.lower():  # Triton's "Exceeds maximum queue size"
-        return Overloaded(f"upstream: {text}", backend=backend)
-    return code_error(500, text, backend)
+        return Overloaded("The backend is overloaded.", backend=backend, detail=text)
+    return said_error(500, UpstreamSaid(text), backend)

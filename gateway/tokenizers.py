@@ -1,7 +1,14 @@
-"""Prompt-token counting for backends that report none (JetStream, broken streams)."""
+"""Prompt-token counting for backends that report none (JetStream, llama.cpp streams).
+
+A count is what the server tokenizes: its BOS, and each control token written in the text
+(a chat template's ``<start_of_turn>``) as the one token it is, not as the pieces of its
+spelling. JetStream adds BOS to every prompt (0.2.2: ``is_bos = not history_path``; later:
+``is_bos = not has_bos``), llama.cpp wherever the model says ``add_bos_token``.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -14,16 +21,38 @@ class Tokenizer(Protocol):
 
 
 class SentencePieceTokenizer:
-    """A sentencepiece model file named in config (``models[].tokenizer``)."""
+    """A sentencepiece model file named in config (``models[].tokenizer``), encoding as a
+    server does: BOS first (when the model has one and ``add_bos``), control tokens whole."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, add_bos: bool = True) -> None:
         import sentencepiece
 
-        self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
+        sp = sentencepiece.SentencePieceProcessor(model_file=path)
+        self._sp = sp
+        self._bos = [sp.bos_id()] if add_bos and sp.bos_id() >= 0 else []
+        # Sentencepiece never emits control tokens from text: they are matched here first,
+        # longest first so that one prefixing another never wins wrongly.
+        specials = {
+            sp.id_to_piece(i): i
+            for i in range(sp.get_piece_size())
+            if sp.is_control(i) or sp.is_unknown(i)
+        }
+        self._specials = {piece: i for piece, i in specials.items() if piece}
+        names = sorted(self._specials, key=len, reverse=True)
+        self._special_re = re.compile("|".join(map(re.escape, names))) if names else None
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``."""
-        return list(self._sp.encode(text))
+        """Token ids of ``text`` as the server counts them."""
+        ids = list(self._bos)
+        at = 0
+        for match in self._special_re.finditer(text) if self._special_re else ():
+            if match.start() > at:
+                ids.extend(self._sp.encode(text[at : match.start()]))
+            ids.append(self._specials[match.group()])
+            at = match.end()
+        if at < len(text):
+            ids.extend(self._sp.encode(text[at:]))
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``."""
@@ -64,6 +93,11 @@ class TokenCounter:
         if tok is not None:
             return len(tok.encode(text))
         return max(1, (len(text.encode()) + self.BYTES_PER_TOKEN - 1) // self.BYTES_PER_TOKEN)
+
+    def exact(self, model: str, text: str) -> int | None:
+        """Prompt tokens of ``text`` as a server counts them, or None without the tokenizer."""
+        tok = self.tokenizer(model)
+        return len(tok.encode(text)) if tok is not None else None
 
     def bound(self, model: str, text: str) -> int:
         """At least as many tokens as any backend will count for ``text`` (for reservations).

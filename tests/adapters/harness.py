@@ -22,7 +22,7 @@ from adapters.jetstream import JetStreamBackend
 from adapters.openai_compatible import OpenAICompatibleBackend
 from adapters.tgi import TGIBackend
 from adapters.triton import TritonBackend
-from tests.fakes import Failure, FakeJetStream, FakeTGI, FakeTriton, FakeVLLM
+from tests.fakes import Failure, FakeJetStream, FakeLlamaCpp, FakeTGI, FakeTriton, FakeVLLM
 from tests.fakes._server import FakeUpstream
 
 PROMPT = "Say hello to the world"
@@ -31,15 +31,21 @@ FAST = Timeouts(connect=2.0, first_token=5.0, total=10.0)
 
 @dataclass
 class Harness:
-    """How to start one protocol's fake and point its adapter at it."""
+    """How to start one protocol's fake (or real server) and point its adapter at it."""
 
-    kind: str
+    kind: str  # the harness's name; also the backend kind unless ``backend_kind`` says
     make_fake: Callable[..., FakeUpstream]
     make_backend: Callable[[Any, Timeouts, dict[str, Any]], Backend]  # fake or stand-in
     prompt_tokens: int | None  # what the upstream reports for PROMPT (None: not reported)
     eos_tokens: int = 0  # tokens the upstream counts for an EOS ending it does not show
     errors: dict[str, tuple[Failure, type[BackendError]]] = field(default_factory=dict)
     mid_stream_error: Failure = field(default_factory=lambda: Failure("error_event", after=2))
+    backend_kind: str = ""
+
+    @property
+    def config_kind(self) -> str:
+        """The ``kind`` a backend of this harness has in config."""
+        return self.backend_kind or self.kind
 
     @asynccontextmanager
     async def running(
@@ -62,8 +68,9 @@ class Harness:
 
 
 def request(max_tokens: int = 16, **fields: Any) -> GenerationRequest:
+    fields.setdefault("prompt", PROMPT)
     return GenerationRequest(
-        request_id="req-1", model="upstream-model", max_tokens=max_tokens, prompt=PROMPT, **fields
+        request_id="req-1", model="upstream-model", max_tokens=max_tokens, **fields
     )
 
 
@@ -87,6 +94,19 @@ HTTP_ERRORS: dict[str, tuple[Failure, type[BackendError]]] = {
     "unavailable": (Failure("status", 500), Unavailable),
     "bad_request": (Failure("status", 400, message="max_tokens is too large"), BadRequest),
 }
+
+
+LLAMA_CPP_CONTEXT_ERROR = (
+    b'{"error": {"message": "This model\'s maximum context length is 32 tokens. However, you '
+    b'requested 57 tokens (41 in the messages, 16 in the completion).", "type": '
+    b'"invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}'
+)
+LLAMA_CPP_VALIDATION = (
+    b'{"error": {"message": "1 validation error:\\n  {\'type\': \'int_parsing\', \'loc\': '
+    b"('body', 'top_k'), 'msg': 'Input should be a valid integer', 'input': 'x'}\\n  File "
+    b'\\"/srv/llama_cpp/server/app.py\\", line 337, in create_completion", "type": '
+    b'"internal_server_error", "param": null, "code": null}}'
+)
 
 
 def _vllm_backend(fake: FakeUpstream, timeouts: Timeouts, options: dict[str, Any]) -> Backend:
@@ -129,16 +149,37 @@ HARNESSES = {
             "not_found": (Failure("status", 404, message="model does not exist"), BadRequest),
         },
     ),
+    "llama_cpp": Harness(
+        kind="llama_cpp",
+        backend_kind="vllm",
+        make_fake=FakeLlamaCpp,
+        make_backend=_vllm_backend,
+        prompt_tokens=None,  # streams carry no usage: the gateway counts the prompt
+        errors={
+            # It never refuses for load itself; a proxy in front of it may.
+            "overloaded": (Failure("status", 503, headers={"retry-after": "7"}), Overloaded),
+            "unavailable": (Failure("status", 500, message="llama_decode: -1"), Unavailable),
+            "bad_request": (Failure("status", 400, body=LLAMA_CPP_CONTEXT_ERROR), BadRequest),
+            "validation_as_500": (Failure("status", 500, body=LLAMA_CPP_VALIDATION), BadRequest),
+        },
+    ),
     "tgi": Harness(
         kind="tgi",
         make_fake=FakeTGI,
         make_backend=_tgi_backend,
         prompt_tokens=5,
         eos_tokens=1,
+        # TGI's errors on /generate_stream come in a 200 body, as events with an error_type.
         errors={
-            "overloaded": HTTP_ERRORS["overloaded"],
-            "unavailable": (Failure("status", 424, message="CUDA out of memory"), Unavailable),
-            "bad_request": (Failure("status", 422, message="Input validation error"), BadRequest),
+            "overloaded": (Failure("status", 429, message="Model is overloaded"), Overloaded),
+            "unavailable": (
+                Failure("status", 424, message="Request failed during generation: CUDA OOM"),
+                Unavailable,
+            ),
+            "bad_request": (
+                Failure("status", 422, message="Input validation error: `inputs` cannot be empty"),
+                BadRequest,
+            ),
             "server_error": (Failure("status", 500, message="Incomplete generation"), Unavailable),
         },
     ),

@@ -84,7 +84,18 @@ async def test_probe_reads_health_and_both_slot_metrics(version: str) -> None:
         snapshot = await backend.probe()
         await backend.aclose()
     assert snapshot.healthy
-    assert (snapshot.waiting, snapshot.kv_usage) == (5, 0.5)
+    # Current servers count every backlog (prefill 5 + generate 1); 0.2.x the prefill one.
+    assert (snapshot.waiting, snapshot.kv_usage) == (6 if version == "current" else 5, 0.5)
+
+
+async def test_load_from_the_kv_gauge_alone_is_a_percentage() -> None:
+    async with FakeJetStream(TOKENS, metrics=True) as fake:
+        backend = backend_for(fake)
+        text = "num_requests_waiting{id=\"a\"} 2\nkv_cache_utilization_perc{id=\"a\"} 75.0\n"
+        fake.metrics_body = text.encode()
+        snapshot = await backend.probe()
+        await backend.aclose()
+    assert (snapshot.waiting, snapshot.kv_usage) == (2, 0.75)
 
 
 def test_tls_without_verification_is_refused() -> None:

@@ -166,14 +166,46 @@ async def test_chat_logprobs() -> None:
     assert deltas[0].logprobs[0].top_logprobs == {"Hello": -0.5}
 
 
-@pytest.mark.parametrize("style", ["nested", "trtllm"])
-async def test_probe_reads_prometheus_or_trtllm_json_metrics(style: str) -> None:
-    async with FakeVLLM(TOKENS, error_style=style) as fake:  # type: ignore[arg-type]
+async def test_probe_reads_prometheus_metrics() -> None:
+    async with FakeVLLM(TOKENS) as fake:
         backend = backend_for(fake)
         snapshot = await backend.probe()
         await backend.aclose()
     assert snapshot.healthy
     assert (snapshot.running, snapshot.waiting, snapshot.kv_usage) == (3, 2, 0.25)
+
+
+async def test_trtllm_metrics_are_the_stats_since_the_last_read() -> None:
+    async with FakeVLLM(TOKENS, error_style="trtllm") as fake:
+        backend = backend_for(fake)
+        await collect(backend, request())
+        busy = await backend.probe()
+        idle = await backend.probe()  # nothing ran since: trtllm-serve answers []
+        await backend.aclose()
+    assert (busy.running, busy.waiting, busy.kv_usage) == (3, 2, 0.25)
+    assert idle.healthy and (idle.running, idle.waiting) == (0, 0)
+
+
+async def test_trtllm_serve_refuses_an_unknown_field_as_the_clients_error() -> None:
+    async with FakeVLLM(TOKENS, error_style="trtllm") as fake:
+        backend = backend_for(fake)
+        with pytest.raises(BadRequest, match="Extra inputs are not permitted"):
+            await collect(backend, request(extra={"guided_json": {}}))
+        await backend.aclose()
+
+
+async def test_the_context_length_vllm_states_becomes_max_context() -> None:
+    async with FakeVLLM(TOKENS, served_model="upstream-model", max_model_len=2048) as fake:
+        backend = backend_for(fake)
+        assert backend.capabilities.max_context is None
+        await backend.probe()
+        learned = backend.capabilities.max_context
+        configured = backend_for(fake, max_context=1024)
+        await configured.probe()
+        await backend.aclose()
+        await configured.aclose()
+    assert learned == 2048
+    assert configured.capabilities.max_context == 1024  # config wins
 
 
 async def test_base_url_ending_in_v1_is_not_doubled() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from adapters.base import BadRequest, Overloaded
+from adapters.base import BackendError, BadRequest, Overloaded, Unavailable
 from adapters.tgi import TGIBackend
 from tests.adapters.harness import FAST, collect, request
 from tests.fakes import Failure, FakeTGI
@@ -98,6 +98,7 @@ async def test_echo_uses_generate_with_prompt_logprobs() -> None:
     assert deltas[-1].finish_reason == "length"
     assert deltas[-1].usage is not None
     assert deltas[-1].usage.completion_tokens == 2
+    assert deltas[-1].usage.prompt_tokens == 5  # /generate's details have no input_length
 
 
 async def test_overloaded_error_event_inside_the_stream() -> None:
@@ -118,3 +119,43 @@ async def test_probe_reads_queue_and_batch() -> None:
         await backend.aclose()
     assert snapshot.healthy
     assert (snapshot.waiting, snapshot.running, snapshot.kv_usage) == (4, 9, None)
+
+
+async def test_validation_errors_arrive_inside_a_200_stream_and_are_the_clients() -> None:
+    async with FakeTGI(TOKENS) as fake:
+        backend = backend_for(fake)
+        with pytest.raises(BadRequest, match="`inputs` cannot be empty"):
+            await collect(backend, request(prompt=""))
+        await backend.aclose()
+
+
+@pytest.mark.parametrize(
+    ("error_type", "expected"),
+    [
+        ("validation", BadRequest),
+        ("template_error", BadRequest),
+        ("missing_template_variable", BadRequest),
+        ("tool_error", BadRequest),
+        ("overloaded", Overloaded),
+        ("generation", Unavailable),
+        ("incomplete_generation", Unavailable),
+        ("incomplete_generation_stream", Unavailable),
+        ("stream_serialization_error", Unavailable),
+    ],
+)
+async def test_every_error_type_tgi_sends(error_type: str, expected: type[BackendError]) -> None:
+    failure = Failure("error_event", after=0, message="x", error_type=error_type)
+    async with FakeTGI(TOKENS, failure=failure) as fake:
+        backend = backend_for(fake)
+        with pytest.raises(expected) as caught:
+            await collect(backend, request())
+        await backend.aclose()
+    assert type(caught.value) is expected
+
+
+async def test_info_gives_the_prompt_limit_apart_from_the_context() -> None:
+    async with FakeTGI(TOKENS, max_input_tokens=8, max_total_tokens=64) as fake:
+        backend = backend_for(fake)
+        await backend.probe()
+        await backend.aclose()
+    assert (backend.capabilities.max_prompt, backend.capabilities.max_context) == (8, 64)

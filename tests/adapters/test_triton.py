@@ -47,12 +47,27 @@ async def test_inputs_ask_for_exact_token_counts() -> None:
     assert (deltas[-1].usage.prompt_tokens, deltas[-1].usage.completion_tokens) == (5, 4)
 
 
-async def test_an_input_the_model_lacks_is_refused_as_bad_request() -> None:
-    async with FakeTriton(TOKENS) as fake:
+async def test_an_extra_the_model_has_no_input_for_is_refused_not_dropped() -> None:
+    async with FakeTriton(TOKENS) as fake:  # Triton itself would ignore it without a word
         backend = backend_for(fake)
-        with pytest.raises(BadRequest, match="unexpected inference input 'min_p'"):
+        with pytest.raises(BadRequest, match="takes no 'min_p'") as caught:
             await collect(backend, ensemble_request(extra={"min_p": 0.1}))
         await backend.aclose()
+    assert caught.value.param == "min_p"
+    assert fake.requests == []
+
+
+async def test_an_ensemble_of_tensorrtllm_backend_0_19_gets_random_seed_and_no_count_asks() -> None:
+    async with FakeTriton(TOKENS, version="0.19") as fake:
+        backend = backend_for(fake)
+        deltas = await collect(backend, ensemble_request(seed=4))
+        await backend.aclose()
+    sent = fake.requests[0].body
+    assert sent["random_seed"] == 4 and "seed" not in sent
+    assert "return_num_output_tokens" not in sent
+    assert deltas[-1].usage is not None
+    # No counts there: the prompt is the gateway's to count; one token per streamed response.
+    assert (deltas[-1].usage.prompt_tokens, deltas[-1].usage.completion_tokens) == (None, 4)
 
 
 async def test_non_decoupled_model_uses_generate() -> None:

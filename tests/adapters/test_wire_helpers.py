@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from adapters._batch import DeltaBatch
-from adapters._http import error_detail
+from adapters._errors import read_error
 from adapters._prometheus import mean, parse_metrics, total
 from adapters._sse import SSEDecoder, sse_data
 from adapters.base import TokenLogprob
@@ -79,7 +79,8 @@ def test_prometheus_reader_sums_and_filters_by_label() -> None:
     ],
 )
 def test_error_bodies(raw: bytes, message: str, param: str | None) -> None:
-    assert error_detail(raw) == (message, param)
+    said = read_error(raw)
+    assert (said.message, said.param) == (message, param)
 
 
 def test_delta_batch_merges_one_read_in_order_and_starts_over() -> None:

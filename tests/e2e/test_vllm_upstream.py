@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from gateway.app import create_app
@@ -75,5 +77,24 @@ def test_client_disconnect_cancels_upstream(stack: tuple[FakeVLLM, openai.OpenAI
         lines = response.iter_lines()
         assert next(line for line in lines if line.startswith("data:"))
     # The client is gone; the gateway must close its upstream stream.
+    assert fake.cancelled.wait_sync(5)
+    hold.set()
+
+
+def test_client_leaving_a_non_streamed_request_cancels_upstream(
+    stack: tuple[FakeVLLM, openai.OpenAI, str],
+) -> None:
+    fake, client, url = stack
+    hold = fake.gate(2)  # the answer cannot complete until released
+    body = orjson.dumps({"model": "test-model", "prompt": "Hi", "max_tokens": 8})
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {client.api_key}"
+        f"\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(head.encode() + body)
+        assert fake.received.wait_sync(5)
+    # The client is gone before any byte of its answer: the upstream call must end too.
     assert fake.cancelled.wait_sync(5)
     hold.set()

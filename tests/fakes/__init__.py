@@ -2,8 +2,18 @@
 
 from tests.fakes._server import Failure, Recorded, Signal
 from tests.fakes.jetstream import FakeJetStream
+from tests.fakes.llama_cpp import FakeLlamaCpp
 from tests.fakes.tgi import FakeTGI
 from tests.fakes.triton import FakeTriton
 from tests.fakes.vllm import FakeVLLM
 
-__all__ = ["Failure", "FakeJetStream", "FakeTGI", "FakeTriton", "FakeVLLM", "Recorded", "Signal"]
+__all__ = [
+    "Failure",
+    "FakeJetStream",
+    "FakeLlamaCpp",
+    "FakeTGI",
+    "FakeTriton",
+    "FakeVLLM",
+    "Recorded",
+    "Signal",
+]

@@ -1,11 +1,21 @@
 """A fake JetStream orchestrator: a real ``grpc.aio`` server in its own thread and loop.
 
-Serves ``jetstream_proto.Orchestrator/Decode`` (server-streaming) and ``HealthCheck``.
-``version="current"`` opens with ``initial_content`` and sends text + token ids;
-``version="0.2"`` ends every stream with an empty sample, as 0.2.x servers do. A token
-prompt gets token ids only (client-side tokenization). No stop sequences, no usage.
+Serves ``jetstream_proto.Orchestrator/Decode`` (server-streaming) and ``HealthCheck`` as
+``jetstream/core/orchestrator.py`` does, in 0.2.2 (``version="0.2"``) and at
+AI-Hypercomputer/JetStream acd4f5a (``version="current"``): no ``initial_content`` in either
+(the field is a placeholder no server fills); a sample per decode step with its text and
+token ids; at the step a sample completes, an empty sample (``process_result_tokens`` in
+``jetstream/engine/token_utils.py``). A token prompt gets token ids only (client-side
+tokenization). No stop sequences, no usage, no finish reason.
+
+Metrics (``jetstream/core/metrics/prometheus.py``, with ``metrics=True``, on a port of
+their own): 0.2.2 exports ``jetstream_prefill_backlog_size`` and
+``jetstream_slots_available_percentage``; current servers ``jetstream_prefill_backlog_size``,
+``jetstream_transfer_backlog_size`` and ``jetstream_generate_backlog_size`` (read once at
+start-up, so stale), ``jetstream_slots_used_percentage``, ``num_requests_waiting`` (every
+backlog, live) and ``kv_cache_utilization_perc`` (0-100).
+
 Failures map to gRPC statuses: ``Failure("status", error_type="RESOURCE_EXHAUSTED")``.
-With ``metrics=True`` a Prometheus endpoint runs beside it (``metrics_url``).
 """
 
 from __future__ import annotations
@@ -40,17 +50,29 @@ class _Metrics(FakeHTTPUpstream):
         self.owner = owner
 
     async def handle(self, request: Recorded, send: Send) -> None:
+        if self.owner.metrics_body is not None:
+            await send_bytes(send, 200, self.owner.metrics_body, "text/plain; version=0.0.4")
+            return
         load = self.owner.load
-        names = ("jetstream_slots_used_percentage", "jetstream_slots_available_percentage")
-        slots = names[1] if self.owner.version == "0.2" else names[0]
-        value = 1 - load["slots_used"] if self.owner.version == "0.2" else load["slots_used"]
-        body = metrics_text(
-            [
-                ("jetstream_prefill_backlog_size", {"id": "fake"}, load["backlog"]),
-                (slots, {"id": "fake", "idx": "0"}, value),
-                (slots, {"id": "fake", "idx": "1"}, value),
+        host = {"id": "fake"}
+        samples = [("jetstream_prefill_backlog_size", host, load["backlog"])]
+        for idx in ("0", "1"):
+            slot = {"id": "fake", "idx": idx}
+            if self.owner.version == "0.2":
+                samples.append(("jetstream_slots_available_percentage", slot, 1 - load["used"]))
+            else:
+                samples += [
+                    ("jetstream_transfer_backlog_size", slot, 0.0),  # stale: read at start-up
+                    ("jetstream_generate_backlog_size", slot, 0.0),
+                    ("jetstream_slots_used_percentage", slot, load["used"]),
+                ]
+        if self.owner.version != "0.2":
+            waiting = load["backlog"] + load["generate_backlog"]
+            samples += [
+                ("num_requests_waiting", host, waiting),
+                ("kv_cache_utilization_perc", host, load["used"] * 100),
             ]
-        )
+        body = metrics_text(samples)
         await send_bytes(send, 200, body, "text/plain; version=0.0.4")
 
 
@@ -68,7 +90,8 @@ class FakeJetStream(FakeUpstream):
     ) -> None:
         super().__init__(tokens, failure=failure, api_key=api_key)
         self.version = version
-        self.load = {"backlog": 5, "slots_used": 0.5}
+        self.load = {"backlog": 5, "generate_backlog": 1, "used": 0.5}
+        self.metrics_body: bytes | None = None  # set: the exporter answers exactly this
         self._metrics = _Metrics(self) if metrics else None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -148,10 +171,6 @@ class FakeJetStream(FakeUpstream):
     async def _responses(
         self, request: Any, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
-        if self.version == "current":
-            yield pb.DecodeResponse(
-                initial_content=pb.DecodeResponse.InitialContent()
-            ).SerializeToString()
         text_prompt = request.WhichOneof("content") == "text_content"
         plan = self.plan(request.max_tokens)
         for index, (text, token_id) in enumerate(zip(plan.texts, plan.ids, strict=True)):
@@ -168,7 +187,7 @@ class FakeJetStream(FakeUpstream):
         if failure is not None:
             async for message in self._fail(failure, context):
                 yield message
-        if self.version == "0.2":
+        if plan.reason != "length":  # the step that sampled the stop token: an empty sample
             yield _content(pb.DecodeResponse.StreamContent.Sample())
 
     async def _fail(

@@ -1,11 +1,21 @@
-"""A fake text-generation-inference server (native API).
+"""A fake text-generation-inference server (native API), as TGI 3.3 behaves.
 
-``/generate_stream`` sends ``data:{...}`` events without a space after the colon and a
-keep-alive comment, no ``[DONE]``; the last event carries ``generated_text`` and
-``details``. An EOS ending adds the special ``</s>`` token, counted in ``generated_tokens``.
-Errors are ``{"error", "error_type"}``; validation follows TGI (temperature > 0,
-0 < top_p < 1, at most ``max_stop_sequences`` stops, prompt + new tokens within
-``max_total_tokens``).
+Follows huggingface/text-generation-inference db931fc (3.3.6-dev0): ``router/src/server.rs``
+(``generate``, ``generate_stream_internal``, the ``InferError`` -> status table),
+``router/src/infer/mod.rs`` (``InferError::error_type``), ``router/src/validation.rs``
+(messages and order of checks) and ``router/src/lib.rs`` (``Info``, ``Details``,
+``StreamDetails``). What a client meets:
+
+- ``/generate_stream`` answers 200 once the JSON is read; validation, overload and
+  generation errors then arrive as a ``data:{"error", "error_type"}`` event (no ``[DONE]``,
+  events as ``data:`` without a space, keep-alive comments). The last token event carries
+  ``generated_text`` and ``details`` (with ``input_length``). An EOS ending adds the special
+  ``</s>`` token, counted in ``generated_tokens``.
+- ``/generate`` answers errors with their status (422 validation, 429 overloaded, 424
+  generation, 500 incomplete); its ``details`` have no ``input_length``.
+- A body that is not a ``GenerateRequest`` is axum's plain-text 422.
+- ``/info`` has ``model_sha``, ``max_client_batch_size``, ``router``, ``sha``,
+  ``docker_label`` and no ``model_dtype`` (gone since 2024-07).
 """
 
 from __future__ import annotations
@@ -40,6 +50,11 @@ _ERROR_TYPES = {
     424: "generation",
     500: "incomplete_generation",
 }
+_REJECTED = b"Failed to deserialize the JSON body into the target type: missing field `inputs`"
+_PREFIX = {
+    "validation": "Input validation error: ",
+    "generation": "Request failed during generation: ",
+}
 
 
 class FakeTGI(FakeHTTPUpstream):
@@ -58,15 +73,21 @@ class FakeTGI(FakeHTTPUpstream):
         super().__init__(tokens, failure=failure, api_key=api_key)
         self.info: dict[str, Any] = {
             "model_id": "fake/model",
-            "model_dtype": "torch.float16",
+            "model_sha": "e985a63cdc139290c5f700ff1929f0b5942cced2",
+            "model_pipeline_tag": "text-generation",
             "max_concurrent_requests": 128,
             "max_best_of": 2,
             "max_stop_sequences": max_stop_sequences,
             "max_input_tokens": max_input_tokens,
             "max_total_tokens": max_total_tokens,
             "validation_workers": 2,
-            "version": "2.4.1",
+            "max_client_batch_size": 4,
+            "router": "text-generation-router",
+            "version": "3.3.6-dev0",
+            "sha": None,
+            "docker_label": None,
         }
+        self.max_top_n_tokens = 5
         self.load = {"queue": 4, "batch": 9}
 
     async def handle(self, request: Recorded, send: Send) -> None:
@@ -76,39 +97,69 @@ class FakeTGI(FakeHTTPUpstream):
         if request.path not in ("/generate", "/generate_stream"):
             await self._error(send, 404, "not found")
             return
+        body = request.body
+        if not isinstance(body, dict) or not isinstance(body.get("inputs"), str):
+            # axum's Json extractor: a plain-text rejection, before the router sees anything
+            await send_bytes(send, 422, _REJECTED, "text/plain; charset=utf-8")
+            return
+        stream = request.path == "/generate_stream"
         failure = self.failure
         if failure is not None and failure.kind == "status":
-            await self._error(send, failure.status, failure.message, failure)
+            if stream and failure.status in (422, 424, 429):  # the router's own errors
+                await self._stream_error(send, failure.message, _kind(failure))
+            else:
+                await self._error(send, failure.status, failure.message, failure)
             return
-        body = request.body
-        problem = self._validate(body)
+        problem = self._validate(body, stream)
         if problem:
-            await self._error(send, 422, problem)
+            if stream:
+                await self._stream_error(send, _PREFIX["validation"] + problem, "validation")
+            else:
+                await self._error(send, 422, _PREFIX["validation"] + problem)
             return
         params = body.get("parameters") or {}
-        plan = self.plan(
-            params.get("max_new_tokens") or 20, params.get("stop") or (), keep_stop=True
-        )
-        if request.path == "/generate":
-            await self._whole(body, plan, send)
-        else:
+        new = params.get("max_new_tokens") or self.info["max_total_tokens"] - _length(body)
+        plan = self.plan(new, params.get("stop") or (), keep_stop=True)
+        if stream:
             await self._stream(body, plan, send)
+        else:
+            await self._whole(body, plan, send)
 
-    def _validate(self, body: Any) -> str | None:
-        if not isinstance(body, dict) or not isinstance(body.get("inputs"), str):
-            return "Failed to deserialize the JSON body: missing field `inputs`"
+    def _validate(self, body: dict[str, Any], stream: bool) -> str | None:
+        """``Validation::validate``'s checks, in its order, with its messages."""
         params = body.get("parameters") or {}
+        if stream and (params.get("best_of") or 1) != 1:
+            return "`best_of` != 1 is not supported when streaming tokens"
+        if stream and params.get("decoder_input_details"):
+            return "`decoder_input_details` == true is not supported when streaming tokens"
         if "temperature" in params and not params["temperature"] > 0:
             return "`temperature` must be strictly positive"
         if "top_p" in params and not 0 < params["top_p"] < 1:
             return "`top_p` must be > 0.0 and < 1.0"
+        if "top_k" in params and not params["top_k"] > 0:
+            return "`top_k` must be strictly positive"
+        if params.get("max_new_tokens") == 0:
+            return "`max_new_tokens` must be strictly positive"
         stops = params.get("stop") or []
         if len(stops) > self.info["max_stop_sequences"]:
-            return f"`stop` supports up to {self.info['max_stop_sequences']} stop sequences"
-        prompt = len(prompt_pieces(body["inputs"]))
-        new = params.get("max_new_tokens") or 20
+            most = self.info["max_stop_sequences"]
+            return f"`stop` supports up to {most} stop sequences. Given: {len(stops)}"
+        top_n = params.get("top_n_tokens") or 0
+        if top_n > self.max_top_n_tokens:
+            return f"`top_n_tokens` must be >= 0 and <= {self.max_top_n_tokens}. Given: {top_n}"
+        if not body["inputs"]:
+            return "`inputs` cannot be empty"
+        prompt = _length(body)
+        new = params.get("max_new_tokens") or self.info["max_total_tokens"] - prompt
         if prompt + new > self.info["max_total_tokens"]:
-            return "`inputs` tokens + `max_new_tokens` must be <= max_total_tokens"
+            most = self.info["max_total_tokens"]
+            return (
+                f"`inputs` tokens + `max_new_tokens` must be <= {most}. "
+                f"Given: {prompt} `inputs` tokens and {new} `max_new_tokens`"
+            )
+        if prompt > self.info["max_input_tokens"]:
+            most = self.info["max_input_tokens"]
+            return f"`inputs` must have less than {most} tokens. Given: {prompt}"
         return None
 
     async def _get(self, path: str, send: Send) -> None:
@@ -148,17 +199,19 @@ class FakeTGI(FakeHTTPUpstream):
 
     @staticmethod
     def _details(plan: Plan, tokens: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
+        """``StreamDetails``: with ``input_length``."""
         reason = {"length": "length", "eos": "eos_token", "stop": "stop_sequence"}[plan.reason]
         return {
             "finish_reason": reason,
             "generated_tokens": len(tokens),
-            "input_length": len(prompt_pieces(body["inputs"])),
             "seed": (body.get("parameters") or {}).get("seed"),
+            "input_length": _length(body),
         }
 
     async def _whole(self, body: dict[str, Any], plan: Plan, send: Send) -> None:
         tokens = self._tokens(plan, body)
         details = self._details(plan, tokens, body)
+        del details["input_length"]  # `Details` of /generate has none
         params = body.get("parameters") or {}
         details["tokens"] = tokens
         if params.get("decoder_input_details"):
@@ -207,6 +260,13 @@ class FakeTGI(FakeHTTPUpstream):
             await send_chunk(send, b"data:" + orjson.dumps(event) + b"\n\n")
         await end_body(send)
 
+    async def _stream_error(self, send: Send, message: str, kind: str) -> None:
+        """An error before any token, as ``/generate_stream`` sends it: in a 200 body."""
+        await start_response(send, 200, "text/event-stream")
+        error = {"error": message, "error_type": kind}
+        await send_chunk(send, b"data:" + orjson.dumps(error) + b"\n\n")
+        await end_body(send)
+
     async def _fail(self, failure: Failure, send: Send) -> None:
         if failure.kind == "error_event":
             error = {"error": failure.message, "error_type": failure.error_type or "generation"}
@@ -219,3 +279,11 @@ class FakeTGI(FakeHTTPUpstream):
             raise Dropped("connection cut mid-stream")
         else:
             await hang_forever()
+
+
+def _length(body: dict[str, Any]) -> int:
+    return len(prompt_pieces(body["inputs"]))
+
+
+def _kind(failure: Failure) -> str:
+    return failure.error_type or _ERROR_TYPES.get(failure.status, "generation")

@@ -1,15 +1,23 @@
 """A fake Triton Inference Server with a TensorRT-LLM ensemble behind the generate extension.
 
 ``/v2/models/{model}/generate`` and ``/generate_stream`` (``data: {...}`` events, one per
-response, each with its own ``num_output_tokens``); like Triton, an input the model does
-not declare is refused with 400; errors are ``{"error": "..."}``, also inside a 200 stream.
-Health at ``/v2/health/ready``; ``/metrics`` in Triton's exporter format.
+response); model metadata at ``GET /v2/models/{model}`` (KServe v2: ``inputs`` by name);
+health at ``/v2/health/ready``; ``/metrics`` in Triton's exporter format. Errors are
+``{"error": "..."}``, also inside a 200 stream.
+
+As Triton's generate extension does, a body key that is not one of the model's inputs
+becomes a request parameter and is ignored, silently. The ensemble's inputs follow
+``all_models/inflight_batcher_llm/ensemble/config.pbtxt``: ``version="current"`` that of
+NVIDIA/TensorRT-LLM ``triton_backend`` (``seed``; ``return_num_input_tokens`` /
+``return_num_output_tokens``, answered per response as ``num_input_tokens`` /
+``num_output_tokens``), ``version="0.19"`` that of the last triton-inference-server/
+tensorrtllm_backend release with the models in it, v0.19.0 (``random_seed``, no counts).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -31,17 +39,24 @@ from tests.fakes._server import (
     start_response,
 )
 
-# The inputs of tensorrtllm_backend's `ensemble` model (all optional but text_input).
+# The inputs of TensorRT-LLM triton_backend's `ensemble` (all optional but text_input, max_tokens).
 ENSEMBLE_INPUTS = frozenset(
     {
-        "text_input", "max_tokens", "bad_words", "stop_words", "end_id", "pad_id", "top_k",
-        "top_p", "temperature", "length_penalty", "repetition_penalty", "min_tokens",
+        "text_input", "decoder_text_input", "max_tokens", "num_return_sequences", "bad_words",
+        "stop_words", "exclude_input_in_output", "end_id", "pad_id", "top_k", "top_p",
+        "temperature", "length_penalty", "repetition_penalty", "min_tokens",
         "presence_penalty", "frequency_penalty", "seed", "return_log_probs",
-        "return_context_logits", "return_generation_logits", "beam_width", "stream",
-        "exclude_input_in_output", "return_num_input_tokens", "return_num_output_tokens",
-        "num_return_sequences", "parameters",
+        "return_context_logits", "return_generation_logits", "return_perf_metrics",
+        "return_num_input_tokens", "return_num_output_tokens", "beam_width", "stream",
+        "prompt_embedding_table", "prompt_table_extra_id", "prompt_vocab_size",
+        "embedding_bias_words", "embedding_bias_weights", "lora_task_id", "lora_weights",
+        "lora_config", "guided_decoding_guide_type", "guided_decoding_guide",
     }
 )  # fmt: skip
+# tensorrtllm_backend v0.19.0's: `random_seed` for `seed`, no token counts.
+ENSEMBLE_INPUTS_0_19 = (
+    ENSEMBLE_INPUTS - {"seed", "return_num_input_tokens", "return_num_output_tokens"}
+) | {"random_seed", "min_length"}
 
 
 class FakeTriton(FakeHTTPUpstream):
@@ -54,9 +69,11 @@ class FakeTriton(FakeHTTPUpstream):
         failure: Failure | None = None,
         api_key: str | None = None,
         model: str = "ensemble",  # the name the ensemble is served under
+        version: Literal["current", "0.19"] = "current",
     ) -> None:
         super().__init__(tokens, failure=failure, api_key=api_key)
         self.model = model
+        self.inputs = ENSEMBLE_INPUTS if version == "current" else ENSEMBLE_INPUTS_0_19
         self.load = {"active": 6, "waiting": 3, "used": 30, "max": 120}
 
     async def handle(self, request: Recorded, send: Send) -> None:
@@ -73,11 +90,11 @@ class FakeTriton(FakeHTTPUpstream):
             body = failure.body or orjson.dumps({"error": failure.message})
             await send_bytes(send, failure.status, body, "application/json", failure.headers)
             return
-        body = request.body
-        problem = self._validate(body)
+        problem = self._validate(request.body)
         if problem:
             await send_json(send, 400, {"error": problem})
             return
+        body = self._inputs_of(request.body)
         plan = self.plan(body.get("max_tokens") or 16, body.get("stop_words") or (), keep_stop=True)
         if endpoint == "generate_stream":
             await self._stream(body, plan, send)
@@ -89,15 +106,28 @@ class FakeTriton(FakeHTTPUpstream):
     def _validate(self, body: Any) -> str | None:
         if not isinstance(body, dict):
             return "failed to parse the request JSON buffer"
-        for name in body:
-            if name not in ENSEMBLE_INPUTS:
-                return f"unexpected inference input '{name}' for model '{self.model}'"
-        if "text_input" not in body:
-            return f"expected 1 inputs but got 0 inputs for model '{self.model}'"
+        if "text_input" not in body or "max_tokens" not in body:
+            return f"expected 2 inputs but got {len(self._inputs_of(body))} for '{self.model}'"
         return None
 
+    def _inputs_of(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The keys that are the model's inputs; the others are request parameters it
+        never reads."""
+        return {k: v for k, v in body.items() if k in self.inputs}
+
     async def _get(self, path: str, send: Send) -> None:
-        if path == "/v2/health/ready":
+        if path == f"/v2/models/{self.model}":
+            inputs = [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in sorted(self.inputs)]
+            outputs = [{"name": "text_output", "datatype": "BYTES", "shape": [-1]}]
+            metadata = {
+                "name": self.model,
+                "versions": ["1"],
+                "platform": "ensemble",
+                "inputs": inputs,
+                "outputs": outputs,
+            }
+            await send_json(send, 200, metadata)
+        elif path == "/v2/health/ready":
             await send_bytes(send, 200 if self.healthy else 503, b"", "text/plain")
         elif path == "/metrics":
             req, kv = "nv_trt_llm_request_metrics", "nv_trt_llm_kv_cache_block_metrics"

@@ -1,9 +1,18 @@
 """A fake vLLM (and trtllm-serve) OpenAI-compatible server.
 
 Speaks ``/v1/completions`` and ``/v1/chat/completions`` (streamed with ``[DONE]`` and the
-``include_usage`` chunk, or whole), ``/health``, ``/v1/models`` and ``/metrics``. The error
-body is vLLM's nested one (``error_style="nested"``), its old flat one (``"flat"``) or
-trtllm-serve's ``{"error": "..."}`` (``"trtllm"``), whose ``/metrics`` is JSON too.
+``include_usage`` chunk, or whole), ``/health``, ``/v1/models`` and ``/metrics``.
+
+vLLM (``vllm/entrypoints/openai/protocol.py`` and ``api_server.py``, 0.10+): errors are
+nested ``{"error": {"message", "type", "param", "code"}}`` (``error_style="nested"``; before
+0.10 flat ``{"object": "error", ...}``, ``"flat"``); ``/v1/models`` cards carry
+``max_model_len``; ``/metrics`` is Prometheus text.
+
+trtllm-serve (``error_style="trtllm"``; TensorRT-LLM ``tensorrt_llm/serve/openai_protocol.py``
+and ``openai_server.py``, 1.x): errors are flat ``{"object": "error", "message", "type",
+"param", "code"}`` with an integer code; request models forbid unknown fields (a 400); the
+model cards have no ``max_model_len``; ``/metrics`` is JSON, the iteration stats queued since
+the last call (``[]`` when nothing ran).
 """
 
 from __future__ import annotations
@@ -34,6 +43,18 @@ from tests.fakes._server import (
 
 ErrorStyle = Literal["nested", "flat", "trtllm"]
 _ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 429: "RateLimitError"}
+# What trtllm-serve's CompletionRequest / ChatCompletionRequest accept (extra="forbid").
+TRTLLM_FIELDS = frozenset(
+    {
+        "model", "prompt", "messages", "best_of", "echo", "frequency_penalty", "logit_bias",
+        "logprobs", "top_logprobs", "max_tokens", "max_completion_tokens", "n",
+        "presence_penalty", "seed", "stop", "stream", "stream_options", "suffix",
+        "temperature", "top_p", "user", "top_k", "min_p", "repetition_penalty",
+        "length_penalty", "stop_token_ids", "include_stop_str_in_output", "ignore_eos",
+        "min_tokens", "skip_special_tokens", "spaces_between_special_tokens",
+        "response_format", "tools", "tool_choice",
+    }
+)  # fmt: skip
 
 
 class FakeVLLM(FakeHTTPUpstream):
@@ -48,6 +69,8 @@ class FakeVLLM(FakeHTTPUpstream):
         error_style: ErrorStyle = "nested",
         send_usage: bool = True,
         tokens_per_chunk: int = 1,
+        served_model: str = "fake-model",
+        max_model_len: int | None = 4096,
     ) -> None:
         super().__init__(tokens, failure=failure, api_key=api_key)
         self.error_style = error_style
@@ -56,6 +79,9 @@ class FakeVLLM(FakeHTTPUpstream):
         # (logprobs are then those of the chunk's last token only: use with logprobs off).
         self.tokens_per_chunk = tokens_per_chunk
         self.load = {"running": 3, "waiting": 2, "kv": 0.25}
+        self.served_model = served_model
+        self.max_model_len = max_model_len
+        self.iteration_stats: list[dict[str, Any]] = []  # trtllm-serve: drained by /metrics
 
     async def handle(self, request: Recorded, send: Send) -> None:
         path = request.path.removeprefix("/v1")
@@ -68,6 +94,11 @@ class FakeVLLM(FakeHTTPUpstream):
         body = request.body
         if not isinstance(body, dict) or not isinstance(body.get("max_tokens", 16), int):
             await self._error(send, 400, "body must be JSON with an integer max_tokens")
+            return
+        unknown = sorted(set(body) - TRTLLM_FIELDS) if self.error_style == "trtllm" else []
+        if unknown:
+            why = f"{unknown[0]}\n  Extra inputs are not permitted"
+            await self._error(send, 400, f"1 validation error for CompletionRequest\n{why}")
             return
         failure = self.failure
         if failure is not None and failure.kind == "status":
@@ -89,14 +120,16 @@ class FakeVLLM(FakeHTTPUpstream):
         if path == "/health":
             await send_bytes(send, 200 if self.healthy else 503, b"", "application/json")
         elif path == "/models":
-            await send_json(send, 200, {"object": "list", "data": [{"id": "fake-model"}]})
+            card: dict[str, Any] = {"id": self.served_model, "object": "model"}
+            if self.error_style == "trtllm":
+                card["owned_by"] = "tensorrt_llm"
+            else:
+                card.update(owned_by="vllm", root=self.served_model, parent=None)
+                card["max_model_len"] = self.max_model_len
+            await send_json(send, 200, {"object": "list", "data": [card]})
         elif path == "/metrics" and self.error_style == "trtllm":
-            stats = {
-                "numActiveRequests": self.load["running"],
-                "numQueuedRequests": self.load["waiting"],
-                "kvCacheStats": {"maxNumBlocks": 100, "usedNumBlocks": int(self.load["kv"] * 100)},
-            }
-            await send_json(send, 200, [stats])
+            drained, self.iteration_stats = self.iteration_stats, []
+            await send_json(send, 200, drained)
         elif path == "/metrics":
             labels = {"model_name": "fake-model", "engine": "0"}
             body = metrics_text(
@@ -128,10 +161,8 @@ class FakeVLLM(FakeHTTPUpstream):
 
     def _error_body(self, status: int, message: str, param: str | None = None) -> Any:
         kind = _ERROR_TYPES.get(status, "InternalServerError")
-        if self.error_style == "trtllm":
-            return {"error": message}
         info = {"message": message, "type": kind, "param": param, "code": status}
-        if self.error_style == "flat":
+        if self.error_style in ("flat", "trtllm"):
             return {"object": "error", **info}
         return {"error": info}
 
@@ -201,6 +232,7 @@ class FakeVLLM(FakeHTTPUpstream):
                 return
             await self.pace(index)
             pending.append(text)
+            self._iterated()
             if len(pending) < self.tokens_per_chunk and index + 1 < len(plan.texts):
                 continue
             choice = self._choice(body, chat, "".join(pending), index)
@@ -225,6 +257,17 @@ class FakeVLLM(FakeHTTPUpstream):
             await event({**base, "choices": [], "usage": final})
         await send_chunk(send, b"data: [DONE]\n\n")
         await end_body(send)
+
+    def _iterated(self) -> None:
+        """One engine iteration ran: trtllm-serve queues its stats for the next /metrics."""
+        if self.error_style == "trtllm":
+            used = int(self.load["kv"] * 100)
+            kv = {"maxNumBlocks": 100, "usedNumBlocks": used, "freeNumBlocks": 100 - used}
+            self.iteration_stats.append({
+                "numActiveRequests": self.load["running"],
+                "numQueuedRequests": self.load["waiting"],
+                "kvCacheStats": kv,
+            })
 
     def _choice(self, body: dict[str, Any], chat: bool, text: str, index: int) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "finish_reason": None}
