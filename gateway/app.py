@@ -22,11 +22,13 @@ from gateway.metrics import metrics
 from gateway.openai.routes import generation_routes
 from gateway.openai.routes import router as openai_router
 from gateway.openai.serving import Serving
+from gateway.openapi import install_openapi
 from gateway.routing.router import Router
 from gateway.settings import Settings
 from gateway.state import AppState
 from gateway.telemetry import Telemetry, build_telemetry
 from gateway.tenancy.factory import build_store, seed_tenants
+from gateway.tenancy.seeding import Seeding
 from gateway.tenancy.store import Store
 
 log = logging.getLogger("tollgate")
@@ -62,11 +64,14 @@ def create_app(
     telemetry.watch(
         router.health, {b.name: b.kind for b in backends}, lambda: state.serving.in_flight
     )
+    telemetry.watch_store(lambda: store.degraded)
+
+    seeding = Seeding(lambda: _seed(store, settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await seed_tenants(store, settings.tenants)
-        await _issue_dev_keys(store, settings)
+        await store.start()
+        await seeding.start()
         await router.start()
         await meter.start()
         try:
@@ -76,6 +81,7 @@ def create_app(
             await state.serving.drain()
             await meter.aclose()
             await router.aclose()
+            await seeding.aclose()
             await store.aclose()
             await telemetry.aclose()
 
@@ -92,12 +98,17 @@ def create_app(
     )
     app.state.tollgate = state
     install_error_handlers(app)
+    install_openapi(app)
     app.router.routes.extend(generation_routes)
     app.include_router(openai_router)
     app.include_router(admin_router)
     app.include_router(usage_router)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
+
+    async def ready(state: State) -> Response:
+        return await readyz(state, seeding)
+
+    app.add_api_route("/readyz", ready, methods=["GET"], include_in_schema=False)
     if telemetry.registry is not None:
         app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     app.add_middleware(
@@ -114,13 +125,22 @@ async def healthz() -> ORJSONResponse:
     return ORJSONResponse({"status": "ok"})
 
 
-async def readyz(state: State) -> Response:
-    """Ready when every configured model has a backend probed healthy and the store answers."""
+async def readyz(state: AppState, seeding: Seeding) -> Response:
+    """Ready when every configured model has a backend probed healthy, the store answers and
+    the seed tenants exist."""
     store = await state.store.reachable()
-    ready = store and state.router.ready() and not state.draining
+    ready = store and seeding.done and state.router.ready() and not state.draining
     body = {"status": "ready" if ready else "not_ready", "store": "ok" if store else "unreachable",
+            "seed_tenants": "created" if seeding.done else "pending",
+            # While the store is away, limits hold per replica on local shares (issue 12).
+            "limits": "per_replica" if state.store.degraded else "fleet",
             "backends": state.router.health()}
     return ORJSONResponse(body, status_code=200 if ready else 503)
+
+
+async def _seed(store: Store, settings: Settings) -> None:
+    await seed_tenants(store, settings.tenants)
+    await _issue_dev_keys(store, settings)
 
 
 async def _issue_dev_keys(store: Store, settings: Settings) -> None:

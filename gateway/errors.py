@@ -6,14 +6,18 @@
      ├── ModelNotFound          404 model_not_found
      ├── NotFound(param)        404 not_found (admin: no such tenant or key)
      ├── InvalidRequest(param)  400 invalid_request_error
+     │    ├── ContextLengthExceeded  400 context_length_exceeded (prompt + completion too long)
+     │    └── UnsupportedContentType 400 unsupported_content_type (a body that is not JSON)
      ├── BodyTooLarge           413
      ├── RateLimited            429 rate_limit_exceeded (+ retry-after)
      ├── QuotaExceeded          429 insufficient_quota (never retry-after)
-     └── StoreUnavailable       503 (the store is down and the policy is fail-closed)
+     ├── StoreUnavailable       503 (the store is down and the policy is fail-closed)
+     └── ClientDisconnected     499 (the client left before its answer was ready)
 
 Backend errors (``adapters.base``) reach a client only after fallback is exhausted and
 map as: Overloaded 503 + retry-after, Unavailable 503, Timeout 504,
-UpstreamProtocolError 502, BadRequest 400.
+UpstreamProtocolError 502, BadRequest 400 (with the upstream's OpenAI ``code``, if any).
+Only a ``BackendError``'s ``message`` reaches a client, never its ``detail``.
 """
 
 from __future__ import annotations
@@ -62,6 +66,14 @@ class InvalidRequest(GatewayError):
     """The request body or a parameter is invalid; ``param`` names the field."""
 
 
+class ContextLengthExceeded(InvalidRequest):
+    """The prompt and the completion asked for do not fit the model's context on any backend."""
+
+
+class UnsupportedContentType(InvalidRequest):
+    """The body is declared as something other than ``application/json``."""
+
+
 class BodyTooLarge(GatewayError):
     """The request body exceeds the configured limit."""
 
@@ -82,6 +94,10 @@ class StoreUnavailable(GatewayError):
     """The tenancy store cannot be reached and the failure policy is closed."""
 
 
+class ClientDisconnected(GatewayError):
+    """The client closed the connection before its answer was ready; nobody reads the reply."""
+
+
 @dataclass(frozen=True, slots=True)
 class HttpAnswer:
     """Status, OpenAI error ``type`` and ``code`` for one error class."""
@@ -97,11 +113,14 @@ _TABLE: tuple[tuple[type[Exception], HttpAnswer], ...] = (
     (Forbidden, HttpAnswer(403, "invalid_request_error", "model_not_allowed")),
     (ModelNotFound, HttpAnswer(404, "invalid_request_error", "model_not_found")),
     (NotFound, HttpAnswer(404, "invalid_request_error", "not_found")),
+    (ContextLengthExceeded, HttpAnswer(400, "invalid_request_error", "context_length_exceeded")),
+    (UnsupportedContentType, HttpAnswer(400, "invalid_request_error", "unsupported_content_type")),
     (InvalidRequest, HttpAnswer(400, "invalid_request_error", None)),
     (BodyTooLarge, HttpAnswer(413, "invalid_request_error", "request_too_large")),
     (RateLimited, HttpAnswer(429, "requests", "rate_limit_exceeded")),
     (QuotaExceeded, HttpAnswer(429, "insufficient_quota", "insufficient_quota")),
     (StoreUnavailable, HttpAnswer(503, "server_error", "store_unavailable")),
+    (ClientDisconnected, HttpAnswer(499, "invalid_request_error", "client_closed_request")),
     (Overloaded, HttpAnswer(503, "server_error", "backend_overloaded")),
     (Unavailable, HttpAnswer(503, "server_error", "backend_unavailable")),
     (Timeout, HttpAnswer(504, "server_error", "backend_timeout")),
@@ -134,7 +153,8 @@ def error_body(exc: BaseException) -> dict[str, dict[str, str | None]]:
     else:
         message = "The server had an error while processing your request."
     param = exc.param if isinstance(exc, GatewayError | BadRequest) else None
-    return {"error": {"message": message, "type": answer.type, "param": param, "code": answer.code}}
+    code = exc.code if isinstance(exc, BadRequest) and exc.code else answer.code
+    return {"error": {"message": message, "type": answer.type, "param": param, "code": code}}
 
 
 def error_json(exc: BaseException) -> bytes:

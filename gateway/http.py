@@ -29,11 +29,13 @@ from gateway.errors import (
     GatewayError,
     InvalidRequest,
     Unauthenticated,
+    UnsupportedContentType,
     error_body,
     error_json,
     http_answer,
     retry_after,
 )
+from gateway.openai.disconnect import disconnect_of
 from gateway.openai.serving import RequestMeta
 from gateway.routing.policies import Objectives
 from gateway.state import AppState
@@ -76,7 +78,25 @@ def request_meta(request: Request) -> RequestMeta:
     tpot = _millis(headers.get("x-tollgate-max-tpot-ms"), "x-tollgate-max-tpot-ms")
     if ttft is not None or tpot is not None:
         meta.objectives = Objectives(ttft, tpot)
+    meta.client_left = disconnect_of(request.receive)
     return meta
+
+
+def require_json(request: Request) -> None:
+    """Refuse a body declared as anything but UTF-8 JSON; one declared as nothing is read as
+    JSON. OpenAI answers the same 400 ``unsupported_content_type``."""
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    media, *params = (part.strip().lower() for part in declared.split(";"))
+    charsets = {p.partition("=")[2].strip('"') for p in params if p.startswith("charset=")}
+    if media == "application/json" and charsets <= {"utf-8", "utf8"}:
+        return
+    shown = declared[:100] if declared.isprintable() else "(unprintable)"
+    raise UnsupportedContentType(
+        f"Unsupported content type: '{shown}'. This endpoint accepts only 'application/json' "
+        "bodies; send the header 'Content-Type: application/json'."
+    )
 
 
 def _millis(value: str | None, header: str) -> float | None:

@@ -48,7 +48,12 @@ class StoreSettings(_Strict):
     key_prefix: str = "tg"
     key_cache_ttl_s: float = Field(1.0, ge=0, le=1.0)
     limit_window_s: float = Field(60.0, gt=0)  # the "minute" of RPM and TPM
+    # While Redis is away: "open" keeps admitting on each replica's share of every limit
+    # (limit / live replicas, budget from the last known spend); "closed" refuses (503).
     failure_policy: Literal["open", "closed"] = "open"
+    # A concurrency lease lapses this long after its replica stopped renewing it (it renews
+    # every third of it, and checkpoints long requests' usage as often).
+    lease_ttl_s: float = Field(10.0, ge=0.3, le=600)
     # While Redis is away, a key checked this long ago is still trusted (None: the cache TTL,
     # so a revocation on another replica is honoured as fast as ever, or the request refused).
     outage_trust_s: float | None = Field(None, ge=0)
@@ -87,6 +92,12 @@ class TimeoutSettings(_Strict):
     connect_s: float = Field(5.0, gt=0)
     first_token_s: float = Field(60.0, gt=0)
     total_s: float = Field(600.0, gt=0)
+    # The longest silence between two outputs of a started stream: a stall ends it early
+    # (with an error event) instead of holding the client until ``total_s``.
+    inter_token_s: float = Field(30.0, gt=0)
+    # While another backend remains to fall back to, a first token later than this and
+    # than 8x the predicted TTFT (``openai.generation.GIVE_UP_FACTOR``) is given up on.
+    give_up_floor_s: float = Field(10.0, gt=0)
 
 
 class CapacityPrior(_Strict):

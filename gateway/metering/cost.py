@@ -4,17 +4,23 @@ An hourly backend costs its instance-time x ``usd_per_hour``: every instance tha
 not. A request's provisional cost is its weighted tokens (prefill x ``prefill_weight`` + output)
 times the backend's live rate: the instance cost of its last busy closed windows per weighted
 token, or, before any, the capacity prior (``usd_per_hour`` over the output tokens per hour one
-instance is expected to sustain).
+instance is expected to sustain). A window one small request had alone measures no rate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.settings import BackendSettings
+from gateway.tenancy.ledger import WindowTotals
 
 MTOK = 1_000_000
+# A window one request had alone, busy for less than this share of what the capacity prior
+# says its instance-time could serve, measures no rate: its rate is the whole window over a
+# few tokens, and the next request priced at it would carry a window too. (Reconciliation
+# still charges each window in full; the live rate prices what a request is likely to share.)
+MIN_LONE_FILL = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +89,21 @@ class PriceBook:
             if usd_per_weighted_token is None
             else usd_per_weighted_token
         )
+
+    def measure(self, backend: str, windows: Iterable[WindowTotals], window_s: float) -> None:
+        """Adopt the rate closed windows measure: their instance cost per weighted token,
+        leaving out any a lone request had nearly idle (``MIN_LONE_FILL``)."""
+        price = self.prices[backend]
+        weighted, nano = 0.0, 0
+        for w in windows:
+            cost = price.window_cost_nano(window_s, w.instance_seconds)
+            capacity = cost / 1e9 / price.prior_usd_per_weighted_token if cost else 0.0
+            lone = w.requests < 2 and w.weighted_tokens < MIN_LONE_FILL * capacity
+            if w.weighted_tokens > 0 and not lone:
+                weighted += w.weighted_tokens
+                nano += cost
+        # Busy windows that cost nothing (a count that lagged a scale-up) measure no rate.
+        self.set_rate(backend, nano / 1e9 / weighted if weighted and nano else None)
 
     def provisional_cost(self, backend: str, prompt_tokens: int, completion_tokens: int) -> float:
         """Exact for per-token prices; weighted tokens x live rate for hourly ones."""

@@ -128,8 +128,4 @@ class Reconciler:
             if not price.hourly:
                 continue
             totals = await self.ledger.window_totals(price.name, windows)
-            busy = [t for t in totals.values() if t.weighted_tokens > 0]
-            weighted = sum(t.weighted_tokens for t in busy)
-            nano = sum(price.window_cost_nano(self.window_s, t.instance_seconds) for t in busy)
-            # Busy windows that cost nothing (a count that lagged a scale-up) measure no rate.
-            self.prices.set_rate(price.name, nano / 1e9 / weighted if weighted and nano else None)
+            self.prices.measure(price.name, totals.values(), self.window_s)

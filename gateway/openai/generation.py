@@ -1,12 +1,16 @@
 """One generation in flight: the backend chosen for it, its stream, and what arrived.
 
 A ``Generation`` is opened by ``open_generation`` (which falls back across the ranked
-backends until one yields its first delta) and then read with ``pieces``, which applies
-gateway-side stop sequences and counts what the backend delivered for metering.
+backends until one yields its first delta, giving up early on a first token far later than
+predicted while another backend remains) and then read with ``pieces``, which applies
+gateway-side stop sequences, ends a stream silent for ``inter_token_s``, and counts what the
+backend delivered for metering.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,16 +24,21 @@ from adapters.base import (
     Delta,
     FinishReason,
     GenerationRequest,
+    Timeout,
     TokenLogprob,
     Unavailable,
     Usage,
 )
+from gateway.openai.silence import Silence, SilenceWatch
 from gateway.openai.streaming import StopMatcher
 from gateway.routing.policies import Estimate
 from gateway.routing.router import Router
 from gateway.telemetry import Telemetry
 
 _NO_TELEMETRY = Telemetry()  # no providers: every call is a no-op
+# A first token this many times later than predicted (and later than the backend's
+# ``give_up_floor_s``) is given up on while another backend remains to try.
+GIVE_UP_FACTOR = 8.0
 
 
 @dataclass(slots=True)
@@ -60,7 +69,9 @@ class Generation:
     ended_at: float = 0.0
     span: Span = INVALID_SPAN  # the attempt's CLIENT span, ended when the request settles
     transcript: list[str] | None = None  # output text, kept only when content is recorded
+    inter_token_s: float | None = None  # the longest wait for the next delta (None: no limit)
     _matcher: StopMatcher | None = field(default=None, init=False)
+    _watch: SilenceWatch | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if self.stops:
@@ -93,7 +104,7 @@ class Generation:
                     if delta.finish_reason is not None:
                         await self._drain()
                     return
-                delta = await anext(self.stream, None)
+                delta = await self._next()
             self.finish_reason = "stop"  # a stream that simply ends has finished
             if self._matcher is not None and (tail := self._matcher.flush()):
                 yield Piece(tail)
@@ -102,15 +113,48 @@ class Generation:
             raise
         finally:
             self.ended_at = time.monotonic()
+            if self._watch is not None:
+                self._watch.close()
             await close_stream(self.stream)  # cancels upstream when we stop early
+
+    async def abandon(self, reason: BaseException) -> None:
+        """Stop a generation whose output will not be read: cancel it upstream, and count
+        what had already arrived (the first delta) so that it is still metered."""
+        if self.first is not None:
+            self._take(self.first)
+            self.first = None
+        if self.error is None and self.finish_reason is None:
+            self.error = reason
+        self.ended_at = self.ended_at or time.monotonic()
+        await close_stream(self.stream)
+
+    async def _next(self) -> Delta | None:
+        """The next delta, or None at the stream's end; ``Timeout`` after ``inter_token_s``
+        of silence (only the wait is timed, never the consumer's handling of a delta)."""
+        limit = self.inter_token_s
+        if limit is None:
+            return await anext(self.stream, None)
+        if self._watch is None:
+            self._watch = SilenceWatch(limit)
+        try:
+            return await self._watch.wait(anext(self.stream, None))
+        except Silence:
+            raise Timeout(
+                f"the backend sent nothing for {limit:g} s in the middle of the answer",
+                backend=self.backend.name,
+            ) from None
 
     async def _drain(self) -> None:
         # The backend finished on its own: read its stream to the end (trailing usage,
         # ``[DONE]``) so the upstream connection goes back to the pool instead of being
-        # dropped, which would cost a new TCP connection on the next request.
-        async for delta in self.stream:
-            if delta.usage is not None:
-                self.usage = delta.usage
+        # dropped, which would cost a new TCP connection on the next request. A tail that
+        # stalls costs only that connection: the answer is already whole.
+        try:
+            while (delta := await self._next()) is not None:
+                if delta.usage is not None:
+                    self.usage = delta.usage
+        except Timeout:
+            return
 
     def _take(self, delta: Delta) -> Piece | None:
         if delta.echo:
@@ -152,26 +196,48 @@ async def open_generation(
     *,
     telemetry: Telemetry = _NO_TELEMETRY,
     policy: str = "",
+    tried: int = 0,
+    opened_at: float | None = None,
 ) -> Generation:
-    """Try the ranked backends in turn until one yields its first delta.
+    """Try the ranked backends ``plan[tried:]`` in turn until one yields its first delta.
 
     Falls back on any backend error but ``BadRequest``, while the retry budget and the
-    deadline allow; raises the last error when every attempt failed.
+    request's ``deadline`` allow; a first-token timeout is such an error. While another
+    backend remains, an attempt is given up after ``GIVE_UP_FACTOR`` x its predicted TTFT
+    (at least the backend's ``give_up_floor_s``). Raises the last error when every attempt
+    failed. ``tried``/``opened_at`` continue the walk of an earlier call (a restart).
     """
-    opened = time.monotonic()
+    opened = time.monotonic() if opened_at is None else opened_at
     last: BackendError | None = None
-    for attempt, est in enumerate(plan):
+    for attempt in range(tried, len(plan)):
         if attempt and (not router.may_retry() or time.monotonic() >= deadline):
             break
+        est = plan[attempt]
         backend = est.backend
         request, stops = build(backend)
         router.attempt_started(backend.name, retry=attempt > 0)
         started = time.monotonic()
+        patience, giving_up = _patience(est, router, deadline, started, attempt + 1 < len(plan))
         span = telemetry.start_attempt(backend, request, attempt, index)
         stream = backend.generate(request)
         try:
             with telemetry.current(span):  # the HTTP/gRPC client's spans nest under it
-                first = await anext(stream, None)
+                first = await _first_delta(stream, patience)
+        except _Overdue:
+            waited = time.monotonic() - started
+            last = Timeout(
+                f"no first token after {waited:.1f} s (predicted {est.ttft_s:.2f} s)"
+                if giving_up
+                else "the request's deadline passed before a first token",
+                backend=backend.name,
+            )
+            telemetry.attempt_failed(span, backend, last, policy)
+            await close_stream(stream)
+            if giving_up:
+                router.attempt_abandoned(backend.name, waited)
+            else:
+                router.attempt_failed(backend.name, last)
+            continue
         except BackendError as exc:
             telemetry.attempt_failed(span, backend, exc, policy)
             router.attempt_failed(backend.name, exc)
@@ -198,7 +264,40 @@ async def open_generation(
             fallbacks=attempt,
             span=span,
             transcript=[] if telemetry.record_content else None,
+            inter_token_s=router.timeouts(backend.name).inter_token_s,
         )
     if last is not None:
         raise last
     raise Unavailable("Every backend for this model is unavailable right now (circuit open).")
+
+
+class _Overdue(Exception):
+    """The wait for a first token ran past the attempt's patience."""
+
+
+def _patience(
+    est: Estimate, router: Router, deadline: float, now: float, more: bool
+) -> tuple[float | None, bool]:
+    """How long to wait for this attempt's first token, and whether that is giving up early.
+
+    The backend's own ``first_token_s`` applies inside its adapter in any case.
+    """
+    left = deadline - now
+    if more and router.may_retry():
+        floor = router.timeouts(est.backend.name).give_up_floor_s
+        give_up = max(GIVE_UP_FACTOR * est.ttft_s, floor)
+        if give_up < left:
+            return give_up, True
+    return (None if math.isinf(left) else max(0.0, left)), False
+
+
+async def _first_delta(stream: AsyncIterator[Delta], patience: float | None) -> Delta | None:
+    if patience is None:
+        return await anext(stream, None)
+    try:
+        async with asyncio.timeout(patience) as scope:
+            return await anext(stream, None)
+    except TimeoutError:
+        if scope.expired():
+            raise _Overdue from None
+        raise

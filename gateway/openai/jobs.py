@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.base import Backend, ChatMessage, GenerationRequest
 from gateway.errors import Forbidden, InvalidRequest, ModelNotFound
+from gateway.openai.context import ContextFit
 from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, _Body
 from gateway.openai.responses import Endpoint, Envelope
 from gateway.openai.templates import TEMPLATES, ChatTemplate
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
 # OpenAI's documented default for the legacy completions endpoint.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+# Role markup a backend's own chat template adds per message (ChatML, Llama 3 and Gemma add
+# 4-6 tokens), reserved when the gateway has no template whose text it could count.
+CHAT_MARKUP_TOKENS = 8
 POLICIES = ("cost", "latency", "balanced")
 
 
@@ -55,6 +59,7 @@ class Job:
     messages: Sequence[ChatMessage] | None = None
     template: ChatTemplate | None = None
     tally: Tally | None = field(default=None)
+    fit: ContextFit | None = None  # the request's size against context windows
 
     @property
     def model_id(self) -> str:
@@ -80,6 +85,14 @@ class Job:
     def reserved_tokens(self) -> int:
         """What TPM admission reserves: prompt tokens (bounded) plus ``max_tokens`` per choice."""
         return self.prompt_bound_total + self.max_tokens_total
+
+    @property
+    def width(self) -> int:
+        """Generations run upstream at once: the tenant's ``max_concurrent`` bounds a request's
+        fan-out (prompts x n) as it bounds its requests, so one request cannot multiply it."""
+        limit = self.principal.tenant.limits.max_concurrent
+        count = len(self.requests)
+        return count if limit is None else max(1, min(limit, count))
 
 
 class JobBuilder:
@@ -156,6 +169,14 @@ class JobBuilder:
         bounds = [
             len(p) if not isinstance(p, str) else self.counter.bound(model.id, p) for p in prompts
         ]
+        exact = [p if isinstance(p, str) else len(p) for p in prompts]
+        fit = ContextFit(
+            [self.counter.exact(model.id, p) if isinstance(p, str) else p for p in exact],
+            max_tokens,
+            explicit=body.max_tokens is not None,
+            model_limit=model.context_length,
+        )
+        candidates = fit.candidates(candidates)
         requests, prompt_of, echo = [], [], []
         for group, (p, text) in enumerate(zip(prompts, texts, strict=True)):
             for _ in range(body.n):
@@ -174,7 +195,7 @@ class JobBuilder:
                         **self._sampling(body, extras),
                     )
                 )
-        return self._job(
+        job = self._job(
             "completion",
             principal,
             model,
@@ -188,6 +209,8 @@ class JobBuilder:
             max_tokens,
             bool(body.logprobs),
         )
+        job.fit = fit
+        return job
 
     # -- chat ---------------------------------------------------------------------------
 
@@ -208,6 +231,12 @@ class JobBuilder:
             raise InvalidRequest(f"{param} must be at least 1.", param=param)
         if body.top_logprobs is not None and not body.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs to be true.", param="logprobs")
+        fan_out = self.settings.server.max_generations_per_request
+        if body.n > fan_out:
+            raise InvalidRequest(
+                f"n={body.n} asks for {body.n} generations; at most {fan_out} per request.",
+                param="n",
+            )
         needs = Needs(
             logprobs=max(1, body.top_logprobs or 0) if body.logprobs else 0,
             **self._common_needs(body),
@@ -225,6 +254,16 @@ class JobBuilder:
         rendered = template.render(messages) if template else "\n".join(m.content for m in messages)
         count = self.counter.count(model.id, rendered)
         bound = self.counter.bound(model.id, rendered)
+        if template is None:
+            bound += CHAT_MARKUP_TOKENS * len(messages)
+        fit = ContextFit(
+            [self.counter.exact(model.id, rendered)],  # no template: a lower bound, still safe
+            max_tokens,
+            explicit=limit is not None,
+            model_limit=model.context_length,
+            param="messages",
+        )
+        candidates = fit.candidates(candidates)
         top = body.top_logprobs if body.logprobs else None
         requests = [
             GenerationRequest(
@@ -251,7 +290,7 @@ class JobBuilder:
             max_tokens,
             body.logprobs,
         )
-        job.messages, job.template = messages, template
+        job.messages, job.template, job.fit = messages, template, fit
         return job
 
     # -- per backend --------------------------------------------------------------------
@@ -271,6 +310,10 @@ class JobBuilder:
             stops = (*stops, *job.template.stops)
         fits = caps.max_stop_sequences is None or len(stops) <= caps.max_stop_sequences
         changes["stop"] = stops if caps.stop and fits else ()
+        if job.fit is not None:
+            changes["max_tokens"] = job.fit.max_tokens_on(
+                backend, job.prompt_of[index], base.max_tokens
+            )
         return replace(base, **changes), stops
 
     # -- shared -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from starlette.types import Scope
 
 from gateway.deps import CurrentPrincipal, State, authenticate, get_app_state
 from gateway.errors import Forbidden, ModelNotFound
-from gateway.http import ORJSONResponse, read_body, request_meta
+from gateway.http import ORJSONResponse, read_body, request_meta, require_json
 from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, parse_body
 
 router = APIRouter()
@@ -22,6 +22,7 @@ async def completions(request: Request) -> Response:
     """Text completions, streamed or not."""
     state = get_app_state(request)
     principal = await authenticate(request, state)
+    require_json(request)
     body = parse_body(CompletionRequest, await read_body(request, state))
     return await state.serving.completions(principal, body, request_meta(request))
 
@@ -30,6 +31,7 @@ async def chat_completions(request: Request) -> Response:
     """Chat completions, streamed or not."""
     state = get_app_state(request)
     principal = await authenticate(request, state)
+    require_json(request)
     body = parse_body(ChatCompletionRequest, await read_body(request, state))
     return await state.serving.chat(principal, body, request_meta(request))
 

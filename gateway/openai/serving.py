@@ -1,19 +1,27 @@
 """The work behind the OpenAI routes: validate, admit, route, fan out, relay, settle.
 
 One path for every request: a ``Job`` (validated, with its generations) is admitted,
-each generation is opened on the best backend with fallback before the first byte, and
-the answer is relayed as SSE or folded into JSON. ``settle`` runs exactly once, also for
-failures and abandoned streams.
+each generation is opened on the best backend with fallback before the first byte (a
+``FanOut`` runs them at most the tenant's ``max_concurrent`` at a time), and the answer is
+relayed as SSE or folded into JSON. ``settle`` runs exactly once, also for failures and
+abandoned streams.
+
+Billing of fallbacks: an attempt that fails before its first token produced nothing. A
+non-streamed choice whose upstream breaks mid-answer is restarted on the next backend, since
+nothing has reached the client; the tenant is billed only the answer it received, and the
+broken attempt's tokens go to its backend's window totals (the instance did run them, so
+instance cost stays conserved: the window's cost is shared by the tenants' answers). A
+request that fails in the end is billed what its choices received, as a broken stream is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import orjson
 from opentelemetry.trace import INVALID_SPAN, Span
@@ -22,7 +30,9 @@ from starlette.responses import Response
 from adapters.base import BackendError
 from gateway.errors import GatewayError, error_body, http_answer
 from gateway.metering.meter import Meter
-from gateway.openai.generation import Generation, Piece, close_stream, open_generation
+from gateway.openai.disconnect import ClientLeft, unless_client_leaves
+from gateway.openai.fanout import FanOut
+from gateway.openai.generation import Generation, open_generation
 from gateway.openai.jobs import Job, JobBuilder
 from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.openai.responses import Logprobs, usage_json
@@ -36,7 +46,6 @@ from gateway.tenancy.store import Store
 from gateway.tokenizers import TokenCounter
 
 log = logging.getLogger("tollgate.serving")
-T = TypeVar("T")
 JSON = "application/json"
 
 
@@ -55,6 +64,7 @@ class RequestMeta:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     span: Span = INVALID_SPAN  # the request's SERVER span, when tracing
+    client_left: ClientLeft | None = None  # resolves when the client disconnects
 
 
 @dataclass(slots=True)
@@ -112,74 +122,80 @@ class Serving:
                 job.principal, tokens=job.reserved_tokens, cost_usd=self._worst_case(job)
             )
         self.in_flight += 1
+        fan: FanOut | None = None
         try:
-            gens = await self._open_all(job)
+            fan = self._fan_out(job)
+            self.store.track(admission, functools.partial(self._progress, job, admission, fan))
+            if job.stream:  # open before answering: a failure still gets its HTTP status
+                await fan.open_first()
         except BaseException as exc:
-            self._finish(job, admission, [], _status(exc), meta)
+            self._finish(job, admission, fan.opened if fan else [], _status(exc), meta)
             raise
-        headers = self._headers(job, gens)
         if job.stream:
-            return EventStream(self._relay(job, admission, gens, meta), headers)
-        return await self._fold(job, admission, gens, meta, headers)
+            headers = self._headers(job, fan.opened)
+            return EventStream(self._relay(job, admission, fan, meta), headers)
+        return await self._fold(job, admission, fan, meta)
 
     def _worst_case(self, job: Job) -> float:
         names = [b.name for b in job.candidates]
         return self.meter.worst_case_cost(names, job.prompt_bound_total, job.max_tokens_total)
 
-    async def _open_all(self, job: Job) -> list[Generation]:
+    def _fan_out(self, job: Job) -> FanOut:
+        """Route the job once; each choice walks the plan (at most ``max_attempts`` backends)
+        until its deadline, the longest ``total_s`` of the candidates after it started."""
         with self.telemetry.routing(job.policy) as route:
             plan = self.router.plan(
                 job.candidates, job.policy, job.objectives, job.prompt_counts[0], job.max_tokens
             )
             route.ranked(plan)
-        # At most ``max_attempts`` backends per generation, however many could serve it.
         plan = plan[: self.settings.routing.max_attempts]
-        deadline = time.monotonic() + max(
-            self.router.timeouts(b.name).first_token_s for b in job.candidates
-        )
+        allowed_s = max(self.router.timeouts(b.name).total_s for b in job.candidates)
 
-        def open_one(index: int) -> Coroutine[None, None, Generation]:
+        def open_choice(
+            index: int, tried: int, opened_at: float | None
+        ) -> Coroutine[None, None, Generation]:
+            started = time.monotonic() if opened_at is None else opened_at
             return open_generation(
-                index, plan, self.router, lambda b: self.jobs.upstream(job, index, b), deadline,
-                telemetry=self.telemetry, policy=job.policy,
+                index, plan, self.router, lambda b: self.jobs.upstream(job, index, b),
+                started + allowed_s, telemetry=self.telemetry, policy=job.policy,
+                tried=tried, opened_at=opened_at,
             )
 
-        if len(job.requests) == 1:
-            return [await open_one(0)]
-        tasks = [asyncio.ensure_future(open_one(i)) for i in range(len(job.requests))]
-        done = await asyncio.gather(*tasks, return_exceptions=True)
-        errors = [r for r in done if isinstance(r, BaseException)]
-        gens = [r for r in done if isinstance(r, Generation)]
-        if errors:
-            for g in gens:
-                await close_stream(g.stream)
-                self.router.finished(g.backend.name, ok=False, output_tokens=0, decode_s=0.0)
-                g.span.end()
-            raise errors[0]
-        return gens
+        def wasted(gen: Generation, exc: BackendError) -> None:
+            self._waste(job, gen, exc)
+
+        return FanOut(len(job.requests), job.width, len(plan), open_choice, wasted)
+
+    def _waste(self, job: Job, gen: Generation, exc: BackendError) -> None:
+        """An attempt replaced by a restart: not billed (its client never saw it), but its
+        tokens join the backend's window totals, since the instance did run them."""
+        reported = gen.usage.prompt_tokens if gen.usage is not None else None
+        prompt = reported if reported is not None else job.prompt_counts[job.prompt_of[gen.index]]
+        out = gen.output_tokens
+        name = gen.backend.name
+        self.meter.observe(name, prompt, out)
+        decode_s = max(0.0, (gen.ended_at or time.monotonic()) - gen.first_at)
+        self.router.finished(name, ok=False, output_tokens=out, decode_s=decode_s)
+        self.telemetry.attempt_failed(gen.span, gen.backend, exc, job.policy)
 
     # -- non-streamed -------------------------------------------------------------------
 
     async def _fold(
-        self,
-        job: Job,
-        admission: Admission,
-        gens: list[Generation],
-        meta: RequestMeta,
-        headers: dict[str, str],
+        self, job: Job, admission: Admission, fan: FanOut, meta: RequestMeta
     ) -> Response:
         env = job.envelope
         status = 200
         try:
-            if len(gens) == 1:  # the common case: no task per request
-                folded = [await self._collect(job, gens[0])]
-            else:
-                folded = await _all_or_none([self._collect(job, g) for g in gens])
+            folded = await unless_client_leaves(
+                fan.fold(lambda g: self._collect(job, g)), meta.client_left
+            )
         except BaseException as exc:
             status = _status(exc)
             raise
         finally:
-            tally = self._finish(job, admission, gens, status, meta)
+            tally = self._finish(job, admission, fan.opened, status, meta)
+        gens = fan.opened
+        headers = self._headers(job, gens)
         choices = [
             env.choice(g.index, text, g.finish_reason, lp)
             for g, (text, lp) in zip(gens, folded, strict=True)
@@ -200,7 +216,7 @@ class Serving:
     # -- streamed -----------------------------------------------------------------------
 
     async def _relay(
-        self, job: Job, admission: Admission, gens: list[Generation], meta: RequestMeta
+        self, job: Job, admission: Admission, fan: FanOut, meta: RequestMeta
     ) -> AsyncGenerator[bytes, None]:
         env, usage_field = job.envelope, job.include_usage
         status = 499  # until the stream completes, assume the client went away
@@ -208,14 +224,14 @@ class Serving:
         # than costing one of their own; output is never held back.
         held = b""
         try:
-            for g in gens:
+            for index in range(fan.count):
                 if job.endpoint == "chat":
-                    held += sse(env.chunk(g.index, "", role=True, with_usage_field=usage_field))
-                if job.echo_texts[g.index]:
+                    held += sse(env.chunk(index, "", role=True, with_usage_field=usage_field))
+                if job.echo_texts[index]:
                     held += sse(
-                        env.chunk(g.index, job.echo_texts[g.index], with_usage_field=usage_field)
+                        env.chunk(index, job.echo_texts[index], with_usage_field=usage_field)
                     )
-            async for gen, piece in _interleave(gens):
+            async for gen, piece in fan.stream():
                 if piece is None:
                     held += sse(
                         env.chunk(
@@ -237,7 +253,7 @@ class Serving:
                     yield held + event if held else event
                     held = b""
             status = 200
-            tally = self._finish(job, admission, gens, status, meta)
+            tally = self._finish(job, admission, fan.opened, status, meta)
             if job.include_usage:
                 usage = usage_json(tally.prompt_tokens, tally.completion_tokens, tally.cost_usd)
                 held += sse(env.usage_chunk(usage))
@@ -247,7 +263,7 @@ class Serving:
             yield held + sse(error_body(exc)) + DONE
         finally:
             if status != 200:
-                self._finish(job, admission, gens, status, meta)
+                self._finish(job, admission, fan.opened, status, meta)
 
     # -- settlement ---------------------------------------------------------------------
 
@@ -314,6 +330,40 @@ class Serving:
         task.add_done_callback(self._settling.discard)
         return tally
 
+    def _progress(self, job: Job, admission: Admission, fan: FanOut) -> UsageRecord | None:
+        """What the request has received so far, for the store's periodic checkpoint (status
+        0: not finished); ``None`` before any generation opened or once it is settling."""
+        gens = fan.opened
+        if not gens or job.tally is not None:
+            return None
+        prompt_total, completion_total, cost = 0, 0, 0.0
+        counted_prompts: set[int] = set()
+        for gen in gens:
+            group = job.prompt_of[gen.index]
+            reported = gen.usage.prompt_tokens if gen.usage is not None else None
+            prompt = reported if reported is not None else job.prompt_counts[group]
+            if group not in counted_prompts:
+                counted_prompts.add(group)
+                prompt_total += prompt
+            completion_total += gen.output_tokens
+            cost += self.meter.provisional_cost(gen.backend.name, prompt, gen.output_tokens)
+        return UsageRecord(
+            request_id=admission.request_id,
+            tenant=admission.tenant,
+            key_id=admission.key_id,
+            model=job.model_id,
+            backend=gens[0].backend.name,
+            prompt_tokens=prompt_total,
+            completion_tokens=completion_total,
+            cost_usd=cost,
+            status=0,
+            started_at=admission.admitted_at,
+            duration_s=time.time() - admission.admitted_at,
+            ttft_s=gens[0].ttft_s,
+            client_request_id=job.client_request_id,
+            weighted_tokens=self.meter.weighted_tokens(prompt_total, completion_total),
+        )
+
     async def _settle(self, admission: Admission, record: UsageRecord) -> None:
         try:
             await self.store.settle(admission, record)
@@ -330,52 +380,7 @@ class Serving:
         return {"x-tollgate-backend": ",".join(names), "x-tollgate-policy": job.policy}
 
 
-async def _all_or_none(coros: Sequence[Coroutine[None, None, T]]) -> list[T]:
-    """Results of all ``coros`` run concurrently; the first failure cancels the rest."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
 def _status(exc: BaseException) -> int:
     if isinstance(exc, asyncio.CancelledError):
         return 499
     return http_answer(exc).status
-
-
-async def _interleave(gens: Sequence[Generation]) -> AsyncIterator[tuple[Generation, Piece | None]]:
-    """Pieces of every generation as they arrive; ``None`` marks one's end."""
-    if len(gens) == 1:
-        gen = gens[0]
-        async for piece in gen.pieces():
-            yield gen, piece
-        yield gen, None
-        return
-    queue: asyncio.Queue[tuple[Generation, Piece | None] | BaseException] = asyncio.Queue()
-
-    async def pump(gen: Generation) -> None:
-        try:
-            async for piece in gen.pieces():
-                await queue.put((gen, piece))
-            await queue.put((gen, None))
-        except BaseException as exc:
-            await queue.put(exc)
-
-    tasks = [asyncio.ensure_future(pump(g)) for g in gens]
-    try:
-        remaining = len(gens)
-        while remaining:
-            item = await queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            if item[1] is None:
-                remaining -= 1
-            yield item
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -267,6 +267,15 @@ class Router:
         else:
             member.breaker.on_failure(self.clock())
 
+    def attempt_abandoned(self, name: str, waited_s: float) -> None:
+        """The attempt was given up after ``waited_s`` without a first token, far past its
+        prediction: a failure for the breaker, and a lower bound on its TTFT, so that a slow
+        but working backend is predicted slower (and waited for longer) next time."""
+        member = self._members[name]
+        member.stats.first_token(waited_s)
+        member.stats.finished(ok=False, output_tokens=0, decode_s=0.0)
+        member.breaker.on_failure(self.clock())
+
     def finished(self, name: str, *, ok: bool, output_tokens: int, decode_s: float) -> None:
         """A started generation ended (completed, broken or cancelled)."""
         member = self._members[name]

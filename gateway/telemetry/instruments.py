@@ -404,5 +404,19 @@ def watch_fleet(
     )
 
 
+def watch_store(meter: Meter, degraded: Callable[[], bool]) -> None:
+    """The store's mode as a gauge, read at collection time."""
+
+    def observe(_: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(1 if degraded() else 0)
+
+    meter.create_observable_gauge(
+        sc.METRIC_STORE_DEGRADED,
+        [observe],
+        unit="1",
+        description="1 while the tenancy store is unreachable and limits hold per replica",
+    )
+
+
 def _backend(name: str, kinds: Mapping[str, str]) -> dict[str, str]:
     return {sc.TOLLGATE_BACKEND: name, sc.GEN_AI_PROVIDER_NAME: kinds.get(name, "")}

@@ -33,6 +33,7 @@ from gateway.telemetry.instruments import (
     TokensPerDollar,
     create_instruments,
     watch_fleet,
+    watch_store,
 )
 
 if TYPE_CHECKING:
@@ -95,6 +96,10 @@ class Telemetry:
     ) -> None:
         """Register the gauges read from live state (backend health, breakers, in flight)."""
         watch_fleet(self.meter, health, kinds, in_flight, self.tokens_per_dollar)
+
+    def watch_store(self, degraded: Callable[[], bool]) -> None:
+        """Register the gauge that says whether limits are per replica (the store is away)."""
+        watch_store(self.meter, degraded)
 
     async def aclose(self) -> None:
         """Flush and stop the providers this object built (not those a caller passed in)."""

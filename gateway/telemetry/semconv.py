@@ -88,6 +88,8 @@ METRIC_TENANT_BUDGET: Final = "tollgate.tenant.budget"  # tollgate_tenant_budget
 METRIC_BACKEND_HEALTHY: Final = "tollgate.backend.healthy"
 METRIC_BACKEND_BREAKER: Final = "tollgate.backend.breaker"  # 1 for the current state
 METRIC_BACKEND_IN_FLIGHT: Final = "tollgate.backend.in_flight"
+# 1 while the tenancy store is away and limits hold per replica, on local shares.
+METRIC_STORE_DEGRADED: Final = "tollgate.store.degraded"
 # The autoscaling signal: instances the router wants per pool (HPA/KEDA scale on it), and
 # the instances it sees, by state ("ready" serving, "up" billed including booting).
 METRIC_POOL_DESIRED: Final = "tollgate.pool.desired_instances"

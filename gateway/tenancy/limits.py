@@ -12,8 +12,10 @@ default (``server.default_max_tokens``), so a long answer may use more than was 
 excess is counted at settlement and delays later admissions. A request needing more than the
 whole limit is refused as invalid, since waiting would never help.
 
-Concurrency: a lease per admitted request (released at settlement, or when its lease expires, so
-a crashed replica cannot leak capacity). Budget: admitted while provisional spend plus outstanding
+Concurrency: a lease per admitted request, released at settlement. On Redis a lease lives a few
+seconds and the replica that holds it renews it while the request runs (``leases``), so when a
+replica dies its leases, and the tokens and cost they reserved, are given back within seconds.
+Budget: admitted while provisional spend plus outstanding
 reservations is below the monthly budget; each admission reserves its worst-case cost, so the
 spend can pass the budget by at most one in-flight request.
 """
@@ -29,7 +31,7 @@ from gateway.errors import InvalidRequest, QuotaExceeded, RateLimited
 from gateway.tenancy.models import Limits
 
 BUCKETS = 60  # token buckets per window
-LEASE_S = 3600.0  # an admitted request's concurrency lease: longer than any request may run
+LEASE_MAX_S = 3600.0  # the longest a request may hold a lease: longer than any may run
 NANO = 1_000_000_000  # costs are kept in integer nano-dollars so sums are exact
 
 
@@ -99,7 +101,14 @@ class TenantMeter:
     spend_nano: dict[str, int] = field(default_factory=dict)
 
     def admit(
-        self, rid: str, limits: Limits, now: float, window_s: float, tokens: int, cost_nano: int
+        self,
+        rid: str,
+        limits: Limits,
+        now: float,
+        window_s: float,
+        tokens: int,
+        cost_nano: int,
+        lease_s: float = LEASE_MAX_S,
     ) -> None:
         """Check every limit, then reserve; raises without reserving anything."""
         self._expire(now, window_s)
@@ -119,7 +128,7 @@ class TenantMeter:
             self._check_tokens(limits.tokens_per_minute, tokens, current, bucket_s, now)
         self.accepted.append(now)
         self.buckets[current] = self.buckets.get(current, 0) + tokens
-        self.holds[rid] = Hold(now + LEASE_S, tokens, current, cost_nano)
+        self.holds[rid] = Hold(now + lease_s, tokens, current, cost_nano)
         self.reserved_nano += cost_nano
 
     def settle(
@@ -162,5 +171,9 @@ class TenantMeter:
         oldest = int(now // (window_s / BUCKETS)) - BUCKETS
         for bucket in [b for b in self.buckets if b <= oldest]:
             del self.buckets[bucket]
+        # A lease that lapsed (its holder died) gives back what it reserved.
         for rid in [r for r, h in self.holds.items() if h.deadline <= now]:
-            self.reserved_nano -= self.holds.pop(rid).cost_nano
+            hold = self.holds.pop(rid)
+            self.reserved_nano -= hold.cost_nano
+            if hold.bucket in self.buckets:
+                self.buckets[hold.bucket] -= hold.tokens

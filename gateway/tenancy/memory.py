@@ -179,6 +179,17 @@ class MemoryStore:
         if window <= self._cursor.get(usage.backend, window - 1):
             self._late.add((usage.backend, window))
 
+    def track(self, admission: Admission, progress: Callable[[], UsageRecord | None]) -> None:
+        """Nothing to do: the ledger dies with the process that would checkpoint it."""
+
+    async def start(self) -> None:
+        """Nothing runs in the background."""
+
+    @property
+    def degraded(self) -> bool:
+        """Never: the state is in this process."""
+        return False
+
     async def record(self, tenant: str, request_id: str) -> UsageRecord | None:
         """The ledger's record of one request, if settled."""
         return self._records.get((tenant, request_id))

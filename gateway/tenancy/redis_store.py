@@ -3,20 +3,25 @@
 Key layout (``tg`` is ``store.key_prefix``): a tenant's keys share the hash tag ``{tenant}`` so
 its scripts run on one Redis Cluster slot: ``tg:{acme}:tenant``, ``:keys``, ``:rq`` (accepted
 requests), ``:tok`` (token buckets), ``:fl`` (leases), ``:res`` (holds), ``:rcost``, ``:spend``,
-``:rec:<rid>``, ``:recs``, ``:agg:<hour>``, ``:w:<backend>:<window>``. Fleet-wide keys:
-``tg:tenants``, ``tg:former``, ``tg:keyids``, ``tg:auth:<sha256>``, ``tg:win:<backend>:<window>``,
-``tg:idle:<backend>``, ``tg:backends``, ``tg:recon:<backend>``, ``tg:late``, ``tg:lock:<name>``.
+``:rec:<rid>``, ``:recs``, ``:ck`` (checkpoints of live requests), ``:agg:<hour>``,
+``:w:<backend>:<window>``. Fleet-wide keys: ``tg:tenants``, ``tg:former``, ``tg:keyids``,
+``tg:auth:<sha256>``, ``tg:win:<backend>:<window>``, ``tg:idle:<backend>``, ``tg:backends``,
+``tg:recon:<backend>``, ``tg:late``, ``tg:lock:<name>``, ``tg:replicas`` (live replicas).
+
+A heartbeat per replica (``leases``) renews its requests' leases, checkpoints long ones and
+announces the replica; while Redis is away, admission runs on local shares (``outage``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
@@ -25,9 +30,10 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
-from gateway.errors import StoreUnavailable, Unauthenticated
+from gateway.errors import InvalidRequest, StoreUnavailable, Unauthenticated
 from gateway.settings import StoreSettings
 from gateway.tenancy import keys, scripts
+from gateway.tenancy.leases import Lease, Leases, Progress
 from gateway.tenancy.ledger import (
     IDLE,
     Cell,
@@ -40,7 +46,7 @@ from gateway.tenancy.ledger import (
     hour_of,
     hours_between,
 )
-from gateway.tenancy.limits import BUCKETS, LEASE_S, LimitExceeded, month_of, over_budget, to_nano
+from gateway.tenancy.limits import BUCKETS, LimitExceeded, month_of, over_budget, to_nano
 from gateway.tenancy.limits import too_large as too_large_error
 from gateway.tenancy.models import (
     Admission,
@@ -52,17 +58,34 @@ from gateway.tenancy.models import (
     UsageRecord,
     UsageRow,
 )
+from gateway.tenancy.outage import LocalShares
 from gateway.tenancy.spool import Spool, read_segment
 from gateway.tenancy.tenants import UnknownTenant, checked_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_Call = tuple[Any, list[Any], list[Any]]  # a registered script, its keys and its arguments
 RETENTION_S = 90 * 86400  # how long per-request ledger records and window shares are kept
 _UNLIMITED = -1
+_EXACT_IN_LUA = 2**53
+
+
+class _Checkpoint(NamedTuple):
+    """One checkpoint in a heartbeat: the lease, what it books, and the window it books into."""
+
+    lease: Lease
+    usage: UsageRecord
+    call: _Call
+    window: str  # "backend|window", marked late if reconciliation passed it
 
 
 def _limits_json(limits: Limits) -> bytes:
-    return orjson.dumps(asdict(limits))
+    """The limits as stored; a number Lua's doubles cannot hold exactly is refused first."""
+    fields = asdict(limits)
+    for name, value in fields.items():
+        if isinstance(value, int | float) and not abs(value) <= _EXACT_IN_LUA:  # NaN fails too
+            raise InvalidRequest(f"{name!r} is out of range.", param=name)
+    return orjson.dumps(fields)
 
 
 def _limits_from(raw: str) -> Limits:
@@ -96,6 +119,7 @@ class RedisStore:
         failure_policy: Literal["open", "closed"] = "open",
         spool_dir: str | None = None,
         outage_trust_s: float | None = None,
+        lease_ttl_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
@@ -106,8 +130,9 @@ class RedisStore:
             # One retry, on a fresh connection, for a connection that broke: after a Redis
             # restart every pooled connection is dead, and the command never reached the new
             # server. A timeout is not retried (the command may have run: a reservation twice).
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1,
-                        supported_errors=(RedisConnectionError,)),
+            retry=Retry(
+                ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(RedisConnectionError,)
+            ),
             health_check_interval=5,  # an idle connection is PINGed before it is used again
         )
         self._p = prefix
@@ -127,6 +152,15 @@ class RedisStore:
         self._book = self.redis.register_script(scripts.BOOK)
         self._unlock = self.redis.register_script(scripts.UNLOCK)
         self._flush = self.redis.register_script(scripts.FLUSH)
+        self._create = self.redis.register_script(scripts.CREATE_TENANT)
+        self._checkpoint = self.redis.register_script(scripts.CHECKPOINT)
+        self._renew = self.redis.register_script(scripts.RENEW)
+        self._announce = self.redis.register_script(scripts.ANNOUNCE)
+        self._leases = Leases(lease_ttl_s)
+        self._local = LocalShares(limit_window_s)
+        self._replica = secrets.token_hex(8)
+        self._heart: asyncio.Task[None] | None = None
+        self._unreachable = False  # the last call to Redis failed
         self._replayer: asyncio.Task[None] | None = None
         self._closing = False
         self._replayed = asyncio.Event()
@@ -147,6 +181,7 @@ class RedisStore:
             failure_policy=settings.failure_policy,
             spool_dir=settings.spool_dir,
             outage_trust_s=settings.outage_trust_s,
+            lease_ttl_s=settings.lease_ttl_s,
         )
 
     @property
@@ -172,14 +207,15 @@ class RedisStore:
         return await self._call(self._create_tenant(tenant_id, limits or self._defaults))
 
     async def _create_tenant(self, tenant_id: str, limits: Limits) -> Tenant:
+        stored = _limits_json(limits)  # refused before anything is written
         now = time.time()
-        key = self._t(tenant_id, "tenant")
-        if await self.redis.hsetnx(key, "created_at", repr(now)):
-            await self.redis.hset(key, "limits", _limits_json(limits))
-            await self.redis.sadd(f"{self._p}:tenants", tenant_id)
+        # The index first: readers skip an id without a record, so a failure between the two
+        # writes leaves nothing half-made, and the record itself is one script (all or nothing).
+        await self.redis.sadd(f"{self._p}:tenants", tenant_id)
+        reply = await self._create(keys=[self._t(tenant_id, "tenant")], args=[repr(now), stored])
+        if int(reply[0]) == 1:
             return Tenant(tenant_id, limits, now)
-        tenant = await self._read_tenant(tenant_id)
-        return tenant or Tenant(tenant_id, limits, now)
+        return Tenant(tenant_id, _limits_from(_str(reply[2])), float(reply[1]))
 
     async def _read_tenant(self, tenant_id: str) -> Tenant | None:
         data = await self.redis.hgetall(self._t(tenant_id, "tenant"))
@@ -285,6 +321,7 @@ class RedisStore:
         try:
             principal = await self._lookup(digest)
         except RedisError as exc:
+            self._lost()
             # Fail open only for keys this replica saw valid, and only as long as a revocation
             # elsewhere could not have been seen anyway.
             if self._policy == "open" and cached is not None and cached[1] is not None:
@@ -314,12 +351,18 @@ class RedisStore:
     # Admission and settlement
 
     async def admit(self, principal: Principal, *, tokens: int, cost_usd: float) -> Admission:
-        """One EVALSHA on the tenant's slot: check and reserve every limit (see ``limits``)."""
+        """One EVALSHA on the tenant's slot: check and reserve every limit (see ``limits``).
+
+        While Redis is away the request is checked against this replica's share of each
+        limit instead (``failure_policy: open``), or refused (``closed``); never unchecked.
+        """
         tenant, limits = principal.tenant.id, principal.tenant.limits
         rid = keys.new_request_id()
         cost = to_nano(cost_usd)
         budget = limits.monthly_budget_usd
+        month = month_of(time.time())
         t = self._t
+        self._ensure_heartbeat()
         try:
             answer = await self._admit(
                 keys=[t(tenant, "rq"), t(tenant, "tok"), t(tenant, "fl"), t(tenant, "res"),
@@ -327,16 +370,23 @@ class RedisStore:
                 args=[rid, self._window_s, tokens, cost, _arg(limits.requests_per_minute),
                       _arg(limits.tokens_per_minute), _arg(limits.max_concurrent),
                       _UNLIMITED if budget is None else to_nano(budget),
-                      month_of(time.time()), LEASE_S, BUCKETS],
+                      month, self._leases.ttl_s, BUCKETS],
             )  # fmt: skip
         except RedisError as exc:
+            self._lost()
             if self._policy == "closed":
                 raise StoreUnavailable("The tenancy store is unreachable.") from exc
-            log.warning("store unreachable, admitting %s unchecked (fail-open)", tenant)
-            return Admission(rid, tenant, principal.key_id, 0, 0.0, time.time())
+            now = time.time()
+            self._local.admit(rid, tenant, limits, now, tokens, cost)
+            return Admission(rid, tenant, principal.key_id, tokens, cost_usd, now)
+        self._found()
         outcome = answer[0]
         if outcome == "ok":
-            return Admission(rid, tenant, principal.key_id, tokens, cost_usd, float(answer[1]))
+            self._local.recovered(tenant)
+            self._local.known(tenant, month, int(answer[2]))
+            admission = Admission(rid, tenant, principal.key_id, tokens, cost_usd, float(answer[1]))
+            self._leases.hold(admission)
+            return admission
         if outcome == "quota":
             raise over_budget()
         if outcome == "too_large":
@@ -349,9 +399,17 @@ class RedisStore:
         When Redis is unreachable the settlement is spooled to disk and replayed later.
         """
         usage = replace(usage, request_id=admission.request_id, tenant=admission.tenant)
+        self._leases.release(admission.request_id)
+        if self._local.holds(admission.request_id):
+            t_end = usage.started_at + usage.duration_s
+            tokens = usage.prompt_tokens + usage.completion_tokens
+            self._local.settle(
+                admission.request_id, time.time(), t_end, tokens, to_nano(usage.cost_usd)
+            )
         try:
             await self._settle_now(admission, usage)
         except RedisError:
+            self._lost()
             if self._spool is None:
                 log.error("store unreachable and no spool: usage of %s lost", admission.request_id)
                 return
@@ -374,17 +432,132 @@ class RedisStore:
             keys=[t(tenant, "fl"), t(tenant, "res"), t(tenant, "tok"), t(tenant, "rcost"),
                   t(tenant, "spend"), t(tenant, f"rec:{rid}"), t(tenant, "recs"),
                   t(tenant, f"agg:{hour}"), t(tenant, f"w:{usage.backend}:{window}"),
-                  t(tenant, "hours")],
+                  t(tenant, "hours"), t(tenant, "ck")],
             args=[rid, self._window_s, t_end, usage.prompt_tokens + usage.completion_tokens, cost,
                   month_of(t_end), orjson.dumps(asdict(usage)), usage.started_at,
                   f"{usage.backend}|{usage.model}|", usage.prompt_tokens, usage.completion_tokens,
                   usage.weighted_tokens, usage.model, RETENTION_S, BUCKETS,
                   (window + 1.5) * self._metering_window_s, hour],
         )  # fmt: skip
+        code = int(answer[0])
+        if code:
+            self._local.known(tenant, month_of(t_end), int(answer[1]))
         # Reconciliation may already have run: have it run again. A replayed repeat (0) may be
         # one whose first run was cut off before this marker was written.
-        if answer == 2 or (replay and answer == 0):
+        if code == 2 or (replay and code == 0):
             await self.redis.sadd(f"{self._p}:late", f"{usage.backend}|{window}")
+
+    def track(self, admission: Admission, progress: Progress) -> None:
+        """Checkpoint ``progress()`` of a live request on each heartbeat until it settles."""
+        self._leases.follow(admission, progress)
+
+    # Heartbeat: leases, checkpoints, replicas
+
+    async def start(self) -> None:
+        """Announce this replica and start its heartbeat (admission starts it too)."""
+        self._ensure_heartbeat()
+
+    def _ensure_heartbeat(self) -> None:
+        if self._heart is None and not self._closing:
+            self._heart = asyncio.get_running_loop().create_task(self._heartbeat())
+
+    async def _heartbeat(self) -> None:
+        """Every third of a lease's TTL: one round trip for the whole replica."""
+        while not self._closing:
+            try:
+                await self._beat()
+            except RedisError:
+                self._lost()
+            except Exception:  # the heartbeat must outlive any one bad beat
+                log.exception("store heartbeat failed")
+            await asyncio.sleep(self._leases.interval_s)  # a timer: nothing else signals it
+
+    async def _beat(self) -> None:
+        beat = self._leases.beat()
+        ttl = self._leases.ttl_s
+        renewals: list[_Call] = [(self._announce, [f"{self._p}:replicas"], [self._replica, ttl])]
+        for tenant, rids in beat.renew.items():
+            renewals.append((self._renew, [self._t(tenant, "fl")], [ttl, *rids]))
+        checkpoints = [self._checkpoint_call(lease, usage) for lease, usage in beat.checkpoints]
+        answers = await self._pipelined_scripts(renewals + [c.call for c in checkpoints])
+        self._found()
+        for answer in answers[: len(renewals)]:
+            if isinstance(answer, Exception):
+                log.warning("lease renewal failed: %s", answer)
+        if not isinstance(answers[0], Exception):
+            self._local.replicas = max(int(answers[0]), 1)
+        late: list[str] = []
+        for checkpoint, answer in zip(checkpoints, answers[len(renewals) :], strict=True):
+            if isinstance(answer, Exception):
+                log.warning("checkpoint failed: %s", answer)
+                continue
+            if int(answer):
+                Leases.booked(checkpoint.lease, checkpoint.usage)
+            if int(answer) == 2:
+                late.append(checkpoint.window)
+        if late:
+            await self.redis.sadd(f"{self._p}:late", *late)
+
+    def _checkpoint_call(self, lease: Lease, usage: UsageRecord) -> _Checkpoint:
+        """The CHECKPOINT script call booking ``usage`` so far into the current hour and window."""
+        tenant, rid = lease.admission.tenant, lease.admission.request_id
+        usage = replace(usage, request_id=rid, tenant=tenant)
+        now = time.time()
+        window, hour = int(now // self._metering_window_s), hour_of(now)
+        t = self._t
+        call: _Call = (
+            self._checkpoint,
+            [t(tenant, "res"), t(tenant, "rcost"), t(tenant, "spend"), t(tenant, f"rec:{rid}"),
+             t(tenant, "ck"), t(tenant, f"agg:{hour}"), t(tenant, f"w:{usage.backend}:{window}"),
+             t(tenant, "hours")],
+            [rid, usage.prompt_tokens, usage.completion_tokens, to_nano(usage.cost_usd),
+             repr(usage.weighted_tokens), month_of(now), f"{usage.backend}|{usage.model}|",
+             usage.model, hour, RETENTION_S, orjson.dumps(asdict(usage)),
+             (window + 1.5) * self._metering_window_s],
+        )  # fmt: skip
+        return _Checkpoint(lease, usage, call, f"{usage.backend}|{window}")
+
+    async def _pipelined_scripts(self, calls: Sequence[_Call]) -> list[Any]:
+        """EVALSHA each call in one pipeline; scripts Redis forgot (a restart) are loaded once."""
+        answers = await self._evalshas(calls)
+        missing = [i for i, a in enumerate(answers) if isinstance(a, NoScriptError)]
+        if missing:
+            for script in {calls[i][0].script for i in missing}:
+                await self.redis.script_load(script)
+            again = await self._evalshas([calls[i] for i in missing])
+            for i, answer in zip(missing, again, strict=True):
+                answers[i] = answer
+        return answers
+
+    async def _evalshas(self, calls: Sequence[_Call]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for script, script_keys, args in calls:
+            pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    def _lost(self) -> None:
+        """A call to Redis failed: admission runs on local shares until one succeeds."""
+        if not self._unreachable and self._policy == "open":
+            log.warning(
+                "tenancy store unreachable: limits are enforced per replica, each a share of "
+                "%d replicas, until it answers again", self._local.replicas,
+            )  # fmt: skip
+        self._unreachable = True
+
+    def _found(self) -> None:
+        if self._unreachable:
+            log.warning("tenancy store reachable again: limits are fleet-wide again")
+        self._unreachable = False
+
+    @property
+    def replicas(self) -> int:
+        """Live replicas (this one included) as the last heartbeat counted them."""
+        return self._local.replicas
+
+    @property
+    def degraded(self) -> bool:
+        """Whether limits are enforced per replica, on local shares, because Redis is away."""
+        return self._unreachable and self._policy == "open"
 
     def _start_replay(self) -> None:
         if self._replayer is None or self._replayer.done():
@@ -417,6 +590,9 @@ class RedisStore:
     async def record(self, tenant: str, request_id: str) -> UsageRecord | None:
         """The ledger's record of one request, if settled."""
         raw = await self._call(self.redis.get(self._t(tenant, f"rec:{request_id}")))
+        if raw is None:  # never settled (its replica died): its last checkpoint, if any
+            ck = self.redis.hget(self._t(tenant, "ck"), f"rec:{request_id}")
+            raw = await self._call(ck)  # type: ignore[arg-type]
         return UsageRecord(**orjson.loads(raw)) if raw else None
 
     async def usage(
@@ -468,15 +644,23 @@ class RedisStore:
     async def reachable(self) -> bool:
         """Whether Redis answers a PING within a second."""
         try:
-            return bool(await asyncio.wait_for(self.redis.ping(), 1.0))
+            answered = bool(await asyncio.wait_for(self.redis.ping(), 1.0))
         except (RedisError, OSError, TimeoutError):
+            self._lost()
             return False
+        self._found()
+        return answered
 
     async def aclose(self) -> None:
         """Stop replaying and close connections (the spool keeps what is left)."""
         self._closing = True
         if self._replayer is not None:
             self._replayer.cancel()
+        if self._heart is not None:
+            self._heart.cancel()
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                leave = self.redis.zrem(f"{self._p}:replicas", self._replica)
+                await asyncio.wait_for(leave, 0.5)  # type: ignore[arg-type]
         await self.redis.aclose()
 
     async def drop_everything(self) -> None:

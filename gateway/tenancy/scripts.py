@@ -8,8 +8,9 @@ from __future__ import annotations
 
 # KEYS: accepted log, token buckets, leases, holds, reserved cost, spend by month
 # ARGV: rid, window_s, tokens, cost_nano, rpm, tpm, concurrency, budget_nano (-1 = none),
-#       month, lease_s, buckets
-# Returns {"ok", now} | {"quota"} | {"too_large"} | {limit, retry_after, now}
+#       month, lease_s (how long the lease lives unless its replica renews it), buckets
+# Returns {"ok", now, used} | {"quota"} | {"too_large"} | {limit, retry_after, now}, where
+# ``used`` is the month's spend plus outstanding reservations before this one (nano-dollars).
 ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -22,21 +23,23 @@ local bucket_s = window / nbuckets
 local current = math.floor(now / bucket_s)
 local fmt = function(x) return string.format('%.6f', x) end
 
--- Leases of requests that never settled (a crashed replica) give their budget back.
+-- Leases nobody renewed (their replica died) give back the tokens and cost they reserved.
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
   local hold = redis.call('HGET', KEYS[4], id)
   if hold then
-    local _, _, held_cost = string.match(hold, '(%S+) (%S+) (%S+)')
+    local held_tokens, held_bucket, held_cost = string.match(hold, '(%S+) (%S+) (%S+)')
     redis.call('DECRBY', KEYS[5], held_cost)
+    if redis.call('HEXISTS', KEYS[2], held_bucket) == 1 then
+      redis.call('HINCRBY', KEYS[2], held_bucket, -tonumber(held_tokens))
+    end
     redis.call('HDEL', KEYS[4], id)
   end
   redis.call('ZREM', KEYS[3], id)
 end
 
-if budget >= 0 then
-  local spent = tonumber(redis.call('HGET', KEYS[6], ARGV[9]) or '0')
-  if spent + tonumber(redis.call('GET', KEYS[5]) or '0') >= budget then return {'quota'} end
-end
+local used = tonumber(redis.call('HGET', KEYS[6], ARGV[9]) or '0')
+  + tonumber(redis.call('GET', KEYS[5]) or '0')
+if budget >= 0 and used >= budget then return {'quota'} end
 if conc >= 0 and redis.call('ZCARD', KEYS[3]) >= conc then
   return {'concurrency', '1', fmt(now)}
 end
@@ -81,16 +84,18 @@ redis.call('PEXPIRE', KEYS[2], math.ceil(window * 1000) + 1000)
 redis.call('ZADD', KEYS[3], now + lease, rid)
 redis.call('HSET', KEYS[4], rid, tokens .. ' ' .. current .. ' ' .. cost)
 redis.call('INCRBY', KEYS[5], cost)
-return {'ok', fmt(now)}
+return {'ok', fmt(now), string.format('%d', used)}
 """
 
 # KEYS: leases, holds, token buckets, reserved cost, spend by month, record, record index,
-#       hour aggregate, tenant's backend-window shares, index of hours with usage
+#       hour aggregate, tenant's backend-window shares, index of hours with usage, checkpoints
 # ARGV: rid, window_s, t_end, tokens, cost_nano, month, record, started_at, cell ("backend|model|"),
 #       prompt, completion, weighted, model, retention_s, buckets, late_after, hour
-# Returns 0 for a repeat, 1 when settled, 2 when settled into an already reconcilable window.
+# Returns {0} for a repeat, {1, used} when settled, {2, used} when settled into an already
+# reconcilable window; ``used`` is the month's spend plus outstanding reservations after it.
+# What a checkpoint of the request already booked is subtracted: the ledger gets it once.
 SETTLE = """
-if redis.call('SET', KEYS[6], ARGV[7], 'NX', 'EX', ARGV[14]) == false then return 0 end
+if redis.call('SET', KEYS[6], ARGV[7], 'NX', 'EX', ARGV[14]) == false then return {0} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rid, window, nbuckets = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[15])
@@ -113,21 +118,101 @@ if done > current - nbuckets then
   redis.call('HINCRBY', KEYS[3], done, ARGV[4])
   redis.call('PEXPIRE', KEYS[3], math.ceil(window * 1000) + 1000)
 end
-redis.call('HINCRBY', KEYS[5], ARGV[6], ARGV[5])
+
+local n, p, c = 1, tonumber(ARGV[10]), tonumber(ARGV[11])
+local cost, wt = tonumber(ARGV[5]), tonumber(ARGV[12])
+local booked = redis.call('HGET', KEYS[11], rid)
+if booked then
+  local bp, bc, bcost, bwt = string.match(booked, '(%S+) (%S+) (%S+) (%S+)')
+  n, p, c = 0, p - tonumber(bp), c - tonumber(bc)
+  cost, wt = cost - tonumber(bcost), wt - tonumber(bwt)
+  redis.call('HDEL', KEYS[11], rid, 'rec:' .. rid)
+end
+local int = function(x) return string.format('%d', x) end
+redis.call('HINCRBY', KEYS[5], ARGV[6], int(cost))
 
 redis.call('ZADD', KEYS[7], ARGV[8], rid)
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - tonumber(ARGV[14]))
 local cell = ARGV[9]
-redis.call('HINCRBY', KEYS[8], cell .. 'n', 1)
-redis.call('HINCRBY', KEYS[8], cell .. 'p', ARGV[10])
-redis.call('HINCRBY', KEYS[8], cell .. 'c', ARGV[11])
-redis.call('HINCRBY', KEYS[8], cell .. 'cost', ARGV[5])
+redis.call('HINCRBY', KEYS[8], cell .. 'n', n)
+redis.call('HINCRBY', KEYS[8], cell .. 'p', int(p))
+redis.call('HINCRBY', KEYS[8], cell .. 'c', int(c))
+redis.call('HINCRBY', KEYS[8], cell .. 'cost', int(cost))
 redis.call('ZADD', KEYS[10], ARGV[17], ARGV[17])
-redis.call('HINCRBYFLOAT', KEYS[9], ARGV[13] .. '|wt', ARGV[12])
-redis.call('HINCRBY', KEYS[9], ARGV[13] .. '|pc', ARGV[5])
+redis.call('HINCRBYFLOAT', KEYS[9], ARGV[13] .. '|wt', string.format('%.6f', wt))
+redis.call('HINCRBY', KEYS[9], ARGV[13] .. '|pc', int(cost))
 redis.call('EXPIRE', KEYS[9], ARGV[14])
-if now >= tonumber(ARGV[16]) then return 2 end
+local used = tonumber(redis.call('HGET', KEYS[5], ARGV[6]) or '0')
+  + tonumber(redis.call('GET', KEYS[4]) or '0')
+if now >= tonumber(ARGV[16]) then return {2, int(used)} end
+return {1, int(used)}
+"""
+
+# KEYS: holds, reserved cost, spend by month, record, checkpoints, hour aggregate, tenant's
+#       backend-window shares, index of hours with usage
+# ARGV: rid, prompt, completion, cost_nano, weighted, month, cell ("backend|model|"), model, hour,
+#       retention_s, partial record, late_after
+# Books what a live request has used so far, as the difference from its last checkpoint, so a
+# replica that dies loses at most one heartbeat of usage; the part of the hold's cost now spent
+# is released. Returns 0 when the request has settled already, 1 when booked, 2 when booked
+# into an already reconcilable window.
+CHECKPOINT = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+local rid = ARGV[1]
+local n, p, c = 1, tonumber(ARGV[2]), tonumber(ARGV[3])
+local cost, wt = tonumber(ARGV[4]), tonumber(ARGV[5])
+local booked = redis.call('HGET', KEYS[5], rid)
+if booked then
+  local bp, bc, bcost, bwt = string.match(booked, '(%S+) (%S+) (%S+) (%S+)')
+  n, p, c = 0, p - tonumber(bp), c - tonumber(bc)
+  cost, wt = cost - tonumber(bcost), wt - tonumber(bwt)
+end
+local int = function(x) return string.format('%d', x) end
+redis.call('HSET', KEYS[5], rid, ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5],
+           'rec:' .. rid, ARGV[11])
+redis.call('EXPIRE', KEYS[5], ARGV[10])
+
+local hold = redis.call('HGET', KEYS[1], rid)
+if hold and cost > 0 then
+  local held_tokens, held_bucket, held_cost = string.match(hold, '(%S+) (%S+) (%S+)')
+  local release = math.min(tonumber(held_cost), cost)
+  redis.call('DECRBY', KEYS[2], int(release))
+  redis.call('HSET', KEYS[1], rid,
+             held_tokens .. ' ' .. held_bucket .. ' ' .. int(tonumber(held_cost) - release))
+end
+redis.call('HINCRBY', KEYS[3], ARGV[6], int(cost))
+
+local cell = ARGV[7]
+redis.call('HINCRBY', KEYS[6], cell .. 'n', n)
+redis.call('HINCRBY', KEYS[6], cell .. 'p', int(p))
+redis.call('HINCRBY', KEYS[6], cell .. 'c', int(c))
+redis.call('HINCRBY', KEYS[6], cell .. 'cost', int(cost))
+redis.call('ZADD', KEYS[8], ARGV[9], ARGV[9])
+redis.call('HINCRBYFLOAT', KEYS[7], ARGV[8] .. '|wt', string.format('%.6f', wt))
+redis.call('HINCRBY', KEYS[7], ARGV[8] .. '|pc', int(cost))
+redis.call('EXPIRE', KEYS[7], ARGV[10])
+local t = redis.call('TIME')
+if tonumber(t[1]) + tonumber(t[2]) / 1000000 >= tonumber(ARGV[12]) then return 2 end
 return 1
+"""
+
+# KEYS: leases; ARGV: lease_s, rid... Renews the leases of this replica's live requests; a
+# lease already taken back (ZADD XX) stays gone.
+RENEW = """
+local t = redis.call('TIME')
+local deadline = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i]) end
+return 1
+"""
+
+# KEYS: live replicas; ARGV: this replica's id, ttl_s. Announces the replica and returns how
+# many replicas announced themselves within their TTL (this one included).
+ANNOUNCE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
 """
 
 # KEYS: tenant's backend-window shares, hour aggregate
@@ -174,4 +259,18 @@ return 0
 UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# KEYS: the tenant's record; ARGV: created_at, limits JSON. Writes the whole record at once, or
+# returns the one already there ({0, created_at, limits}); {1} when it created it. A record
+# without limits (left half-made by an older gateway) is overwritten, so it can be re-created.
+CREATE_TENANT = """
+if redis.call('HEXISTS', KEYS[1], 'limits') == 1 then
+  if redis.call('HEXISTS', KEYS[1], 'created_at') == 0 then
+    redis.call('HSET', KEYS[1], 'created_at', ARGV[1])
+  end
+  return {0, redis.call('HGET', KEYS[1], 'created_at'), redis.call('HGET', KEYS[1], 'limits')}
+end
+redis.call('HSET', KEYS[1], 'created_at', ARGV[1], 'limits', ARGV[2])
+return {1}
 """

@@ -6,7 +6,7 @@ process). Both pass the same contract suite in ``tests/gateway/tenancy``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from gateway.tenancy.ledger import WindowLedger
@@ -50,7 +50,24 @@ class Store(Protocol):
         ...
 
     async def settle(self, admission: Admission, usage: UsageRecord) -> None:
-        """Replace the reservation by actuals and write the ledger record, exactly once."""
+        """Replace the reservation by actuals and write the ledger record, exactly once.
+
+        Whatever checkpoints of the request booked is replaced, never added to.
+        """
+        ...
+
+    def track(self, admission: Admission, progress: Callable[[], UsageRecord | None]) -> None:
+        """Checkpoint ``progress()`` of a live request periodically until it settles, so a
+        replica that dies loses at most one heartbeat of its usage (no-op in one process)."""
+        ...
+
+    async def start(self) -> None:
+        """Begin background upkeep: lease heartbeats and announcing this replica."""
+        ...
+
+    @property
+    def degraded(self) -> bool:
+        """Whether limits are enforced per replica on local shares (the store is away)."""
         ...
 
     async def usage(

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
+from gateway.tenancy.models import Limits
 from gateway.tenancy.redis_store import RedisStore
 from tests.e2e.conftest import ADMIN_KEY, Gateway, gateway_settings
 from tests.gateway.doubles import ScriptedBackend
@@ -201,3 +202,105 @@ def test_one_request_cannot_fan_out_past_the_per_request_limit(gateway: Gateway)
     error = _error(response)
     assert error["param"] == "n" and "200 generations" in str(error["message"])
     assert len(gateway.backend.requests) == before  # nothing reached the upstream
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+     "application/json; charset=latin-1"],
+)
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_generation_routes_refuse_a_body_that_is_not_json(
+    gateway: Gateway, path: str, content_type: str
+) -> None:
+    body = b'{"model": "test-model", "prompt": "x", "messages": [{"role": "user", "content": "x"}]}'
+    before = len(gateway.backend.requests)
+    response = httpx.post(f"{gateway.url}{path}", content=body,
+                          headers={"authorization": f"Bearer {gateway.key}",
+                                   "content-type": content_type})
+    assert response.status_code == 400
+    error = _error(response)
+    assert error["code"] == "unsupported_content_type"
+    assert content_type in str(error["message"])
+    assert len(gateway.backend.requests) == before
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "Application/JSON; charset=UTF-8"])
+def test_json_with_or_without_a_charset_is_served(gateway: Gateway, content_type: str) -> None:
+    response = _post(gateway, b'{"model": "test-model", "prompt": "x", "max_tokens": 2}',
+                     **{"content-type": content_type})
+    assert response.status_code == 200, response.text
+
+
+def test_a_stranger_with_a_huge_admin_body_is_answered_before_it_is_sent(
+    gateway: Gateway,
+) -> None:
+    declared = 104 * 1024 * 1024
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /admin/tenants HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+            + f"content-length: {declared}\r\n\r\n".encode()
+            + b'{"id": "' + b"x" * 65536
+        )
+        answer = _read_answer(sock)  # times out if the server waits for the other 104 MB
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    assert b'"invalid_api_key"' in answer
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """One HTTP answer with a content-length body, as it arrives."""
+    answer = b""
+    while b"\r\n\r\n" not in answer or len(answer) < _answer_size(answer):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+def _answer_size(answer: bytes) -> int:
+    head, _, _ = answer.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(head) + 4 + int(value)
+    return len(answer)
+
+
+def _admin(gateway: Gateway) -> dict[str, str]:
+    return {"authorization": f"Bearer {ADMIN_KEY}", "content-type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("POST", "/admin/tenants"),
+     ("PATCH", "/admin/tenants/team-a"), ("POST", "/admin/keys"), ("GET", "/v1/models"),
+     ("GET", "/admin/usage")],
+)
+def test_every_route_kind_answers_an_oversized_body_with_413(
+    gateway: Gateway, method: str, path: str
+) -> None:
+    key = ADMIN_KEY if path.startswith("/admin") else gateway.key
+    body = b'{"model": "test-model", "prompt": "' + b"x" * 70_000 + b'"}'
+    response = httpx.request(method, f"{gateway.url}{path}", content=body,
+                             headers={"authorization": f"Bearer {key}",
+                                      "content-type": "application/json"})
+    assert response.status_code == 413
+    assert _error(response)["code"] == "request_too_large"
+
+
+def test_a_budget_no_store_can_hold_is_refused_and_the_tenant_keeps_working(
+    gateway: Gateway,
+) -> None:
+    key = gateway.key_for("team-budget", Limits(monthly_budget_usd=5.0))
+    response = httpx.patch(f"{gateway.url}/admin/tenants/team-budget",
+                           content=b'{"monthly_budget_usd": 1e300}', headers=_admin(gateway))
+    assert response.status_code == 400
+    assert _error(response)["param"] == "monthly_budget_usd"
+    shown = httpx.get(f"{gateway.url}/admin/tenants/team-budget", headers=_admin(gateway))
+    assert shown.json()["limits"]["monthly_budget_usd"] == 5.0
+    served = httpx.post(f"{gateway.url}/v1/completions",
+                        json={"model": "test-model", "prompt": "x", "max_tokens": 2},
+                        headers={"authorization": f"Bearer {key}"})
+    assert served.status_code == 200

@@ -398,3 +398,16 @@ def test_a_small_share_of_requests_measures_a_backend_that_has_gone_unmeasured()
     assert {_first(router, objectives) for _ in range(1000)} == {"cheap"}  # fresh now; no API
     clock.now += 301
     assert "never" in {_first(router, objectives) for _ in range(1000)}  # stale again
+
+
+def test_an_attempt_given_up_raises_the_ttft_prediction_and_counts_for_the_breaker() -> None:
+    clock = Clock()
+    router, _ = _router([_config("slow", capacity={"ttft_s": 0.1})], clock, breaker_failures=2)
+    before = router.plan(router.backends, "latency", NO_OBJECTIVES, 1, 4)[0].ttft_s
+    for _ in range(2):
+        router.attempt_started("slow", retry=False)
+        router.attempt_abandoned("slow", 0.4)  # waited 4x the prediction, no first token
+    after = router.plan(router.backends, "latency", NO_OBJECTIVES, 1, 4)
+    assert after == []  # two give-ups in a row opened the breaker
+    clock.now += 11  # the cooldown passed: a half-open trial, predicted slower than before
+    assert router.plan(router.backends, "latency", NO_OBJECTIVES, 1, 4)[0].ttft_s > before

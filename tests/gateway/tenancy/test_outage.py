@@ -1,15 +1,23 @@
-"""Key checks while Redis is away: cached trust is bounded in age, revocations still land."""
+"""While Redis is away: cached key trust is bounded in age, and each replica admits only its
+share of every limit (limit / live replicas; budget from the last known spend)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from gateway.errors import StoreUnavailable
+from gateway.app import create_app
+from gateway.errors import QuotaExceeded, StoreUnavailable
+from gateway.settings import parse_settings
+from gateway.tenancy.limits import LimitExceeded
+from gateway.tenancy.models import Admission, Limits, Principal, UsageRecord
 from gateway.tenancy.redis_store import RedisStore
+from tests.live import LiveServer
 from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.timeout(30)]
@@ -85,4 +93,114 @@ async def test_after_a_redis_restart_the_first_requests_succeed_on_fresh_connect
         clock.now += 2.0  # past the key cache: every request asks Redis
         checked = await store.authenticate(issued.secret)
         await store.admit(checked, tokens=1, cost_usd=0.0)
+    # Every one was checked by the admission script (none on local shares, none unchecked).
+    assert not store.degraded
+    assert await store.redis.zcard("tg:{team-z}:rq") == 8 + 24
     await store.aclose()
+
+
+async def _until(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)  # the heartbeat has no signal of its own
+
+
+async def _two_replicas(server: RedisServer, tmp_path: Path) -> tuple[RedisStore, RedisStore]:
+    """Two announced replicas that trust a checked key for a minute of outage."""
+    clock = Clock()
+    a, b = (_replica(server, tmp_path, n, clock, outage_trust_s=60.0, lease_ttl_s=0.6)
+            for n in ("a", "b"))  # fmt: skip
+    await a.start()
+    await b.start()
+    await _until(lambda: a.replicas == 2 and b.replicas == 2)
+    return a, b
+
+
+async def _principal(store: RedisStore, tenant: str, limits: Limits) -> Principal:
+    await store.create_tenant(tenant, limits)
+    return await store.authenticate((await store.create_key(tenant)).secret)
+
+
+def _usage(admission: Admission, cost: float) -> UsageRecord:
+    return UsageRecord(
+        request_id=admission.request_id, tenant=admission.tenant, key_id=admission.key_id,
+        model="m", backend="b", prompt_tokens=1, completion_tokens=1, cost_usd=cost, status=200,
+        started_at=admission.admitted_at, duration_s=0.01,
+    )  # fmt: skip
+
+
+async def test_during_an_outage_a_replica_admits_only_its_share_of_rate_and_concurrency(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    a, b = await _two_replicas(server, tmp_path)
+    principal = await _principal(a, "team-r", Limits(requests_per_minute=60, max_concurrent=4))
+    first = await a.admit(principal, tokens=1, cost_usd=0.0)
+    await a.settle(first, _usage(first, 0.0))
+    server.kill()
+    held = [await a.admit(principal, tokens=1, cost_usd=0.0) for _ in range(2)]
+    with pytest.raises(LimitExceeded) as refused:  # 4 at once / 2 replicas
+        await a.admit(principal, tokens=1, cost_usd=0.0)
+    assert refused.value.limit == "concurrency"
+    assert a.degraded
+    for admission in held:
+        await a.settle(admission, _usage(admission, 0.0))
+    admitted, stopped = len(held), None
+    while admitted < 100 and stopped is None:
+        try:
+            admission = await a.admit(principal, tokens=1, cost_usd=0.0)
+        except LimitExceeded as exc:
+            stopped = exc.limit
+            continue
+        await a.settle(admission, _usage(admission, 0.0))
+        admitted += 1
+    assert (admitted, stopped) == (30, "requests")  # 60 a minute / 2 replicas
+    for store in (a, b):
+        await store.aclose()
+
+
+async def test_during_an_outage_a_budget_is_shared_from_the_last_known_spend(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    a, b = await _two_replicas(server, tmp_path)
+    principal = await _principal(a, "team-s", Limits(monthly_budget_usd=1.0))
+    stranger = await b.authenticate((await b.create_key("team-s")).secret)
+    for _ in range(4):
+        admission = await a.admit(principal, tokens=1, cost_usd=0.1)
+        await a.settle(admission, _usage(admission, 0.1))
+    server.kill()
+    admitted = 0
+    while admitted < 100:
+        try:
+            admission = await a.admit(principal, tokens=1, cost_usd=0.1)
+        except QuotaExceeded:
+            break
+        await a.settle(admission, _usage(admission, 0.1))
+        admitted += 1
+    assert admitted == 3  # ($1.00 - $0.40 spent) / 2 replicas, $0.10 a request
+    with pytest.raises(StoreUnavailable):  # B never heard what the tenant spent
+        await b.admit(stranger, tokens=1, cost_usd=0.1)
+    for store in (a, b):
+        await store.aclose()
+
+
+def test_readyz_and_metrics_say_when_limits_are_per_replica(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    settings = parse_settings(
+        {"store": {"redis_url": f"redis://127.0.0.1:{server.port}/0", "lease_ttl_s": 0.6,
+                   "spool_dir": str(tmp_path / "spool")},
+         "admin_key": "tg-admin-outage"},
+        env={},
+    )  # fmt: skip
+    with LiveServer(create_app(settings, backends=[])) as live:
+
+        def mode() -> tuple[str, str]:
+            ready = httpx.get(f"{live.url}/readyz").json()
+            gauge = [line for line in httpx.get(f"{live.url}/metrics").text.splitlines()
+                     if line.startswith("tollgate_store_degraded")]  # fmt: skip
+            return ready["limits"], gauge[0].split()[-1]
+
+        assert mode() == ("fleet", "0.0")
+        server.kill()
+        assert mode() == ("per_replica", "1.0")
