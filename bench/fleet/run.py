@@ -229,11 +229,14 @@ class Simulation:
         tpot_max = self.objectives.max_tpot_s or math.inf
         tokens: dict[str, float] = dict.fromkeys(self.models, 0.0)
         good = 0.0
-        # The whole fleet's bill over the window (reserved and autoscaled instance time,
-        # booting and idle included, plus the per-token spend of the window's requests)
-        # against the output tokens of the requests that arrived in it: a count no policy's
-        # pace can move, so the oracle's bound holds it exactly.
+        # The whole fleet's bill over the window, all of it by time: reserved and autoscaled
+        # instance time (booting and idle included) and per-token spend on the tokens decoded
+        # in the window (prompts when their first token is in it), whichever request they are
+        # for. It is set against the output tokens of the requests that arrived in the window,
+        # a count no policy's pace can move: so the oracle, which buys the window's capacity
+        # by time too, bounds it exactly where only sunk capacity is needed.
         cost = sum(m.cost(start, end) for m in self.models.values())
+        cost += sum(self._per_token_cost(req, start, end) for req in self.requests)
         measured, failed, met, ttfts = 0, 0, 0, []
         for req in self.requests:
             if not start <= req.arrival < end:
@@ -244,7 +247,6 @@ class Simulation:
                 failed += 1
                 continue
             tokens[req.backend] += req.output_tokens
-            cost += self._per_token_cost(req)
             ttfts.append(ttft)
             if ttft <= ttft_max and tpot <= tpot_max:
                 met += 1
@@ -257,13 +259,24 @@ class Simulation:
             share={k: v / total if total else 0.0 for k, v in tokens.items()}, bursty=bursty,
         )
 
-    def _per_token_cost(self, req: SimRequest) -> float:
+    def _per_token_cost(self, req: SimRequest, start: float, end: float) -> float:
+        if req.first_at is None:
+            return 0.0
         price = self.models[req.backend].config.price
         if price.usd_per_hour is not None:
             return 0.0
-        out = (price.usd_per_mtok_output or 0.0) * req.output_tokens
-        inp = (price.usd_per_mtok_input or 0.0) * req.prompt_tokens
+        done = req.done_at if req.done_at is not None else self.events.now
+        share = _overlap(req.first_at, done, start, end)
+        out = (price.usd_per_mtok_output or 0.0) * req.output_tokens * share
+        inp = (price.usd_per_mtok_input or 0.0) * req.prompt_tokens * (start <= req.first_at < end)
         return (out + inp) / 1e6
+
+
+def _overlap(a: float, b: float, start: float, end: float) -> float:
+    """Share of [a, b] inside [start, end) (a point counts when inside)."""
+    if b <= a:
+        return 1.0 if start <= a < end else 0.0
+    return max(0.0, min(b, end) - max(a, start)) / (b - a)
 
 
 def _healthy_first(order: Chooser) -> Chooser:
