@@ -246,7 +246,10 @@ class Pool(SimBackend):
             if self._surplus_since is None:
                 self._surplus_since = now
             elif now - self._surplus_since >= self.pool.scale_down_s:
-                for inst in sorted(live, key=lambda i: i.load)[: len(live) - want]:
+                # As a ReplicaSet picks pods to delete: not yet ready first, the newest of
+                # them first; then the least loaded.
+                order = sorted(live, key=lambda i: (i.ready, i.load, -i.started_at))
+                for inst in order[: len(live) - want]:
                     inst.drain()
                 self._surplus_since = None
         else:

@@ -125,8 +125,10 @@ def rank(
         pool, policy = list(estimates), "latency"  # nobody meets them: get as close as we can
     elif not all(e.queued for e in pool):
         # A wait for a slot is the least certain part of any prediction: while someone has
-        # a slot known to be free, nobody is planned to queue (or probe an unconfirmed count).
-        pool = [e for e in pool if not e.queued]
+        # a slot known to be free, nobody is planned to queue. Probing a slot count nobody
+        # has seen full is not queueing: a prior that understates it would otherwise leave
+        # paid-for slots idle while the API is paid per token.
+        pool = [e for e in pool if not e.queued or e.probing]
     # Free slots on paid-for capacity cost nothing: weigh the others against the cheapest
     # priced one, so ``balanced`` still tells an API from an elastic pool.
     priced = [e.usd_per_output_token for e in pool if e.usd_per_output_token > 0]

@@ -35,6 +35,7 @@ class PoolState:
     discovered: bool = False  # counts come from discovery, not config
     _confirmed_at: float | None = None  # when a lasting queue last showed the slots full
     _queued_at: int = 0  # probes in a row that saw a queue no step's arrivals explain
+    _running: int | None = None  # the last probe's running count, as reported
     _booting: list[tuple[float, int]] = field(default_factory=list)  # (ready at, count) asked
     _surplus_since: float | None = None
 
@@ -110,9 +111,14 @@ class PoolState:
             return
         per = running / self.ready
         # More waiting than one step's arrivals can explain, at every instance (balancers
-        # send to the least loaded), on two probes in a row: every slot is taken.
+        # send to the least loaded), on two probes in a row, with the running count no longer
+        # rising: every slot is taken. A queue while running still grows is a backlog being
+        # admitted (a burst's prefills on instances that just came up), not a full server.
         transient = max(2.0 * arrivals_per_step, self.ready)
-        queued = (snapshot.waiting or 0) > transient and running > 0
+        last = self._running
+        rising = last is not None and running > last + max(1.0, 0.02 * running)
+        self._running = running
+        queued = (snapshot.waiting or 0) > transient and running > 0 and not rising
         self._queued_at = self._queued_at + 1 if queued else 0
         if self._queued_at >= FULL_PROBES:
             # At most halved at once: a queue can also be a prefill backlog after a burst.
@@ -120,6 +126,11 @@ class PoolState:
             self._confirmed_at = self.clock()
         elif per > self.slots_per_instance:
             self.slots_per_instance = per
+
+    def saw_full(self) -> None:
+        """A request sent past the slots in service waited for one: the count is full."""
+        if self.ready > 0:
+            self._confirmed_at = self.clock()
 
     def _slots_from_share(self, snapshot: LoadSnapshot, in_flight: int) -> None:
         """JetStream reports the share of its slots in use and its backlog, not a count.
@@ -169,9 +180,21 @@ class PoolState:
                 self.up = float(desired)
                 self.ready = min(self.ready, self.up)
                 self._surplus_since = None
+                self._cancel_boots(int(self.up - self.ready))
         else:
             self._surplus_since = None
         self._settle_boots()
+
+    def _cancel_boots(self, keep: int) -> None:
+        """Scaled down: booting instances go first, the newest first (as a ReplicaSet picks
+        pods to delete), so at most ``keep`` of the boots still under way will come up."""
+        kept: list[tuple[float, int]] = []
+        for ready_at, count in sorted(self._booting):
+            if keep <= 0:
+                break
+            kept.append((ready_at, min(count, keep)))
+            keep -= count
+        self._booting = kept
 
     def _settle_boots(self) -> None:
         now = self.clock()

@@ -42,9 +42,11 @@ class SlotPrice:
         return out + inp * prompt_tokens / max(1, expected_tokens)
 
     def instance_tokens_per_s(self, pool: PoolState, stats: BackendStats,
-                              tpot_limit_s: float | None) -> float:
-        """Output tokens/s one instance serves at the pool's target fill, within a TPOT limit."""
-        batch = max(1.0, pool.slots_per_instance * pool.settings.target_utilisation)
+                              tpot_limit_s: float | None, *, fill: float | None = None) -> float:
+        """Output tokens/s one instance serves at the pool's target fill (or ``fill`` of its
+        slots), within a TPOT limit."""
+        share = pool.settings.target_utilisation if fill is None else fill
+        batch = max(1.0, pool.slots_per_instance * share)
         if tpot_limit_s is not None:
             batch = max(1.0, min(batch, stats.batch_within(tpot_limit_s)))
         return batch / stats.tpot_at(batch)

@@ -23,7 +23,7 @@ from gateway.routing.discovery import Discovery, KubernetesDiscovery, discovery_
 from gateway.routing.policies import Estimate, Objectives, estimate, rank
 from gateway.routing.pool import PoolState
 from gateway.routing.pricing import SlotPrice
-from gateway.routing.scaling import Offer, allocate
+from gateway.routing.scaling import ArrivalRate, Offer, allocate
 from gateway.routing.stats import BackendStats, Clock
 from gateway.settings import BackendSettings, RoutingSettings, TimeoutSettings
 
@@ -77,6 +77,7 @@ class _Member:
     probed: bool = False
     measured_at: float | None = None  # when an answer last finished here
     discovery: Discovery | None = None  # where its instances are listed, if configured
+    desired: int = 0  # the instance count last exported for its autoscaler
 
     def sync(self) -> None:
         """Hand the pool view's slot and instance counts to the stats that predict on them."""
@@ -96,6 +97,7 @@ def _member(backend: Backend, config: BackendSettings, settings: RoutingSettings
         price=SlotPrice(config.price),
         breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s),
         discovery=discovery_for(config.pool.discovery) if config.pool.discovery else None,
+        desired=config.pool.sunk_instances,
     )
     member.sync()
     return member
@@ -119,6 +121,7 @@ class Router:
         self._rng = random.Random(seed)
         self._answer_tokens: float | None = None  # EWMA of finished answers' output tokens
         self._prompt_tokens: float | None = None  # EWMA of planned requests' prompt tokens
+        self._planned_tokens = 0.0  # EWMA of the answer lengths requests were planned for
         # Backends that share a model share its demand: each set is sized together.
         self._groups = {
             frozenset(n for n, m in self._members.items() if model in m.backend.models)
@@ -128,6 +131,7 @@ class Router:
             None if settings.max_ttft_ms is None else settings.max_ttft_ms / 1000,
             None if settings.max_tpot_ms is None else settings.max_tpot_ms / 1000,
         )
+        self._arrivals: dict[frozenset[str], ArrivalRate] = {}  # by the candidates planned over
         self._first_attempts = 0.0
         self._retries = 0.0
         self._probe_task: asyncio.Task[None] | None = None
@@ -190,6 +194,12 @@ class Router:
         self._prompt_tokens = (
             prompt_tokens if old is None else old + ANSWER_ALPHA * (prompt_tokens - old)
         )
+        key = frozenset(b.name for b in candidates)
+        arrivals = self._arrivals.get(key)
+        if arrivals is None:
+            arrivals = self._arrivals[key] = ArrivalRate()
+        arrivals.add(now)
+        self._planned_tokens += ANSWER_ALPHA * (expected - self._planned_tokens)
         healthy: list[Estimate] = []
         sick: list[Estimate] = []
         for backend in candidates:
@@ -252,7 +262,9 @@ class Router:
     def first_token(self, name: str, ttft_s: float) -> None:
         """The attempt produced its first output."""
         member = self._members[name]
-        member.stats.first_token(ttft_s)
+        if member.stats.first_token(ttft_s):
+            member.pool.saw_full()
+            member.sync()
         member.breaker.on_success()
 
     def attempt_failed(self, name: str, exc: BackendError) -> None:
@@ -302,6 +314,7 @@ class Router:
         """
         m = self._members[name]
         want = self._want(m)
+        m.desired = want
         m.pool.asked(want)
         m.sync()
         return want
@@ -316,7 +329,7 @@ class Router:
         for names in self._groups:
             if m.backend.name in names:
                 group = [self._members[n] for n in names]
-                demand = sum(self._tokens_per_s(x) for x in group)
+                demand = max(sum(self._tokens_per_s(x) for x in group), self._offered(names))
                 offers = [self._offer(x) for x in group]
                 allocated = max(allocated, allocate(demand, offers)[m.backend.name])
         # Work already past the warm floor keeps the instances it fills at the target (a
@@ -325,6 +338,15 @@ class Router:
         past = max(0.0, m.stats.concurrency - pool.sunk_slots)
         busy = settings.min_instances + math.floor(past / fill)
         return min(settings.max_instances, max(allocated, busy))
+
+    def _offered(self, names: frozenset[str]) -> float:
+        """Output tokens/s arriving for the backends ``names``: requests planned over them
+        per second times the answer they are planned for (what the demand will be once they
+        run; until answers have been seen to end, the clients' caps: capacity booted for
+        answers shorter than their caps is cheaper than the API that a late boot leaves)."""
+        now = self.clock()
+        rate = sum(a.per_s(now) for key, a in self._arrivals.items() if key <= names)
+        return rate * self._planned_tokens
 
     def _tokens_per_s(self, m: _Member) -> float:
         """Output tokens/s the work on ``m`` asks for now: each request there, running or
@@ -346,12 +368,14 @@ class Router:
             return Offer(m.backend.name, True, m.price.per_token(prompt, expected))
         limit = self.objectives.tpot_limit_s
         tokens_per_s = m.price.instance_tokens_per_s(m.pool, m.stats, limit)
+        full = m.price.instance_tokens_per_s(m.pool, m.stats, limit, fill=1.0)
         pool = m.pool.settings
         return Offer(
             m.backend.name,
             False,
             m.price.usd_per_instance_s / tokens_per_s,
             tokens_per_s=tokens_per_s,
+            full_tokens_per_s=max(full, tokens_per_s),
             usd_per_instance_s=m.price.usd_per_instance_s,
             sunk_instances=pool.sunk_instances,
             max_instances=pool.ceiling,
@@ -394,7 +418,7 @@ class Router:
                        "p99": s.tpot_percentile(0.99)},
             "output_tokens_per_s": round(s.output_tokens_per_s(), 2),
             "instances": {"ready": m.pool.ready, "up": m.pool.up,
-                          "desired": self._want(m)},
+                          "desired": m.desired},
             "slots_per_instance": round(m.pool.slots_per_instance, 1),
         }
 

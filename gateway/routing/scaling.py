@@ -11,10 +11,46 @@ instance does.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 SWITCH_GAIN = 0.8  # a pool this much cheaper than one that is up is worth booting instead
+ARRIVAL_WINDOW_S = 15.0  # the time constant of the arrival rate the demand leads with
+
+
+class ArrivalRate:
+    """Requests per second arriving for a model, exponentially decayed over a short window.
+
+    The work in flight (Little's law) lags a rise in load by a whole answer's decode: tens of
+    seconds in which the cheap pools are not yet asked to boot. Arrivals times the expected
+    answer length is the demand as it arrives.
+    """
+
+    __slots__ = ("_at", "_count", "_since")
+
+    def __init__(self) -> None:
+        self._count = 0.0
+        self._at = 0.0
+        self._since: float | None = None  # the first arrival
+
+    def add(self, now: float) -> None:
+        """One request arrived at ``now``."""
+        if self._since is None:
+            self._since = now
+        self._count = self._count * math.exp((self._at - now) / ARRIVAL_WINDOW_S) + 1.0
+        self._at = now
+
+    def per_s(self, now: float) -> float:
+        """The decayed arrival rate at ``now``.
+
+        Over the first window the weights seen so far are less than a whole window's: the
+        count is divided by them, so a load that starts at full rate reads as that rate
+        within seconds rather than one time constant later.
+        """
+        if self._since is None:
+            return 0.0
+        seen = ARRIVAL_WINDOW_S * -math.expm1((self._since - now) / ARRIVAL_WINDOW_S)
+        return self._count * math.exp((self._at - now) / ARRIVAL_WINDOW_S) / max(seen, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +61,7 @@ class Offer:
     per_token: bool  # priced per token, no capacity limit to plan
     usd_per_token: float  # per-token price, or an elastic instance's price at the target fill
     tokens_per_s: float = 0.0  # one instance at the target fill (instance-priced backends)
+    full_tokens_per_s: float = 0.0  # ... with every slot filled (the headroom above the target)
     usd_per_instance_s: float = 0.0
     sunk_instances: int = 0  # paid whether used or not: reserved, or the warm floor
     max_instances: int = 0
@@ -55,20 +92,35 @@ def allocate(demand_tokens_per_s: float, offers: Sequence[Offer]) -> Mapping[str
         if o.usd_per_token * SWITCH_GAIN > best:
             continue
         remaining = _add(o, min(o.up_instances, o.max_instances) - o.sunk_instances,
-                         remaining, api, wanted)
-    for o in pools:  # then new instances, cheapest pool first
-        remaining = _add(o, o.max_instances - wanted[o.name], remaining, api, wanted)
+                         remaining, lambda rest: rest * api, wanted)
+    for i, o in enumerate(pools):  # then new instances, cheapest pool first
+        later = pools[i + 1:]
+
+        def elsewhere(rest: float, later: Sequence[Offer] = later) -> float:
+            """$/s of serving ``rest`` tokens/s on the dearer pools, or at the API."""
+            fits = [math.ceil(rest / max(p.tokens_per_s, 1e-9)) * p.usd_per_instance_s
+                    for p in later if rest <= (p.max_instances - wanted[p.name]) * p.tokens_per_s]
+            return min([rest * api, *fits])
+
+        remaining = _add(o, o.max_instances - wanted[o.name], remaining, elsewhere, wanted)
     return wanted
 
 
-def _add(o: Offer, room: int, remaining: float, api: float, wanted: dict[str, int]) -> float:
-    """Give ``o`` up to ``room`` more instances for ``remaining`` tokens/s; what is left."""
+def _add(o: Offer, room: int, remaining: float, elsewhere: Callable[[float], float],
+         wanted: dict[str, int]) -> float:
+    """Give ``o`` up to ``room`` more instances for ``remaining`` tokens/s; what is left.
+
+    ``elsewhere(rest)``: what serving ``rest`` tokens/s would cost another way ($/s). A
+    partly filled last instance is added only when it costs no more than that: the pool
+    cheapest when full is not the cheapest way to serve a remainder much smaller than one
+    of its instances.
+    """
     if remaining <= 0 or room <= 0:
         return remaining
     cap = max(o.tokens_per_s, 1e-9)
     extra = min(room, math.floor(remaining / cap))
     rest = remaining - extra * cap
-    if extra < room and rest > 0 and rest * api >= o.usd_per_instance_s:
-        extra += 1  # the partly filled last instance costs less than the API would
+    if extra < room and rest > 0 and elsewhere(rest) >= o.usd_per_instance_s:
+        extra += 1
     wanted[o.name] += extra
     return remaining - extra * cap

@@ -22,6 +22,7 @@ from gateway.settings import CapacityPrior
 Clock = Callable[[], float]
 
 SERVED_HORIZON_S = 30.0  # window of "output tokens per second served"
+SLOT_WAIT_FACTOR = 3.0  # a first token this much later than usual waited for a slot
 TTFT_CLIP = 4.0  # one cold start must not hide a backend: clip samples at 4x the estimate
 RATIO_RANGE = (0.1, 10.0)  # a TPOT sample moves the calibration at most this far
 TTFT_MEMORY_S = 15.0  # unrefreshed, a TTFT estimate relaxes to the prior over this time
@@ -132,19 +133,24 @@ class BackendStats:
         self._prefilling += not queued
         self._advance()
 
-    def first_token(self, ttft_s: float) -> None:
-        """The first token of a request arrived after ``ttft_s``."""
+    def first_token(self, ttft_s: float) -> bool:
+        """The first token of a request arrived after ``ttft_s``.
+
+        True when the request was sent past the slots in service and waited for one: a
+        slot count being probed was found full.
+        """
         queued = self._pop_pending()  # FIFO is close enough: only the oldest age is read
         self.recent_ttft.append(ttft_s)
         if queued:
             # It waited for a slot: the queue model predicts that wait (and the oldest
             # waiter floors it), so learning it here as well would count it twice.
-            return
+            return ttft_s > SLOT_WAIT_FACTOR * self.measured_ttft()
         current = self.ttft_s if self.ttft_s is None else self.measured_ttft()
         if current is not None:
             ttft_s = min(ttft_s, current * TTFT_CLIP)
         self.ttft_s = _ewma(current, ttft_s, self.alpha)
         self.ttft_at = self.clock()
+        return False
 
     def failed(self) -> None:
         """A request failed before its first token."""

@@ -56,3 +56,40 @@ def test_an_elastic_pool_without_discovery_counts_nothing_ready_when_its_probe_f
     assert pool.ready == 0 and pool.billed_instances() == 0
     pool.observe_instances(ready=2, up=3)
     assert (pool.ready, pool.billed_instances(), pool.slots) == (2, 3, 32)
+
+
+def test_a_queue_while_running_still_rises_is_a_backlog_being_admitted_not_full_slots() -> None:
+    pool = PoolState(RESERVED, prior_slots=256)
+    for running in (40, 180, 330):  # instances just up, a burst's prefills under way
+        pool.observe_load(LoadSnapshot(healthy=True, running=running, waiting=60), 0)
+    assert pool.slots_per_instance == 256 and not pool.confirmed
+
+
+def test_a_request_sent_past_the_slots_that_waited_for_one_confirms_the_count() -> None:
+    pool = PoolState(RESERVED, prior_slots=64)
+    assert pool.planned_slots > pool.slots
+    pool.saw_full()
+    assert pool.confirmed and pool.planned_slots == pool.slots == 128
+
+
+def test_a_scale_down_cancels_the_newest_boots_first() -> None:
+    clock = [0.0]
+    pool = PoolState(PoolSettings(billing="elastic", min_instances=0, max_instances=8,
+                                  scale_up_s=100, scale_down_s=10), prior_slots=16,
+                     clock=lambda: clock[0])
+    pool.asked(3)  # ready at 100
+    clock[0] = 20.0
+    pool.asked(6)  # three more, ready at 120
+    clock[0] = 30.0
+    pool.asked(2)
+    clock[0] = 41.0
+    pool.asked(2)  # the surplus has lasted scale_down_s: two kept, both from the first ask
+    assert pool.up == 2
+    clock[0] = 50.0
+    pool.asked(5)  # three more, ready at 150: the cancelled boots come up never
+    clock[0] = 121.0
+    pool.asked(5)
+    assert pool.ready == 2 and pool.up == 5
+    clock[0] = 151.0
+    pool.asked(5)
+    assert pool.ready == 5

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.routing.scaling import Offer, allocate
+from gateway.routing.scaling import ARRIVAL_WINDOW_S, ArrivalRate, Offer, allocate
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -46,3 +46,21 @@ def test_instances_already_up_are_kept_unless_another_pool_is_clearly_cheaper() 
 
 def test_without_an_api_every_token_needs_an_instance() -> None:
     assert allocate(2100, [_pool("only", 1e-6)]) == {"only": 3}
+
+
+def test_a_remainder_goes_to_the_pool_that_serves_it_cheapest_not_the_cheapest_when_full() -> None:
+    big = _pool("big", 1e-6, tokens_per_s=10_000)  # $0.01/s an instance
+    small = _pool("small", 2e-6, tokens_per_s=500)  # $0.001/s an instance
+    # 800 tokens/s: one big instance costs $0.01/s, two small ones $0.002/s.
+    assert allocate(800, [big, small, API]) == {"big": 0, "small": 2}
+    # 9,000 tokens/s: the big pool, cheapest when full, is worth its one instance.
+    assert allocate(9000, [big, small, API]) == {"big": 1, "small": 0}
+
+
+def test_the_arrival_rate_reads_a_load_within_seconds_of_its_start_and_then_decays() -> None:
+    rate = ArrivalRate()
+    assert rate.per_s(0.0) == 0.0
+    for i in range(50):  # 10 requests/s for 5 s
+        rate.add(100.0 + i / 10)
+    assert 9.0 < rate.per_s(105.0) < 11.0
+    assert rate.per_s(105.0 + 3 * ARRIVAL_WINDOW_S) < 1.0  # nothing arrived since
