@@ -23,6 +23,7 @@ BENCHES = {
     "engine": "bench.engine",
     "engine-accuracy": "bench.engine_accuracy",
     "admission": "bench.admission",
+    "chaos": "bench.chaos",
     "fleet": "bench.fleet_sim",
 }
 

@@ -4,7 +4,9 @@ A concurrency lease in Redis lives ``ttl_s`` unless the replica holding it renew
 leases of a replica that dies lapse within seconds and give back what they reserved. Renewal
 is batched: one round trip per replica per heartbeat (``ttl_s / 3``), however many requests
 run. The same heartbeat checkpoints what long requests have used so far, so the ledger loses
-at most one heartbeat's worth of a dead replica's usage.
+at most one heartbeat's worth of a dead replica's usage. A renewal lists the lease again if it
+lapsed (Redis was away longer than the TTL) or was never listed (admitted on local shares while
+Redis was away), so every live request counts fleet-wide once Redis answers.
 """
 
 from __future__ import annotations

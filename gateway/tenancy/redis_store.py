@@ -164,6 +164,7 @@ class RedisStore:
         self._replayer: asyncio.Task[None] | None = None
         self._closing = False
         self._replayed = asyncio.Event()
+        self._wake = asyncio.Event()  # beat now: Redis is back, leases may need listing
 
     @classmethod
     def from_settings(
@@ -378,7 +379,9 @@ class RedisStore:
                 raise StoreUnavailable("The tenancy store is unreachable.") from exc
             now = time.time()
             self._local.admit(rid, tenant, limits, now, tokens, cost)
-            return Admission(rid, tenant, principal.key_id, tokens, cost_usd, now)
+            admission = Admission(rid, tenant, principal.key_id, tokens, cost_usd, now)
+            self._leases.hold(admission)  # listed in Redis by the first renewal that reaches it
+            return admission
         self._found()
         outcome = answer[0]
         if outcome == "ok":
@@ -470,14 +473,17 @@ class RedisStore:
                 self._lost()
             except Exception:  # the heartbeat must outlive any one bad beat
                 log.exception("store heartbeat failed")
-            await asyncio.sleep(self._leases.interval_s)  # a timer: nothing else signals it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._leases.interval_s)
+            self._wake.clear()
 
     async def _beat(self) -> None:
         beat = self._leases.beat()
         ttl = self._leases.ttl_s
         renewals: list[_Call] = [(self._announce, [f"{self._p}:replicas"], [self._replica, ttl])]
         for tenant, rids in beat.renew.items():
-            renewals.append((self._renew, [self._t(tenant, "fl")], [ttl, *rids]))
+            records = [self._t(tenant, f"rec:{rid}") for rid in rids]
+            renewals.append((self._renew, [self._t(tenant, "fl"), *records], [ttl, *rids]))
         checkpoints = [self._checkpoint_call(lease, usage) for lease, usage in beat.checkpoints]
         answers = await self._pipelined_scripts(renewals + [c.call for c in checkpoints])
         self._found()
@@ -547,6 +553,9 @@ class RedisStore:
     def _found(self) -> None:
         if self._unreachable:
             log.warning("tenancy store reachable again: limits are fleet-wide again")
+            # Renew now: until this replica's leases are listed again, Redis would admit the
+            # whole limit beside the requests it admitted on local shares.
+            self._wake.set()
         self._unreachable = False
 
     @property

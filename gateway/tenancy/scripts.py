@@ -196,12 +196,16 @@ if tonumber(t[1]) + tonumber(t[2]) / 1000000 >= tonumber(ARGV[12]) then return 2
 return 1
 """
 
-# KEYS: leases; ARGV: lease_s, rid... Renews the leases of this replica's live requests; a
-# lease already taken back (ZADD XX) stays gone.
+# KEYS: leases, then each request's record; ARGV: lease_s, then each request id. Renews the
+# leases of this replica's live requests, and lists again one that is missing: it lapsed while
+# Redis was away, or was admitted on local shares then. One that settled meanwhile (its record
+# exists) stays out.
 RENEW = """
 local t = redis.call('TIME')
 local deadline = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1])
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i]) end
+for i = 2, #ARGV do
+  if redis.call('EXISTS', KEYS[i]) == 0 then redis.call('ZADD', KEYS[1], deadline, ARGV[i]) end
+end
 return 1
 """
 

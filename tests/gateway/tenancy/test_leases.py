@@ -83,6 +83,29 @@ async def test_a_live_request_keeps_its_lease_long_past_the_ttl(
     await b.admit(on_b, tokens=10, cost_usd=0.0)
 
 
+async def test_a_live_requests_lease_that_lapsed_while_redis_was_away_is_listed_again(
+    replicas: Callable[[], RedisStore], unique_prefix: str
+) -> None:
+    a, b = replicas(), replicas()
+    on_a = await _principal(a, "outlived", Limits(max_concurrent=1))
+    on_b = await b.authenticate((await b.create_key("outlived")).secret)
+    admission = await a.admit(on_a, tokens=10, cost_usd=0.0)
+    # Redis away longer than the TTL: the lease lapsed, and an admission swept it away.
+    leases = f"{unique_prefix}:{{outlived}}:fl"
+    await a.redis.zrem(leases, admission.request_id)
+
+    async def listed() -> bool:
+        return await a.redis.zscore(leases, admission.request_id) is not None
+
+    await _eventually(listed, 3 * TTL_S)  # the request still runs: a heartbeat lists it again
+    with pytest.raises(LimitExceeded) as refused:
+        await b.admit(on_b, tokens=10, cost_usd=0.0)
+    assert refused.value.limit == "concurrency"
+    await a.settle(admission, _usage(admission, 5, 0.0))
+    await asyncio.sleep(2 * TTL_S / 3)  # settled: no heartbeat lists it again
+    await b.admit(on_b, tokens=10, cost_usd=0.0)
+
+
 async def test_a_dead_replicas_leases_lapse_and_give_back_tokens_and_budget(
     replicas: Callable[[], RedisStore],
 ) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -204,3 +205,62 @@ def test_readyz_and_metrics_say_when_limits_are_per_replica(
         assert mode() == ("fleet", "0.0")
         server.kill()
         assert mode() == ("per_replica", "1.0")
+
+
+async def test_a_request_admitted_during_an_outage_counts_and_is_checkpointed_once_redis_is_back(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    a, b = await _two_replicas(server, tmp_path)
+    principal = await _principal(a, "team-o", Limits(max_concurrent=2))
+    on_b = await b.authenticate((await b.create_key("team-o")).secret)
+    server.kill()
+    local = await a.admit(principal, tokens=10, cost_usd=0.0)  # on A's share: Redis never saw it
+    progress = replace(_usage(local, 0.0), completion_tokens=7, status=0)
+    a.track(local, lambda: progress)
+    server.start()
+    # A's heartbeat lists the lease in Redis and checkpoints the 7 tokens relayed so far, so
+    # that a kill -9 of A now would lose at most a heartbeat's worth...
+    await _until_async(lambda: _completion_tokens(b, "team-o"), 7)
+    # ...and the fleet counts it: B admits one more, not two.
+    await b.admit(on_b, tokens=10, cost_usd=0.0)
+    with pytest.raises(LimitExceeded) as refused:
+        await b.admit(on_b, tokens=10, cost_usd=0.0)
+    assert refused.value.limit == "concurrency"
+    await a.settle(local, replace(_usage(local, 0.0), completion_tokens=9))
+    await b.admit(on_b, tokens=10, cost_usd=0.0)
+    assert await _completion_tokens(b, "team-o") == 9  # the settlement replaced the checkpoint
+    for store in (a, b):
+        await store.aclose()
+
+
+async def _completion_tokens(store: RedisStore, tenant: str) -> int:
+    rows = await store.usage(tenant=tenant, start=0, end=time.time() + 3600, group_by=["tenant"])
+    return rows[0].completion_tokens if rows else 0
+
+
+async def _until_async(read: Callable[[], Awaitable[int]], want: int, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while (got := await read()) != want:
+        assert time.monotonic() < deadline, f"got {got}, want {want}"
+        await asyncio.sleep(0.05)  # the heartbeat has no signal of its own
+
+
+async def test_once_redis_answers_a_replica_lists_its_outage_leases_at_once(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    clock = Clock()
+    # Heartbeats every 10 s: only Redis's return, not the timer, can list the lease in time.
+    a, b = (_replica(server, tmp_path, n, clock, outage_trust_s=60.0, lease_ttl_s=30.0)
+            for n in ("a", "b"))  # fmt: skip
+    principal = await _principal(a, "team-w", Limits(max_concurrent=3))
+    on_b = await b.authenticate((await b.create_key("team-w")).secret)
+    server.kill()
+    await a.admit(principal, tokens=1, cost_usd=0.0)  # on A's share, unknown to Redis
+    server.start()
+    await a.admit(principal, tokens=1, cost_usd=0.0)  # Redis answers A again
+    await _until_async(lambda: a.redis.zcard("tg:{team-w}:fl"), 2, seconds=2.0)
+    await b.admit(on_b, tokens=1, cost_usd=0.0)
+    with pytest.raises(LimitExceeded):  # the outage's request counts: 3 of 3
+        await b.admit(on_b, tokens=1, cost_usd=0.0)
+    for store in (a, b):
+        await store.aclose()

@@ -1,0 +1,1 @@
+"""The parts of ``tollgate bench chaos``: a failing upstream, processes, load, verdict."""
