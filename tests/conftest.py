@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# The real servers' session fixtures (real_jetstream, real_llama_cpp), for every directory.
+pytest_plugins = ["tests.real.servers"]
+
 
 @pytest.fixture
 def anyio_backend() -> str:

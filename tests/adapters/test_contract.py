@@ -1,4 +1,6 @@
-"""The contract every network adapter keeps, driven against each protocol's fake."""
+"""The contract every network adapter keeps, driven against each protocol's fake and against
+every real server this machine can run (``tests/real``): the same cases, the real ones
+checked against the server's own answers; a case that needs a failure on cue is skipped."""
 
 from __future__ import annotations
 
@@ -17,16 +19,24 @@ from adapters.base import (
     Unavailable,
     UpstreamProtocolError,
 )
-from tests.adapters.harness import HARNESSES, Harness, collect, drain, request, stream_of
+from tests.adapters.harness import (
+    Harness,
+    collect,
+    drain,
+    harness_for,
+    harness_params,
+    request,
+    stream_of,
+)
 from tests.fakes import Failure
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 TOKENS = ["Hello", ",", " world", "!", " Bye"]
 
 
-@pytest.fixture(params=sorted(HARNESSES))
+@pytest.fixture(params=harness_params())
 def harness(request: pytest.FixtureRequest) -> Harness:
-    return HARNESSES[request.param]
+    return harness_for(request)
 
 
 def _text(deltas: list[Delta]) -> str:
@@ -35,20 +45,28 @@ def _text(deltas: list[Delta]) -> str:
 
 async def test_fold_of_the_stream_is_the_whole_answer(harness: Harness) -> None:
     async with harness.running(TOKENS) as (_, backend):
-        deltas = await collect(backend, request(max_tokens=16))
+        req = harness.request()
+        deltas = await collect(backend, req)
+        expected = await harness.expected(req, TOKENS)
     final = deltas[-1]
-    assert _text(deltas) == "Hello, world! Bye"
-    assert final.finish_reason == "stop"
+    if not harness.real:
+        assert expected.text == "Hello, world! Bye" and expected.finish == "stop"
+    assert _text(deltas) == expected.text
+    assert final.finish_reason == expected.finish
     assert final.usage is not None
-    assert final.usage.completion_tokens == len(TOKENS) + harness.eos_tokens
+    assert final.usage.completion_tokens == expected.completion_tokens
     assert final.usage.prompt_tokens == harness.prompt_tokens
     assert sum(d.tokens for d in deltas) == final.usage.completion_tokens
     assert all(d.finish_reason is None for d in deltas[:-1])
 
 
 async def test_deltas_arrive_as_the_upstream_sends_them(harness: Harness) -> None:
-    async with harness.running(TOKENS) as (fake, backend):
-        gate = fake.gate(2)
+    async with harness.running(TOKENS) as (upstream, backend):
+        if harness.real:  # no holding a real server back: its tokens come in several reads
+            deltas = await collect(backend, harness.request())
+            assert sum(1 for d in deltas if d.text) > 1
+            return
+        gate = upstream.gate(2)
         stream = stream_of(backend, request())
         first = [await anext(stream)]
         while _text(first) != "Hello,":  # one delta per read: the two tokens may come as one
@@ -61,43 +79,57 @@ async def test_deltas_arrive_as_the_upstream_sends_them(harness: Harness) -> Non
 
 async def test_max_tokens_reached_is_length(harness: Harness) -> None:
     async with harness.running(TOKENS) as (_, backend):
-        deltas = await collect(backend, request(max_tokens=3))
-    assert _text(deltas) == "Hello, world"
+        req = harness.request(max_tokens=3)
+        deltas = await collect(backend, req)
+        expected = await harness.expected(req, TOKENS)
+    assert _text(deltas) == expected.text
+    assert harness.real or expected.text == "Hello, world"
     assert deltas[-1].finish_reason == "length"
     assert deltas[-1].usage is not None
     assert deltas[-1].usage.completion_tokens == 3
 
 
 async def test_stop_sequences_are_sent_and_honoured(harness: Harness) -> None:
-    async with harness.running(TOKENS) as (fake, backend):
+    async with harness.running(TOKENS) as (upstream, backend):
         if not backend.capabilities.stop:
             pytest.skip(f"{harness.kind} has no upstream stop sequences; the gateway applies them")
+        if harness.real:  # a stop from the middle of what the server answers unstopped
+            whole = (await harness.expected(harness.request(), TOKENS)).text
+            stop = whole[len(whole) // 2 :][:3]
+            before = whole[: whole.index(stop)]
+            deltas = await collect(backend, harness.request(stop=[stop]))
+            assert _text(deltas) == before
+            assert deltas[-1].finish_reason == "stop"
+            return
         deltas = await collect(backend, request(stop=["!"]))
     text = _text(deltas)
     assert text.startswith("Hello, world")  # TGI keeps the "!", the others drop it
     assert " Bye" not in text
     assert deltas[-1].finish_reason == "stop"
-    assert "!" in str(fake.requests[0].body)
+    assert "!" in str(upstream.requests[0].body)
 
 
 @pytest.mark.parametrize("case", ["overloaded", "unavailable", "bad_request"])
 async def test_upstream_errors_map_onto_the_taxonomy(harness: Harness, case: str) -> None:
-    failure, expected = harness.errors[case]
+    failure, fields, expected = harness.provoke(case)
     async with harness.running(TOKENS, failure=failure) as (_, backend):
         with pytest.raises(expected) as caught:
-            await collect(backend, request())
+            await collect(backend, harness.request(**fields))
     assert type(caught.value) is expected
     assert caught.value.backend == backend.name
-    if case == "overloaded" and failure.headers.get("retry-after"):
+    if case == "overloaded" and failure is not None and failure.headers.get("retry-after"):
         assert isinstance(caught.value, Overloaded)
         assert caught.value.retry_after == 7.0
 
 
 async def test_protocol_specific_errors(harness: Harness) -> None:
-    for case, (failure, expected) in harness.errors.items():
+    if not harness.errors:
+        pytest.skip(f"{harness.kind}: no request makes the server refuse it")
+    for case in harness.errors:
+        failure, fields, expected = harness.provoke(case)
         async with harness.running(TOKENS, failure=failure) as (_, backend):
             with pytest.raises(BackendError) as caught:
-                await collect(backend, request())
+                await collect(backend, harness.request(**fields))
         assert type(caught.value) is expected, case
 
 
@@ -126,6 +158,12 @@ async def test_malformed_upstream_answer_is_a_protocol_error(harness: Harness, a
 
 
 async def test_upstream_silent_past_first_token_deadline(harness: Harness) -> None:
+    if harness.real:  # a real server's first token is never within a millisecond
+        timeouts = Timeouts(connect=5.0, first_token=0.001, total=10.0)
+        async with harness.running(timeouts=timeouts) as (_, backend):
+            with pytest.raises(Timeout):
+                await collect(backend, harness.request(max_tokens=2))
+        return
     timeouts = Timeouts(connect=2.0, first_token=0.3, total=10.0)
     async with harness.running(TOKENS, failure=Failure("hang"), timeouts=timeouts) as (
         fake,
@@ -152,7 +190,16 @@ async def test_upstream_stalling_past_total_deadline(harness: Harness) -> None:
 
 
 async def test_closing_the_iterator_cancels_upstream(harness: Harness) -> None:
-    async with harness.running(TOKENS) as (fake, backend):
+    async with harness.running(TOKENS) as (upstream, backend):
+        if harness.real:  # left after one delta, the server still answers the next in full
+            stream = stream_of(backend, harness.request())
+            await anext(stream)
+            await stream.aclose()
+            req = harness.request(max_tokens=3)
+            deltas = await collect(backend, req)
+            assert _text(deltas) == (await harness.expected(req, TOKENS)).text
+            return
+        fake = upstream
         fake.gate(2)  # never released: the upstream is mid-generation when we leave
         stream = stream_of(backend, request())
         received = [await anext(stream)]
@@ -165,12 +212,17 @@ async def test_closing_the_iterator_cancels_upstream(harness: Harness) -> None:
 
 
 async def test_unreachable_upstream_is_unavailable(harness: Harness) -> None:
-    async with harness.running(TOKENS) as (fake, _):
-        url = fake.url
-    backend: Backend = harness.make_backend(_Closed(url, fake.port), Timeouts(connect=1.0), {})
+    if harness.real:
+        port = _free_port()
+        url = f"{'grpc' if harness.config_kind == 'jetstream' else 'http'}://127.0.0.1:{port}"
+    else:
+        async with harness.running(TOKENS) as (fake, _):
+            url, port = fake.url, fake.port
+    closed = _Closed(url, port)
+    backend: Backend = harness.make_backend(closed, Timeouts(connect=1.0), {})
     try:
         with pytest.raises(Unavailable):
-            await collect(backend, request())
+            await collect(backend, harness.request())
         snapshot = await backend.probe()
         assert not snapshot.healthy
     finally:
@@ -178,20 +230,31 @@ async def test_unreachable_upstream_is_unavailable(harness: Harness) -> None:
 
 
 async def test_probe_reports_health_and_load(harness: Harness) -> None:
-    async with harness.running(TOKENS) as (fake, backend):
+    async with harness.running(TOKENS) as (upstream, backend):
         snapshot = await backend.probe()
         assert snapshot.healthy
-        fake.healthy = False
+        if harness.real:
+            if harness.config_kind == "jetstream":  # the real exporter's gauges, read
+                assert snapshot.waiting == 0 and snapshot.kv_usage is not None
+            return
+        upstream.healthy = False
         assert not (await backend.probe()).healthy
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class _Closed:
-    """Stands in for a fake whose port no longer listens."""
+    """Stands in for an upstream whose port no longer listens."""
 
     def __init__(self, url: str, port: int) -> None:
         self.url = url
         self.port = port
         self.host = "127.0.0.1"
+        self.metrics_url = None
         # Make sure nothing listens there now.
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0

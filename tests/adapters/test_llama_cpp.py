@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import pytest
 
-from adapters.base import BadRequest
+from adapters.base import BackendError, BadRequest, Timeouts
 from adapters.openai_compatible import OpenAICompatibleBackend
-from tests.adapters.harness import FAST, PROMPT, collect, request
+from tests.adapters.harness import FAST, PROMPT, collect, request, stream_of
 from tests.fakes import FakeLlamaCpp
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
@@ -84,3 +85,63 @@ async def test_echo_with_logprobs_is_asked_unstreamed_and_parted_at_the_prompt()
     assert output.logprobs is not None and len(output.logprobs) == 3
     assert final.usage is not None
     assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (6, 3)  # BOS counted
+
+
+@pytest.fixture(
+    params=[
+        "fake",
+        pytest.param("llama_cpp_real", marks=[pytest.mark.slow, pytest.mark.real_model,
+                                              pytest.mark.timeout(300)]),
+    ]
+)
+def llama(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The fake, then llama-cpp-python's real server (``make real-llama-cpp``)."""
+    if request.param == "llama_cpp_real":
+        yield request.getfixturevalue("real_llama_cpp")
+        return
+    with FakeLlamaCpp([f" w{i}" for i in range(64)]) as fake:
+        yield fake
+
+
+async def test_a_stream_the_server_interrupts_is_never_a_whole_answer(llama: Any) -> None:
+    """Sent on at once (``serial: false``), a second request cuts the running stream short:
+    ``[DONE]`` without a ``finish_reason``, then the connection dropped. That is an error,
+    never an answer; the request that cut it gets its whole answer."""
+    fake = llama if isinstance(llama, FakeLlamaCpp) else None
+    model = "fake.gguf" if fake else llama.models["test-model"]
+    backend = OpenAICompatibleBackend(
+        "llama", llama.url, {"m": model}, options={"serial": False},
+        timeouts=Timeouts(connect=5.0, first_token=30.0, total=60.0),
+    )
+    hold = fake.gate(3) if fake else None
+    first = stream_of(backend, request(max_tokens=300, model=model, temperature=0.0))
+    await anext(first)
+    second = asyncio.ensure_future(
+        collect(backend, request(max_tokens=4, model=model, temperature=0.0))
+    )
+    if fake and hold:
+        await fake.contended.wait()  # the second waits for the model...
+        hold.set()  # ... and the first, going on, sees it
+    with pytest.raises(BackendError):
+        async for _ in first:
+            pass
+    answer = await second
+    await backend.aclose()
+    assert answer[-1].finish_reason == "length"
+    assert fake is None or fake.interrupted == 1
+
+
+async def test_concurrent_answers_are_all_whole(llama: Any) -> None:
+    """As it is learned (``/openapi.json``), the server gets one request at a time."""
+    fake = llama if isinstance(llama, FakeLlamaCpp) else None
+    model = "fake.gguf" if fake else llama.models["test-model"]
+    backend = OpenAICompatibleBackend(
+        "llama", llama.url, {"m": model},
+        timeouts=Timeouts(connect=5.0, first_token=30.0, total=60.0),
+    )
+    answers = await asyncio.gather(*(
+        collect(backend, request(max_tokens=48, model=model, temperature=0.0)) for _ in range(3)
+    ))
+    await backend.aclose()
+    assert [a[-1].finish_reason for a in answers] == ["length"] * 3
+    assert fake is None or fake.interrupted == 0

@@ -7,7 +7,10 @@ Follows ``llama_cpp/server/app.py`` (routes, the double lock, ``get_event_publis
 - No ``/health`` (404); ``/v1/models`` lists ids only (no ``max_model_len``) and takes the
   model lock; ``/openapi.json`` is titled "🦙 llama.cpp Python API".
 - ``interrupt_requests`` (default on): a request waiting for the model lock, a ``GET
-  /v1/models`` included, ends the running stream with ``[DONE]`` and no ``finish_reason``.
+  /v1/models`` included, ends the running stream with ``[DONE]`` and no ``finish_reason``,
+  and the connection is then dropped mid-body (the cancelled publisher leaves the response
+  unfinished: uvicorn's "ASGI callable returned without completing response"; seen on the
+  real 0.3.36 with sse-starlette 3.7.0).
 - A stream answers 200 before it runs: a prompt of ``n_ctx`` tokens or more (BOS counted)
   ends it with no event at all; unstreamed, the same prompt is a 400
   ``context_length_exceeded``. ``max_tokens`` beyond the context is cut silently.
@@ -292,8 +295,7 @@ class FakeLlamaCpp(FakeHTTPUpstream):
             if self.interrupt_requests and self._outer.locked():
                 self.interrupted += 1
                 await send_chunk(send, b"data: [DONE]\n\n")
-                await end_body(send)
-                return
+                return  # no end of body: uvicorn drops the connection
         failure = self.failure_at(len(plan.texts))
         if failure is not None:
             await self._fail(failure, send)

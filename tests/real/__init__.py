@@ -1,0 +1,1 @@
+"""Real upstream servers, run from environments of their own under ``.venvs/``."""
