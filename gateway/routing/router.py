@@ -31,6 +31,7 @@ log = logging.getLogger("tollgate.routing")
 
 STALE_S = 300.0  # a backend with no answer finished this long is measured again
 ANSWER_ALPHA = 0.05  # how fast the expected answer length follows finished answers
+UNKNOWN_ANSWER_SHARE = 0.5  # of the cap, an answer's length before any has been seen to end
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,11 +343,14 @@ class Router:
     def _offered(self, names: frozenset[str]) -> float:
         """Output tokens/s arriving for the backends ``names``: requests planned over them
         per second times the answer they are planned for (what the demand will be once they
-        run; until answers have been seen to end, the clients' caps: capacity booted for
-        answers shorter than their caps is cheaper than the API that a late boot leaves)."""
+        run). Until an answer has been seen to end, a length is known only to lie under the
+        client's cap: half of it, the mean of a length that could be anything below."""
         now = self.clock()
         rate = sum(a.per_s(now) for key, a in self._arrivals.items() if key <= names)
-        return rate * self._planned_tokens
+        planned = self._planned_tokens
+        if self._answer_tokens is None:
+            planned *= UNKNOWN_ANSWER_SHARE
+        return rate * planned
 
     def _tokens_per_s(self, m: _Member) -> float:
         """Output tokens/s the work on ``m`` asks for now: each request there, running or

@@ -418,10 +418,11 @@ def test_the_scaling_signal_leads_with_arrivals_before_the_work_in_flight_shows_
     clock = Clock()
     router = _scaling_fleet(clock)
     assert router.desired_instances("pool-a") == 0
-    # 2 requests/s, each planned for 256 tokens: 512 tokens/s arriving, none started yet
+    # 2 requests/s capped at 512 tokens (planned at half the cap until an answer has ended):
+    # 512 tokens/s arriving, none started yet
     # (Little's law sees nothing): past the reserved instance's 320, one pool instance.
     for _ in range(20):
-        router.plan(router.backends, "cost", Objectives(), 100, 256)
+        router.plan(router.backends, "cost", Objectives(), 100, 512)
         clock.now += 0.5
     assert router.desired_instances("pool-a") == 1
 
