@@ -145,6 +145,16 @@ def retry_after(exc: BaseException) -> int | None:
     return None
 
 
+def should_retry(exc: BaseException) -> bool | None:
+    """What the ``x-should-retry`` header says, where the SDKs' own rule would be wrong.
+
+    The OpenAI SDKs retry every 429 unless told not to; a spent budget stays spent.
+    """
+    if isinstance(exc, QuotaExceeded):
+        return False
+    return None
+
+
 def error_body(exc: BaseException) -> dict[str, dict[str, str | None]]:
     """OpenAI's error envelope for ``exc``; never a stack trace."""
     answer = http_answer(exc)

@@ -34,6 +34,7 @@ from gateway.errors import (
     error_json,
     http_answer,
     retry_after,
+    should_retry,
 )
 from gateway.openai.disconnect import disconnect_of
 from gateway.openai.serving import RequestMeta
@@ -66,6 +67,9 @@ def error_response(exc: BaseException) -> Response:
     seconds = retry_after(exc)
     if seconds is not None:
         headers["retry-after"] = str(seconds)
+    retry = should_retry(exc)
+    if retry is not None:
+        headers["x-should-retry"] = "true" if retry else "false"
     return Response(error_json(exc), http_answer(exc).status, headers, "application/json")
 
 
