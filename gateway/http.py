@@ -278,6 +278,21 @@ def _log_access(scope: Scope, meta: RequestMeta, status: int, seconds: float) ->
     access_log.info(orjson.dumps(line).decode())
 
 
+def _unknown_endpoint(method: str, path: str) -> str:
+    """What a 404 for no route says: the endpoint, and the likely mistake in the base URL."""
+    message = f"Unknown endpoint: {method} {path}."
+    if path.startswith("/v1/v1/"):
+        message += " The base URL already ends in /v1: give it once."
+    elif path.rstrip("/") == "/v1":
+        message += " /v1 is the base URL: append an endpoint such as /v1/chat/completions."
+    elif not path.startswith("/v1/") and path.lstrip("/").split("/")[0] in _V1_ROOTS:
+        message += f" Did you mean /v1{path}?"
+    return message
+
+
+_V1_ROOTS = frozenset({"chat", "completions", "models", "usage", "responses", "embeddings"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error the app can raise, answered in OpenAI's envelope."""
 
@@ -291,9 +306,12 @@ def install_error_handlers(app: FastAPI) -> None:
         param = ".".join(loc) or None
         return error_response(InvalidRequest(f"Invalid request: {first['msg']}.", param=param))
 
-    async def http(_: Request, exc: Exception) -> Response:
+    async def http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        body = error_body(InvalidRequest(str(exc.detail)))
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = _unknown_endpoint(request.method, request.url.path)
+        body = error_body(InvalidRequest(message))
         body["error"]["code"] = {404: "not_found", 405: "method_not_allowed",
                                  413: "request_too_large"}.get(exc.status_code)
         return Response(orjson.dumps(body), exc.status_code, exc.headers, "application/json")

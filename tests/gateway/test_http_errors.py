@@ -5,9 +5,11 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from gateway.errors import QuotaExceeded, RateLimited
-from gateway.http import error_response
+from gateway.http import error_response, install_error_handlers
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -38,3 +40,19 @@ def test_a_rate_limit_is_left_to_the_sdk_to_retry_after_the_wait_it_names() -> N
     answer = error_response(RateLimited("Slow down.", retry_after=0.2))
     assert answer.headers["retry-after"] == "1"
     assert "x-should-retry" not in answer.headers
+
+
+@pytest.mark.parametrize(("path", "hint"), [
+    ("/v1/responses", "Unknown endpoint: POST /v1/responses."),
+    ("/v1/v1/chat/completions", "The base URL already ends in /v1"),
+    ("/v1", "/v1 is the base URL"),
+    ("/chat/completions", "Did you mean /v1/chat/completions?"),
+])
+def test_an_unknown_endpoint_is_named_in_openais_envelope(path: str, hint: str) -> None:
+    app = FastAPI()
+    install_error_handlers(app)
+    with TestClient(app) as client:
+        answer = client.post(path, json={})
+    assert answer.status_code == 404
+    error = answer.json()["error"]
+    assert hint in error["message"] and error["code"] == "not_found"
