@@ -74,12 +74,7 @@ class Upstream:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        body = await read_body(receive)
         if scope["path"].endswith("/metrics") or scope["path"] == "/health":
             await _send(send, 200, b"text/plain", b"")
             return
@@ -96,6 +91,17 @@ class Upstream:
             await send({"type": "http.response.body", "body": b""})
             return
         await _send(send, 200, b"application/json", self.full)
+
+
+async def read_body(receive: Any) -> bytes:
+    """The whole request body of an ASGI ``http`` request."""
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    return body
 
 
 async def _send(send: Any, status: int, ctype: bytes, body: bytes) -> None:

@@ -23,6 +23,8 @@ from typing import Any
 import orjson
 import uvicorn
 
+from bench.upstream import read_body
+
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 Receive = Callable[[], Awaitable[Message]]
@@ -60,12 +62,7 @@ class FaultyUpstream:
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        body = await read_body(receive)
         path = scope["path"]
         if scope["method"] == "GET":
             await self._get(path, send)
