@@ -18,13 +18,14 @@ from pydantic import ValidationError
 
 from gateway.settings import Settings, load_settings, parse_settings, read_config
 
+# name: (module, one line for ``tollgate bench --help``); each module's ``main`` parses the rest.
 BENCHES = {
-    "overhead": "bench.overhead",
-    "engine": "bench.engine",
-    "engine-accuracy": "bench.engine_accuracy",
-    "admission": "bench.admission",
-    "chaos": "bench.chaos",
-    "fleet": "bench.fleet_sim",
+    "overhead": ("bench.overhead", "the milliseconds the gateway adds over a fast upstream"),
+    "engine": ("bench.engine", "the embedded engine's start-up, prefill and decode speed"),
+    "engine-accuracy": ("bench.engine_accuracy", "each weight format's agreement with float32"),
+    "admission": ("bench.admission", "admission plus settlement latency on real Redis"),
+    "chaos": ("bench.chaos", "replicas, Redis and backends killed mid-load: nothing lost"),
+    "fleet": ("bench.fleet_sim", "routing policies' tokens per dollar on simulated fleets"),
 }
 
 
@@ -46,13 +47,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("file")
     check.set_defaults(func=_check_config)
 
-    bench = sub.add_parser("bench", help="run a benchmark", add_help=False)
-    bench.add_argument("name", choices=sorted(BENCHES))
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=_bench)
+    bench = sub.add_parser("bench", help="run a benchmark ('tollgate bench NAME --help')")
+    names = bench.add_subparsers(dest="name", required=True, metavar="NAME")
+    for name, (_, summary) in BENCHES.items():
+        # The bench's own parser reads what follows its name, ``--help`` included.
+        names.add_parser(name, help=summary, add_help=False).set_defaults(func=_bench)
 
     _add_admin_commands(sub)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.func is _bench:
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     code: int = args.func(args)
     return code
 
@@ -199,7 +205,7 @@ def _loc(loc: Sequence[int | str]) -> str:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    module = importlib.import_module(BENCHES[args.name])
+    module = importlib.import_module(BENCHES[args.name][0])
     code: int = module.main(args.rest)
     return code
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -40,7 +42,9 @@ def add_subcommands(sub: Subparsers) -> None:
     )
 
     keys = _group(sub, "keys", "issue, list and revoke API keys")
-    _command(keys, "create", "issue a key (shown once)", _keys_create).add_argument("tenant")
+    create_key = _command(keys, "create", "issue a key (shown once)", _keys_create)
+    create_key.add_argument("tenant", nargs="?", help="the tenant the key belongs to")
+    create_key.add_argument("--tenant", dest="tenant_flag", metavar="TENANT", help="same")
     _command(keys, "list", "list keys", _keys_list).add_argument("--tenant")
     _command(keys, "revoke", "revoke a key", _keys_revoke).add_argument("id")
 
@@ -76,6 +80,7 @@ def _connection_flags(parser: argparse.ArgumentParser) -> None:
         "--admin-key", default=os.environ.get("TOLLGATE_ADMIN_KEY"),
         help="admin key (env TOLLGATE_ADMIN_KEY)",
     )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
 
 
 def _limit_flags(parser: argparse.ArgumentParser) -> None:
@@ -110,17 +115,23 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> An
     return answer.json()
 
 
+def _print_json(answer: Any) -> None:
+    print(json.dumps(answer, indent=2, sort_keys=True))
+
+
 def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[_cell(row.get(c), c) for c in columns] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for r in cells:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, column: str = "") -> str:
     if value is None:
         return "-"
+    if column.endswith("_at") and isinstance(value, int | float):
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, list):
@@ -128,7 +139,11 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _show_tenants(tenants: Sequence[dict[str, Any]]) -> None:
+def _show_tenants(args: argparse.Namespace, answer: Any) -> None:
+    if args.json:
+        _print_json(answer)
+        return
+    tenants = answer["data"] if isinstance(answer, dict) and "data" in answer else [answer]
     _print_table(
         [{"id": t["id"], **t["limits"]} for t in tenants],
         ["id", "requests_per_minute", "tokens_per_minute", "max_concurrent",
@@ -138,33 +153,39 @@ def _show_tenants(tenants: Sequence[dict[str, Any]]) -> None:
 
 def _tenants_create(args: argparse.Namespace) -> int:
     body = {"id": args.id, **_limits_body(args)}
-    _show_tenants([_call(args, "POST", "/admin/tenants", json=body)])
+    _show_tenants(args, _call(args, "POST", "/admin/tenants", json=body))
     return 0
 
 
 def _tenants_list(args: argparse.Namespace) -> int:
-    _show_tenants(_call(args, "GET", "/admin/tenants")["data"])
+    _show_tenants(args, _call(args, "GET", "/admin/tenants"))
     return 0
 
 
 def _tenants_show(args: argparse.Namespace) -> int:
-    _show_tenants([_call(args, "GET", f"/admin/tenants/{args.id}")])
+    _show_tenants(args, _call(args, "GET", f"/admin/tenants/{args.id}"))
     return 0
 
 
 def _tenants_set_limits(args: argparse.Namespace) -> int:
-    _show_tenants([_call(args, "PATCH", f"/admin/tenants/{args.id}", json=_limits_body(args))])
+    _show_tenants(args, _call(args, "PATCH", f"/admin/tenants/{args.id}", json=_limits_body(args)))
     return 0
 
 
 def _tenants_delete(args: argparse.Namespace) -> int:
-    _call(args, "DELETE", f"/admin/tenants/{args.id}")
-    print(f"deleted tenant {args.id}")
+    answer = _call(args, "DELETE", f"/admin/tenants/{args.id}")
+    print(json.dumps(answer) if args.json else f"deleted tenant {args.id}")
     return 0
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    issued = _call(args, "POST", "/admin/keys", json={"tenant": args.tenant})
+    tenant = args.tenant or args.tenant_flag
+    if not tenant or (args.tenant_flag and args.tenant_flag != tenant):
+        sys.exit("tollgate: name one tenant: 'keys create TENANT' or 'keys create --tenant TENANT'")
+    issued = _call(args, "POST", "/admin/keys", json={"tenant": tenant})
+    if args.json:
+        _print_json(issued)
+        return 0
     print(f"key id: {issued['id']}\ntenant: {issued['tenant']}")
     print(f"secret (shown once): {issued['key']}")
     return 0
@@ -172,14 +193,17 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 def _keys_list(args: argparse.Namespace) -> int:
     params = {"tenant": args.tenant} if args.tenant else None
-    keys = _call(args, "GET", "/admin/keys", params=params)["data"]
-    _print_table(keys, ["id", "tenant", "prefix", "created_at", "revoked"])
+    answer = _call(args, "GET", "/admin/keys", params=params)
+    if args.json:
+        _print_json(answer)
+        return 0
+    _print_table(answer["data"], ["id", "tenant", "prefix", "created_at", "revoked"])
     return 0
 
 
 def _keys_revoke(args: argparse.Namespace) -> int:
-    _call(args, "DELETE", f"/admin/keys/{args.id}")
-    print(f"revoked {args.id}")
+    answer = _call(args, "DELETE", f"/admin/keys/{args.id}")
+    print(json.dumps(answer) if args.json else f"revoked {args.id}")
     return 0
 
 
@@ -189,6 +213,9 @@ def _usage(args: argparse.Namespace) -> int:
         if getattr(args, name):
             params[{"start": "from", "end": "to"}.get(name, name)] = getattr(args, name)
     answer = _call(args, "GET", "/admin/usage", params=params)
+    if args.json:
+        _print_json(answer)
+        return 0
     columns = [*answer["group_by"], "requests", "prompt_tokens", "completion_tokens",
                "cost_usd", "tokens_per_dollar"]  # fmt: skip
     if args.csv:

@@ -39,6 +39,9 @@ class ServerSettings(_Strict):
     max_generations_per_request: int = Field(128, ge=1)  # prompts x n: one request's fan-out
     drain_timeout_s: float = Field(30.0, ge=0)
     access_log: bool = True
+    # Request fields to accept and drop beyond OpenAI's service hints (service_tier, store,
+    # reasoning_effort, ...); "*" drops every unknown field instead of answering 400.
+    drop_params: frozenset[str] = frozenset()
 
 
 class StoreSettings(_Strict):

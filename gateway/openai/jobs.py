@@ -129,7 +129,7 @@ class JobBuilder:
     def completion(self, principal: Principal, body: CompletionRequest, meta: RequestMeta) -> Job:
         """A job for ``/v1/completions``."""
         model = self.resolve(body.model, principal)
-        extras = body.vendor_extras()
+        extras = body.vendor_extras(self.settings.server.drop_params)
         prompts = body.prompts()
         tokenizer = self.counter.tokenizer(model.id)
         max_tokens = self._max_tokens(body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, model)
@@ -217,7 +217,7 @@ class JobBuilder:
     def chat(self, principal: Principal, body: ChatCompletionRequest, meta: RequestMeta) -> Job:
         """A job for ``/v1/chat/completions``."""
         model = self.resolve(body.model, principal)
-        extras = body.vendor_extras()
+        extras = body.vendor_extras(self.settings.server.drop_params)
         _refuse_unsupported_chat(body)
         messages = [_flatten(i, m.role, m.content) for i, m in enumerate(body.messages)]
         limit = (

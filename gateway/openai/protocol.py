@@ -32,6 +32,31 @@ VENDOR_EXTRAS = frozenset(
         "include_stop_str_in_output",
     }
 )
+# OpenAI fields that steer how OpenAI's own service runs a request (tier, storage, caching,
+# effort of reasoning models) rather than what a model answers: accepted and dropped, as
+# LiteLLM's ``drop_params`` does, so apps written for api.openai.com move behind Tollgate
+# unchanged. ``server.drop_params`` names more ("*": every unknown field).
+DROPPED_HINTS = frozenset(
+    {
+        "service_tier",
+        "store",
+        "metadata",
+        "reasoning_effort",
+        "verbosity",
+        "prediction",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "safety_identifier",
+        "modalities",
+    }
+)
+# OpenAI fields that would change the answer and no backend here honours: always refused.
+ANSWER_CHANGING = {
+    "audio": "Audio output is not supported; only text is.",
+    "web_search_options": "Web search is not supported.",
+    "functions": "Legacy function calling is not supported; use tools.",
+    "function_call": "Legacy function calling is not supported; use tool_choice.",
+}
 
 
 class _Body(BaseModel):
@@ -72,17 +97,28 @@ class _Body(BaseModel):
         """Whether a streamed answer ends with a usage chunk."""
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def vendor_extras(self) -> dict[str, Any]:
-        """Unknown fields that are known vendor extras; any other unknown field is a 400."""
+    def vendor_extras(self, dropped: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """Unknown fields that are vendor extras, to pass on to backends.
+
+        OpenAI's service hints (``DROPPED_HINTS``) and the names in ``dropped`` are accepted
+        and left out; a field that would change the answer, or that nobody named, is a 400.
+        """
         extras = self.model_extra or {}
+        passed: dict[str, Any] = {}
         for key, value in extras.items():
-            if key not in VENDOR_EXTRAS:
+            if key in ANSWER_CHANGING and value is not None:
+                raise InvalidRequest(ANSWER_CHANGING[key], param=key)
+            if key == "modalities" and value not in (None, ["text"]):
+                raise InvalidRequest("Only the 'text' output modality is supported.", param=key)
+            if key in VENDOR_EXTRAS:
+                if not _representable(value):
+                    raise InvalidRequest(
+                        f"'{key}' must hold finite numbers that fit in 64 bits.", param=key
+                    )
+                passed[key] = value
+            elif not (key in DROPPED_HINTS or key in dropped or "*" in dropped):
                 raise InvalidRequest(f"Unrecognized request argument supplied: {key}", param=key)
-            if not _representable(value):
-                raise InvalidRequest(
-                    f"'{key}' must hold finite numbers that fit in 64 bits.", param=key
-                )
-        return dict(extras)
+        return passed
 
 
 def _representable(value: Any) -> bool:
@@ -105,6 +141,7 @@ class StreamOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     include_usage: bool = False
+    include_obfuscation: bool = False  # OpenAI pads deltas against side channels; nothing to pad
 
 
 class CompletionRequest(_Body):

@@ -1,0 +1,88 @@
+"""``tollgate`` from a terminal: admin commands against a live gateway, ``--json``, bench help."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from gateway.cli import BENCHES, main
+from tests.e2e.conftest import ADMIN_KEY, Gateway
+
+pytestmark = pytest.mark.e2e
+
+
+def run(capsys: pytest.CaptureFixture[str], gateway: Gateway, *argv: str) -> str:
+    code = main([*argv, "--url", gateway.url, "--admin-key", ADMIN_KEY])
+    assert code == 0
+    return capsys.readouterr().out
+
+
+def test_keys_create_takes_the_tenant_either_way_and_lists_times_as_dates(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "tenant: team-b" in run(capsys, gateway, "keys", "create", "--tenant", "team-b")
+    issued = json.loads(run(capsys, gateway, "keys", "create", "team-b", "--json"))
+    assert issued["tenant"] == "team-b" and issued["key"].startswith("tg-")
+
+    listing = run(capsys, gateway, "keys", "list", "--tenant", "team-b")
+    header, *rows = listing.splitlines()
+    assert header.split() == ["id", "tenant", "prefix", "created_at", "revoked"]
+    assert len(rows) == 2
+    assert all(re.search(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\b", row) for row in rows)
+    keys = json.loads(run(capsys, gateway, "keys", "list", "--tenant", "team-b", "--json"))
+    assert {k["tenant"] for k in keys["data"]} == {"team-b"}
+    assert isinstance(keys["data"][0]["created_at"], float)
+
+    revoked = json.loads(run(capsys, gateway, "keys", "revoke", issued["id"], "--json"))
+    assert revoked == {"id": issued["id"], "object": "api_key", "revoked": True}
+
+
+def test_keys_create_refuses_two_different_tenants(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit, match="name one tenant"):
+        main(["keys", "create", "a", "--tenant", "b", "--url", gateway.url,
+              "--admin-key", ADMIN_KEY])  # fmt: skip
+
+
+def test_tenants_and_usage_answer_json(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    created = json.loads(
+        run(capsys, gateway, "tenants", "create", "team-c", "--rpm", "10", "--json")
+    )
+    assert created["id"] == "team-c" and created["limits"]["requests_per_minute"] == 10
+    table = run(capsys, gateway, "tenants", "show", "team-c")
+    assert table.splitlines()[1].split()[:2] == ["team-c", "10"]
+    tenants = json.loads(run(capsys, gateway, "tenants", "list", "--json"))
+    assert "team-c" in {t["id"] for t in tenants["data"]}
+    gateway.client().completions.create(model="test-model", prompt="x", max_tokens=2)
+    usage = json.loads(run(capsys, gateway, "usage", "--tenant", "team-a", "--json"))
+    assert usage["data"][0]["requests"] == 1 and usage["group_by"] == [
+        "tenant", "backend", "model"
+    ]  # fmt: skip
+
+
+def test_bench_help_lists_every_bench_and_passes_help_on(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--help"])
+    assert exited.value.code == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in BENCHES)
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "fleet", "--help"])
+    assert exited.value.code == 0
+    assert "usage: tollgate bench fleet" in capsys.readouterr().out
+
+
+def test_unknown_arguments_of_other_commands_are_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["check-config", "config/tollgate.yaml", "--frobnicate"])
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --frobnicate" in capsys.readouterr().err
