@@ -60,6 +60,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     args.rates = [float(r) for r in (args.rates.split(",") if args.rates else rates)]
     args.duration = args.duration or (240.0 if args.random else 300.0)
     args.warmup = 120.0 if args.warmup is None else args.warmup
+    if args.duration <= args.warmup:
+        p.error(f"--duration ({args.duration:g}s) must exceed --warmup ({args.warmup:g}s): "
+                "only arrivals after the warm-up are measured")
     args.policies = args.policies.split(",")
     return args
 
@@ -149,8 +152,12 @@ def _report(args: argparse.Namespace, name: str, mixed: bool, results: list[RunR
         print(f"bar {'MET' if ok else 'NOT MET'}:\n{notes}")
     if args.out:
         path = f"{args.out}-{'mixed' if mixed else 'fixed'}.png"
-        chart(results, path, f"TOLLGATE FLEET SIM: {workload.upper()}")
-        print(f"chart: {path}")
+        try:
+            chart(results, path, f"Tollgate fleet sim: {workload}")
+        except ImportError:
+            print("chart: skipped, matplotlib is not installed (pip install 'tollgate[bench]')")
+        else:
+            print(f"chart: {path}")
 
 
 if __name__ == "__main__":
