@@ -10,13 +10,18 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 RUN useradd --system --uid 10001 --home-dir /app tollgate
 
-# Dependencies first, so editing code does not reinstall them.
+# Dependencies first, from pyproject.toml alone, so editing code does not reinstall them:
+# this layer is rebuilt only when the pinned dependencies change.
 COPY pyproject.toml README.md ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
+
 COPY gateway ./gateway
 COPY adapters ./adapters
 COPY engine ./engine
 COPY bench ./bench
-RUN pip install . && mkdir -p /app/var/spool /var/cache/tollgate \
+RUN pip install --no-deps . && mkdir -p /app/var/spool /var/cache/tollgate \
     && chown -R tollgate /app/var /var/cache/tollgate
 
 # Installed non-editable, so the default config is read from here (TOLLGATE_CONFIG).

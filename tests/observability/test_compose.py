@@ -81,6 +81,16 @@ def test_every_dockerfile_copy_source_exists_and_the_command_is_tollgate_serve()
             assert service["command"][:2] == ["tollgate", "serve"]
 
 
+def test_the_image_installs_dependencies_before_it_copies_code() -> None:
+    """Editing code must not invalidate the dependency layer (Docker caches layer by layer)."""
+    lines = [ln for ln in (ROOT / "Dockerfile").read_text().splitlines() if ln.strip()]
+    installs = next(i for i, ln in enumerate(lines) if "pip install -r" in ln)
+    copies = [i for i, ln in enumerate(lines) if ln.startswith("COPY ")]
+    before = [lines[i] for i in copies if i < installs]
+    assert before == ["COPY pyproject.toml README.md ./"]
+    assert any("pip install --no-deps ." in ln for ln in lines[installs + 1 :])
+
+
 def test_configs_the_stack_uses_are_well_formed() -> None:
     for path in ("config/compose/fleet.yaml", "config/compose/engine.yaml", "config/tollgate.yaml"):
         load_settings(ROOT / path)
