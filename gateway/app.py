@@ -64,6 +64,7 @@ def create_app(
     telemetry.watch(
         router.health, {b.name: b.kind for b in backends}, lambda: state.serving.in_flight
     )
+    telemetry.locate({b.name: b.url for b in settings.backends if b.kind != "embedded"})
     telemetry.watch_store(lambda: store.degraded)
 
     seeding = Seeding(lambda: _seed(store, settings))

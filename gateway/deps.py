@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.errors import Unauthenticated
+from gateway.errors import GatewayError, Unauthenticated
 from gateway.state import AppState
 from gateway.tenancy.models import Principal
 
@@ -41,8 +41,13 @@ State = Annotated[AppState, Depends(get_state)]
 
 
 async def authenticate(request: Request, state: State) -> Principal:
-    """The tenant and key behind the request's bearer key."""
-    principal = await state.store.authenticate(bearer_token(request))
+    """The tenant and key behind the request's bearer key; a refusal is counted (by the
+    error the client gets, never by the key)."""
+    try:
+        principal = await state.store.authenticate(bearer_token(request))
+    except GatewayError as exc:
+        state.telemetry.auth_failed(exc)
+        raise
     request.state.principal = principal
     return principal
 

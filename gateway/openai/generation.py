@@ -29,6 +29,7 @@ from adapters.base import (
     Unavailable,
     Usage,
 )
+from gateway.openai.responses import Endpoint
 from gateway.openai.silence import Silence, SilenceWatch
 from gateway.openai.streaming import StopMatcher
 from gateway.routing.policies import Estimate
@@ -61,6 +62,7 @@ class Generation:
     stops: Sequence[str]
     opened_at: float
     first_at: float
+    attempt_at: float  # when the attempt that serves it started (monotonic)
     fallbacks: int = 0
     completion_tokens: int = 0
     usage: Usage | None = None
@@ -196,6 +198,7 @@ async def open_generation(
     *,
     telemetry: Telemetry = _NO_TELEMETRY,
     policy: str = "",
+    endpoint: Endpoint = "completion",
     tried: int = 0,
     opened_at: float | None = None,
 ) -> Generation:
@@ -206,6 +209,7 @@ async def open_generation(
     backend remains, an attempt is given up after ``GIVE_UP_FACTOR`` x its predicted TTFT
     (at least the backend's ``give_up_floor_s``). Raises the last error when every attempt
     failed. ``tried``/``opened_at`` continue the walk of an earlier call (a restart).
+    ``policy`` and ``endpoint`` (the client's) label the attempts' telemetry.
     """
     opened = time.monotonic() if opened_at is None else opened_at
     last: BackendError | None = None
@@ -218,7 +222,7 @@ async def open_generation(
         router.attempt_started(backend.name, retry=attempt > 0)
         started = time.monotonic()
         patience, giving_up = _patience(est, router, deadline, started, attempt + 1 < len(plan))
-        span = telemetry.start_attempt(backend, request, attempt, index)
+        span = telemetry.start_attempt(backend, request, attempt, index, endpoint)
         stream = backend.generate(request)
         try:
             with telemetry.current(span):  # the HTTP/gRPC client's spans nest under it
@@ -231,7 +235,9 @@ async def open_generation(
                 else "the request's deadline passed before a first token",
                 backend=backend.name,
             )
-            telemetry.attempt_failed(span, backend, last, policy)
+            telemetry.attempt_failed(
+                span, backend, last, policy, endpoint=endpoint, model=request.model, started=started
+            )
             await close_stream(stream)
             if giving_up:
                 router.attempt_abandoned(backend.name, waited)
@@ -239,7 +245,9 @@ async def open_generation(
                 router.attempt_failed(backend.name, last)
             continue
         except BackendError as exc:
-            telemetry.attempt_failed(span, backend, exc, policy)
+            telemetry.attempt_failed(
+                span, backend, exc, policy, endpoint=endpoint, model=request.model, started=started
+            )
             router.attempt_failed(backend.name, exc)
             await close_stream(stream)
             if isinstance(exc, BadRequest):
@@ -247,7 +255,9 @@ async def open_generation(
             last = exc
             continue
         except BaseException as exc:
-            telemetry.attempt_failed(span, backend, exc, policy)
+            telemetry.attempt_failed(
+                span, backend, exc, policy, endpoint=endpoint, model=request.model, started=started
+            )
             await close_stream(stream)
             router.finished(backend.name, ok=False, output_tokens=0, decode_s=0.0)
             raise
@@ -261,6 +271,7 @@ async def open_generation(
             stops=stops,
             opened_at=opened,
             first_at=now,
+            attempt_at=started,
             fallbacks=attempt,
             span=span,
             transcript=[] if telemetry.record_content else None,

@@ -158,7 +158,7 @@ class Serving:
             return open_generation(
                 index, plan, self.router, lambda b: self.jobs.upstream(job, index, b),
                 started + allowed_s, telemetry=self.telemetry, policy=job.policy,
-                tried=tried, opened_at=opened_at,
+                endpoint=job.endpoint, tried=tried, opened_at=opened_at,
             )
 
         def wasted(gen: Generation, exc: BackendError) -> None:
@@ -176,7 +176,15 @@ class Serving:
         self.meter.observe(name, prompt, out)
         decode_s = max(0.0, (gen.ended_at or time.monotonic()) - gen.first_at)
         self.router.finished(name, ok=False, output_tokens=out, decode_s=decode_s)
-        self.telemetry.attempt_failed(gen.span, gen.backend, exc, job.policy)
+        self.telemetry.attempt_failed(
+            gen.span,
+            gen.backend,
+            exc,
+            job.policy,
+            endpoint=job.endpoint,
+            model=gen.backend.models.get(job.model_id, job.model_id),
+            started=gen.attempt_at,
+        )
 
     # -- non-streamed -------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from opentelemetry.metrics import (
     Meter,
     Observation,
 )
+from opentelemetry.sdk.metrics import Exemplar
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     Histogram,
@@ -24,12 +25,16 @@ from opentelemetry.sdk.metrics.export import (
     ScopeMetrics,
 )
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext
 
 from gateway.telemetry import semconv as sc
 
 # The breaker states a gauge reports (1 for the current one, 0 for the others), so a panel
 # can show the state without string values, which Prometheus cannot hold.
 BREAKER_STATES = ("closed", "half_open", "open")
+
+# A bucket's last sampled measurement: value, time (ns), span id, trace id.
+Sample = tuple[float, int, int, int]
 
 
 class LocalSum:
@@ -68,9 +73,23 @@ class LocalHistogram:
     A synchronous SDK ``record`` cleans and hashes its attributes, matches views and takes a
     lock (~16 µs here, five per request: ~8% of the gateway's CPU); this is a dict lookup and
     a bisect. Buckets follow OpenTelemetry's rule: bucket i holds (bounds[i-1], bounds[i]].
+
+    Each bucket keeps the last measurement made in a sampled trace as its exemplar (the SDK's
+    aligned-bucket reservoir with its trace-based filter), so that a slow bucket links to a
+    trace of one of its requests. The span is passed in, not read from the context: the
+    request path hands each hook its span.
     """
 
-    __slots__ = ("_bounds", "_keys", "_n", "_points", "description", "name", "unit")
+    __slots__ = (
+        "_bounds",
+        "_exemplars",
+        "_keys",
+        "_n",
+        "_points",
+        "description",
+        "name",
+        "unit",
+    )
 
     def __init__(
         self, name: str, unit: str, description: str, bounds: Sequence[float], *keys: str
@@ -81,20 +100,34 @@ class LocalHistogram:
         self._keys = keys
         # labels -> [bucket counts..., count, sum, min, max, start ns]
         self._points: dict[tuple[str | int, ...], list[float]] = {}
+        # labels -> per bucket, its exemplar (None until a sampled measurement lands there)
+        self._exemplars: dict[tuple[str | int, ...], list[Sample | None]] = {}
 
-    def record(self, value: float, *labels: str | int) -> None:
-        """Add one measurement to the attribute set ``labels`` (in ``keys`` order, "" = absent)."""
+    def record(self, value: float, *labels: str | int, trace: SpanContext | None = None) -> None:
+        """Add one measurement to the attribute set ``labels`` (in ``keys`` order, "" = absent);
+        ``trace``, the context of a sampled span, makes it its bucket's exemplar."""
         point = self._points.get(labels)
         n = self._n
         if point is None:
             point = self._points[labels] = [0] * n + [0, 0.0, value, value, time.time_ns()]
-        point[bisect_left(self._bounds, value)] += 1
+        bucket = bisect_left(self._bounds, value)
+        point[bucket] += 1
         point[n] += 1
         point[n + 1] += value
         if value < point[n + 2]:
             point[n + 2] = value
         if value > point[n + 3]:
             point[n + 3] = value
+        if trace is not None:
+            self._exemplify(labels, bucket, value, trace)
+
+    def _exemplify(
+        self, labels: tuple[str | int, ...], bucket: int, value: float, trace: SpanContext
+    ) -> None:
+        kept = self._exemplars.get(labels)
+        if kept is None:
+            kept = self._exemplars[labels] = [None] * self._n
+        kept[bucket] = (value, time.time_ns(), trace.span_id, trace.trace_id)
 
     def metric(self, now_ns: int) -> Metric | None:
         """The cumulative points so far, or None before the first measurement.
@@ -115,6 +148,7 @@ class LocalHistogram:
                 explicit_bounds=self._bounds,
                 min=p[n + 2],
                 max=p[n + 3],
+                exemplars=_exemplars(self._exemplars.get(labels)),
             )
             for labels, p in [(labels, list(p)) for labels, p in list(self._points.items())]
         ]
@@ -122,6 +156,16 @@ class LocalHistogram:
             return None
         data = Histogram(points, AggregationTemporality.CUMULATIVE)
         return Metric(self.name, self.description, self.unit, data)
+
+
+def _exemplars(kept: Sequence[Sample | None] | None) -> list[Exemplar]:
+    """The buckets' exemplars in bucket order (copied first, as the points are)."""
+    if kept is None:
+        return []
+    return [
+        Exemplar({}, value, at, span_id=span_id, trace_id=trace_id)
+        for value, at, span_id, trace_id in [e for e in list(kept) if e is not None]
+    ]
 
 
 class LocalExport:
@@ -168,7 +212,7 @@ class NoHistogram:
 
     __slots__ = ()
 
-    def record(self, value: float, *labels: str | int) -> None:
+    def record(self, value: float, *labels: str | int, trace: SpanContext | None = None) -> None:
         """Nothing to keep."""
 
 
@@ -180,6 +224,9 @@ class Instruments:
     """The instruments recorded once per request, never per chunk."""
 
     duration: LocalHistogram | NoHistogram  # operation, provider, model, backend, error type
+    # per backend attempt: operation, provider, upstream model, server address and port,
+    # backend, error type
+    attempts: LocalHistogram | NoHistogram
     ttft: LocalHistogram | NoHistogram  # operation, provider, model, backend
     tpot: LocalHistogram | NoHistogram  # operation, provider, model, backend
     tokens: LocalHistogram | NoHistogram  # operation, provider, model, backend, tenant, type
@@ -188,12 +235,13 @@ class Instruments:
     decisions: LocalSum  # policy, backend
     fallbacks: Counter
     rejections: Counter
+    auth_failures: Counter  # error type (never the key)
     budget: LocalSum  # tenant
 
     @property
     def histograms(self) -> list[LocalHistogram]:
         """The request-path histograms that are kept (for export)."""
-        kept = (self.duration, self.ttft, self.tpot, self.tokens)
+        kept = (self.duration, self.attempts, self.ttft, self.tpot, self.tokens)
         return [h for h in kept if isinstance(h, LocalHistogram)]
 
 
@@ -219,6 +267,19 @@ def create_instruments(meter: Meter, *, histograms: bool) -> Instruments:
             "Time from admission to last byte",
             sc.DURATION_BUCKETS,
             *base,
+            sc.ERROR_TYPE,
+        ),
+        attempts=histogram(
+            sc.METRIC_CLIENT_DURATION,
+            "s",
+            "One backend attempt, from its start to its last byte or its failure",
+            sc.DURATION_BUCKETS,
+            sc.GEN_AI_OPERATION_NAME,
+            sc.GEN_AI_PROVIDER_NAME,
+            sc.GEN_AI_REQUEST_MODEL,
+            sc.SERVER_ADDRESS,
+            sc.SERVER_PORT,
+            sc.TOLLGATE_BACKEND,
             sc.ERROR_TYPE,
         ),
         ttft=histogram(
@@ -278,6 +339,12 @@ def create_instruments(meter: Meter, *, histograms: bool) -> Instruments:
             sc.METRIC_REJECTIONS,
             unit="{request}",
             description="Requests refused at admission (rate limits, budget)",
+        ),
+        auth_failures=meter.create_counter(
+            sc.METRIC_AUTH_FAILURES,
+            unit="{request}",
+            description="Requests refused before admission: no, malformed or unknown API key, "
+            "or the store could not check it",
         ),
         budget=_observed_sum(
             meter,

@@ -2,13 +2,14 @@
 
 Every hook checks ``span.is_recording()`` before it builds attributes, so with tracing off a
 request pays for a few no-op calls; metrics are recorded once per request, in ``request_done``
-and ``generation_done``.
+and ``generation_done`` (and once per failed attempt, in ``attempt_failed``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -20,7 +21,14 @@ from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import INVALID_SPAN, NoOpTracerProvider, Span, SpanKind, TracerProvider
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    NoOpTracerProvider,
+    Span,
+    SpanContext,
+    SpanKind,
+    TracerProvider,
+)
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 from prometheus_client import CollectorRegistry
@@ -35,11 +43,13 @@ from gateway.telemetry.instruments import (
     watch_fleet,
     watch_store,
 )
+from gateway.telemetry.servers import Server, server_of
 
 if TYPE_CHECKING:
     from adapters.base import Backend, GenerationRequest
     from gateway.openai.generation import Generation
     from gateway.openai.jobs import Job
+    from gateway.openai.responses import Endpoint
     from gateway.routing.policies import Estimate
     from gateway.tenancy.models import UsageRecord
 
@@ -90,12 +100,26 @@ class Telemetry:
         for reader in metric_readers:
             export.attach(reader)
         self.tokens_per_dollar = TokensPerDollar()
+        self._servers: dict[str, Server] = {}  # backend name -> where it listens
 
     def watch(
         self, health: BackendHealth, kinds: Mapping[str, str], in_flight: Callable[[], int]
     ) -> None:
         """Register the gauges read from live state (backend health, breakers, in flight)."""
         watch_fleet(self.meter, health, kinds, in_flight, self.tokens_per_dollar)
+
+    def locate(self, urls: Mapping[str, str | None]) -> None:
+        """Learn where each backend listens, from its configured url, once: the
+        ``server.address``/``server.port`` of its attempts. A backend without a url (the
+        embedded engine) has none."""
+        for name, url in urls.items():
+            server = server_of(url) if url else None
+            if server is not None:
+                self._servers[name] = server
+
+    def auth_failed(self, exc: BaseException) -> None:
+        """A request refused before it had a tenant: counted by the error the client got."""
+        self.metrics.auth_failures.add(1, {sc.ERROR_TYPE: error_type(exc)})
 
     def watch_store(self, degraded: Callable[[], bool]) -> None:
         """Register the gauge that says whether limits are per replica (the store is away)."""
@@ -142,10 +166,14 @@ class Telemetry:
                     sc.GEN_AI_REQUEST_MAX_TOKENS: job.max_tokens,
                     sc.GEN_AI_REQUEST_TEMPERATURE: first.temperature,
                     sc.GEN_AI_REQUEST_TOP_P: first.top_p,
-                    sc.GEN_AI_REQUEST_STREAM: job.stream,
+                    sc.GEN_AI_REQUEST_TOP_K: _top_k(first),
+                    sc.GEN_AI_REQUEST_PRESENCE_PENALTY: first.presence_penalty,
+                    sc.GEN_AI_REQUEST_FREQUENCY_PENALTY: first.frequency_penalty,
+                    sc.GEN_AI_REQUEST_STOP_SEQUENCES: job.stops or None,
                     sc.GEN_AI_REQUEST_CHOICE_COUNT: len(job.requests)
                     if len(job.requests) > 1
                     else None,
+                    sc.TOLLGATE_REQUEST_STREAM: job.stream,
                     sc.TOLLGATE_TENANT: job.principal.tenant.id,
                     sc.TOLLGATE_POLICY: job.policy,
                 }
@@ -155,12 +183,22 @@ class Telemetry:
     # -- backend attempts -------------------------------------------------------------------
 
     def start_attempt(
-        self, backend: Backend, request: GenerationRequest, attempt: int, choice: int
+        self,
+        backend: Backend,
+        request: GenerationRequest,
+        attempt: int,
+        choice: int,
+        endpoint: Endpoint,
     ) -> Span:
-        """A CLIENT span for one try on one backend, named ``{operation} {model}``."""
+        """A CLIENT span for one try on one backend, named ``{operation} {model}``.
+
+        The operation is the client's endpoint: a chat request stays ``chat`` when the gateway
+        rendered its template into a prompt for a backend without a chat endpoint.
+        """
         if not self.tracing:
             return INVALID_SPAN
-        op = sc.OP_CHAT if request.messages is not None else sc.OP_COMPLETION
+        op = _operation(endpoint)
+        server = self._servers.get(backend.name)
         attributes = _drop_none(
             {
                 sc.GEN_AI_OPERATION_NAME: op,
@@ -169,8 +207,13 @@ class Telemetry:
                 sc.GEN_AI_REQUEST_MAX_TOKENS: request.max_tokens,
                 sc.GEN_AI_REQUEST_TEMPERATURE: request.temperature,
                 sc.GEN_AI_REQUEST_TOP_P: request.top_p,
+                sc.GEN_AI_REQUEST_TOP_K: _top_k(request),
+                sc.GEN_AI_REQUEST_PRESENCE_PENALTY: request.presence_penalty,
+                sc.GEN_AI_REQUEST_FREQUENCY_PENALTY: request.frequency_penalty,
+                sc.GEN_AI_REQUEST_STOP_SEQUENCES: request.stop or None,
                 sc.GEN_AI_REQUEST_SEED: request.seed,
-                sc.GEN_AI_REQUEST_STREAM: True,  # every adapter streams from its backend
+                sc.SERVER_ADDRESS: server.address if server else None,
+                sc.SERVER_PORT: server.port if server else None,
                 sc.TOLLGATE_BACKEND: backend.name,
                 sc.TOLLGATE_ATTEMPT: attempt,
                 sc.TOLLGATE_CHOICE: choice,
@@ -182,8 +225,19 @@ class Telemetry:
             f"{op} {request.model}", kind=SpanKind.CLIENT, attributes=attributes
         )
 
-    def attempt_failed(self, span: Span, backend: Backend, exc: BaseException, policy: str) -> None:
-        """An attempt ended before its first token: counted, and its span closed."""
+    def attempt_failed(
+        self,
+        span: Span,
+        backend: Backend,
+        exc: BaseException,
+        policy: str,
+        *,
+        endpoint: Endpoint,
+        model: str,
+        started: float,
+    ) -> None:
+        """An attempt ended before its first token (or was replaced by a restart): counted,
+        timed from ``started`` (monotonic) on the upstream ``model``, and its span closed."""
         kind = error_type(exc)
         self.metrics.fallbacks.add(
             1,
@@ -192,6 +246,9 @@ class Telemetry:
                 sc.TOLLGATE_BACKEND: backend.name,
                 sc.ERROR_TYPE: kind,
             },
+        )
+        self._attempt_took(
+            time.monotonic() - started, endpoint, backend, model, kind, _sampled(span)
         )
         if span.is_recording():
             _fail(span, kind, exc)
@@ -210,12 +267,22 @@ class Telemetry:
         backend = gen.backend
         tenant = job.principal.tenant.id
         base = (_operation(job.endpoint), backend.kind, job.model_id, backend.name)
+        trace = _sampled(gen.span)
+        upstream = backend.models.get(job.model_id)
         m = self.metrics
-        m.ttft.record(gen.ttft_s, *base)
+        m.ttft.record(gen.ttft_s, *base, trace=trace)
         if output_tokens > 1 and decode_s > 0:
-            m.tpot.record(decode_s / (output_tokens - 1), *base)
-        m.tokens.record(prompt_tokens, *base, tenant, sc.TOKEN_INPUT)
-        m.tokens.record(output_tokens, *base, tenant, sc.TOKEN_OUTPUT)
+            m.tpot.record(decode_s / (output_tokens - 1), *base, trace=trace)
+        m.tokens.record(prompt_tokens, *base, tenant, sc.TOKEN_INPUT, trace=trace)
+        m.tokens.record(output_tokens, *base, tenant, sc.TOKEN_OUTPUT, trace=trace)
+        self._attempt_took(
+            (gen.ended_at or time.monotonic()) - gen.attempt_at,
+            job.endpoint,
+            backend,
+            upstream or job.model_id,
+            error_type(gen.error) if gen.error is not None else "",
+            trace,
+        )
         m.cost.add(
             cost_usd, base[0], backend.kind, job.model_id, backend.name,
             tenant,
@@ -228,7 +295,7 @@ class Telemetry:
         span.set_attributes(
             _drop_none(
                 {
-                    sc.GEN_AI_RESPONSE_MODEL: backend.models.get(job.model_id),
+                    sc.GEN_AI_RESPONSE_MODEL: upstream,
                     sc.GEN_AI_RESPONSE_FINISH_REASONS: [gen.finish_reason]
                     if gen.finish_reason
                     else None,
@@ -262,6 +329,7 @@ class Telemetry:
             job.model_id,
             record.backend,
             failure or "",
+            trace=_sampled(span),
         )
         budget = job.principal.tenant.limits.monthly_budget_usd
         if budget is not None:
@@ -288,6 +356,30 @@ class Telemetry:
         if failure is not None and record.status >= 500:
             span.set_attribute(sc.ERROR_TYPE, failure)
             span.set_status(Status(StatusCode.ERROR, failure))
+
+    def _attempt_took(
+        self,
+        seconds: float,
+        endpoint: Endpoint,
+        backend: Backend,
+        model: str,
+        failure: str,
+        trace: SpanContext | None,
+    ) -> None:
+        """One ``gen_ai.client.operation.duration`` measurement ("" = no error)."""
+        server = self._servers.get(backend.name)
+        port = server.port if server is not None else None
+        self.metrics.attempts.record(
+            seconds,
+            _operation(endpoint),
+            backend.kind,
+            model,
+            server.address if server is not None else "",
+            "" if port is None else port,
+            backend.name,
+            failure,
+            trace=trace,
+        )
 
 
 class Stage:
@@ -363,6 +455,20 @@ def _fail(span: Span, kind: str, exc: BaseException) -> None:
 
 def _operation(endpoint: str) -> str:
     return sc.OP_CHAT if endpoint == "chat" else sc.OP_COMPLETION
+
+
+def _sampled(span: Span) -> SpanContext | None:
+    """The span's context when its trace is sampled: what makes a measurement an exemplar."""
+    context = span.get_span_context()
+    return context if context.trace_flags.sampled else None
+
+
+def _top_k(request: GenerationRequest) -> float | None:
+    """``top_k`` from the vendor extras, when the client sent a number."""
+    value = request.extra.get("top_k")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
 def _drop_none(values: Mapping[str, AttributeValue | None]) -> dict[str, AttributeValue]:

@@ -27,7 +27,10 @@ GEN_AI_REQUEST_TEMPERATURE: Final = "gen_ai.request.temperature"
 GEN_AI_REQUEST_TOP_P: Final = "gen_ai.request.top_p"
 GEN_AI_REQUEST_SEED: Final = "gen_ai.request.seed"
 GEN_AI_REQUEST_CHOICE_COUNT: Final = "gen_ai.request.choice.count"
-GEN_AI_REQUEST_STREAM: Final = "gen_ai.request.stream"
+GEN_AI_REQUEST_STOP_SEQUENCES: Final = "gen_ai.request.stop_sequences"
+GEN_AI_REQUEST_PRESENCE_PENALTY: Final = "gen_ai.request.presence_penalty"
+GEN_AI_REQUEST_FREQUENCY_PENALTY: Final = "gen_ai.request.frequency_penalty"
+GEN_AI_REQUEST_TOP_K: Final = "gen_ai.request.top_k"  # from the vendor extras
 GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
 GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
@@ -40,7 +43,8 @@ GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
 
 # -- general and HTTP attributes -----------------------------------------------------------
 ERROR_TYPE: Final = "error.type"
-SERVER_ADDRESS: Final = "server.address"
+SERVER_ADDRESS: Final = "server.address"  # on CLIENT spans, the backend's host
+SERVER_PORT: Final = "server.port"
 HTTP_REQUEST_METHOD: Final = "http.request.method"
 HTTP_ROUTE: Final = "http.route"
 HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"
@@ -66,6 +70,9 @@ TOLLGATE_EST_TPOT_S: Final = "tollgate.estimate.tpot_s"
 TOLLGATE_EST_USD_PER_MTOK: Final = "tollgate.estimate.usd_per_mtok_output"
 TOLLGATE_EST_LOAD: Final = "tollgate.estimate.load"
 TOLLGATE_BREAKER_STATE: Final = "tollgate.breaker.state"
+# Whether the client asked for a stream (SERVER span). Semconv 1.37 has no such attribute;
+# every attempt streams from its backend, so CLIENT spans do not carry it.
+TOLLGATE_REQUEST_STREAM: Final = "tollgate.request.stream"
 
 # -- spans and events ----------------------------------------------------------------------
 SPAN_ADMISSION: Final = "tollgate.admission"
@@ -77,12 +84,15 @@ METRIC_REQUEST_DURATION: Final = "gen_ai.server.request.duration"  # ..._seconds
 METRIC_TTFT: Final = "gen_ai.server.time_to_first_token"  # ..._seconds
 METRIC_TPOT: Final = "gen_ai.server.time_per_output_token"  # ..._seconds
 METRIC_TOKEN_USAGE: Final = "gen_ai.client.token.usage"  # gen_ai_client_token_usage
+# One per backend attempt, failed ones included: ..._seconds
+METRIC_CLIENT_DURATION: Final = "gen_ai.client.operation.duration"
 METRIC_COST: Final = "tollgate.cost"  # tollgate_cost_USD_total
 METRIC_TOKENS_PER_DOLLAR: Final = "tollgate.tokens_per_dollar"  # per replica, since start
 METRIC_REQUESTS: Final = "tollgate.requests"  # tollgate_requests_total
 METRIC_ROUTING_DECISIONS: Final = "tollgate.routing.decisions"  # ..._total
 METRIC_FALLBACKS: Final = "tollgate.routing.fallbacks"  # ..._total
 METRIC_REJECTIONS: Final = "tollgate.rejections"  # tollgate_rejections_total
+METRIC_AUTH_FAILURES: Final = "tollgate.auth.failures"  # tollgate_auth_failures_total
 METRIC_IN_FLIGHT: Final = "tollgate.requests.in_flight"
 METRIC_TENANT_BUDGET: Final = "tollgate.tenant.budget"  # tollgate_tenant_budget_USD
 METRIC_BACKEND_HEALTHY: Final = "tollgate.backend.healthy"

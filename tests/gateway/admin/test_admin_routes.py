@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from gateway.admin.routes import admin_router, usage_router
 from gateway.errors import GatewayError, error_body, http_answer
+from gateway.telemetry import Telemetry
 from gateway.tenancy.memory import MemoryStore
 from gateway.tenancy.models import UsageRecord
 
@@ -22,8 +23,10 @@ ADMIN = {"Authorization": "Bearer tg-admin-test"}
 
 def build_app(store: MemoryStore) -> FastAPI:
     app = FastAPI()
-    # The routes only reach these parts of the app state.
-    app.state.tollgate = SimpleNamespace(store=store, admin_key="tg-admin-test", meter=None)
+    # The routes only reach these parts of the app state (telemetry counts refused keys).
+    app.state.tollgate = SimpleNamespace(
+        store=store, admin_key="tg-admin-test", meter=None, telemetry=Telemetry()
+    )
 
     @app.exception_handler(GatewayError)
     async def answer(_: Request, exc: GatewayError) -> JSONResponse:

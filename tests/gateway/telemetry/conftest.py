@@ -14,6 +14,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from gateway.app import create_app
 from gateway.settings import Settings, parse_settings
@@ -26,13 +27,14 @@ from tests.live import LiveServer
 PRICES = {"cheap": 1.0, "dear": 5.0}  # $/1M output tokens: the cost policy tries cheap first
 
 
-def settings_for(names: list[str]) -> Settings:
-    """One model served by the named backends, priced per token."""
+def settings_for(names: list[str], *, embedded: bool = False) -> Settings:
+    """One model served by the named backends, priced per token; vLLM servers at one url
+    unless ``embedded`` (the in-process engine's kind, which has no url)."""
+    where = {"kind": "embedded"} if embedded else {"kind": "vllm", "url": "http://127.0.0.1:9"}
     backends = [
         {
             "name": name,
-            "kind": "vllm",
-            "url": "http://127.0.0.1:9",
+            **where,
             "models": {"test-model": "upstream-test-model"},
             "price": {"usd_per_mtok_input": 0.1, "usd_per_mtok_output": PRICES.get(name, 2.0)},
         }
@@ -101,18 +103,22 @@ def traced() -> Iterator[Factory]:
     servers: list[LiveServer] = []
 
     def build(
-        backends: list[ScriptedBackend] | None = None, *, record_content: bool = False
+        backends: list[ScriptedBackend] | None = None,
+        *,
+        record_content: bool = False,
+        embedded: bool = False,
+        sampled: bool = True,
     ) -> Traced:
         backends = backends or [ScriptedBackend()]
         exporter = InMemorySpanExporter()
-        tracer_provider = TracerProvider()
+        tracer_provider = TracerProvider(sampler=None if sampled else ALWAYS_OFF)
         tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
         reader = InMemoryMetricReader()
         telemetry = Telemetry(tracer_provider, [reader], record_content=record_content)
         store = MemoryStore()
         key = asyncio.run(store.create_key("team-a")).secret
         app = create_app(
-            settings_for([b.name for b in backends]),
+            settings_for([b.name for b in backends], embedded=embedded),
             store=store,
             backends=backends,
             meter=PerTokenMeter(),

@@ -1,12 +1,15 @@
-"""Local histograms: the SDK's bucket rule and cumulative points, merged into every export."""
+"""Local histograms: the SDK's bucket rule, cumulative points and per-bucket exemplars, merged
+into every export."""
 
 from __future__ import annotations
 
 import time
 
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, TraceFlags
 
 from gateway.telemetry.instruments import LocalExport, LocalHistogram
 
@@ -69,3 +72,43 @@ def test_readers_receive_local_histograms_beside_the_sdk_instruments() -> None:
     (scoped,) = data.resource_metrics[0].scope_metrics  # one scope, not two
     assert scoped.scope.name == "tollgate"
     assert sorted(m.name for m in scoped.metrics) == ["c", "local.h"]
+
+
+def sampled(trace_id: int, span_id: int) -> SpanContext:
+    flags = TraceFlags(TraceFlags.SAMPLED)
+    return SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags)
+
+
+def test_each_bucket_keeps_its_last_sampled_measurement_as_exemplar() -> None:
+    hist = LocalHistogram("h", "s", "test", (1.0, 2.0), "k")
+    hist.record(0.5, "a", trace=sampled(1, 11))
+    hist.record(0.7, "a", trace=sampled(2, 22))  # the same bucket: the last one stays
+    hist.record(0.9, "a")  # no sampled span: counted, but no exemplar
+    hist.record(1.5, "a")
+    hist.record(7.0, "a", trace=sampled(4, 44))
+    metric = hist.metric(time.time_ns())
+    assert metric is not None
+    (point,) = metric.data.data_points
+    assert isinstance(point, HistogramDataPoint)
+    assert list(point.bucket_counts) == [3, 1, 1]
+    kept = [(e.value, e.trace_id, e.span_id) for e in point.exemplars]
+    assert kept == [(0.7, 2, 22), (7.0, 4, 44)]
+    assert all(e.time_unix_nano > 0 and not e.filtered_attributes for e in point.exemplars)
+
+
+def test_otlp_export_carries_the_exemplars() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    provider.get_meter("tollgate", "0.1.0", SCOPE.schema_url).create_counter("c").add(1)
+    hist = LocalHistogram("local.h", "s", "test", (1.0,), "k")
+    LocalExport([hist], SCOPE).attach(reader)
+    hist.record(0.5, "x", trace=sampled(0xABC, 0xDEF))
+    data = reader.get_metrics_data()
+    assert data is not None
+    request = encode_metrics(data)  # what the OTLP exporters send
+    metrics = request.resource_metrics[0].scope_metrics[0].metrics
+    (local,) = [m for m in metrics if m.name == "local.h"]
+    (exemplar,) = local.histogram.data_points[0].exemplars
+    assert exemplar.trace_id == (0xABC).to_bytes(16, "big")
+    assert exemplar.span_id == (0xDEF).to_bytes(8, "big")
+    assert exemplar.as_double == 0.5

@@ -9,7 +9,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
-from adapters.base import Unavailable
+from adapters.base import Capabilities, Unavailable
 from gateway.telemetry import semconv as sc
 from gateway.tenancy.models import Limits
 from tests.gateway.doubles import Script, ScriptedBackend
@@ -65,7 +65,7 @@ def test_non_streamed_completion_span_tree_and_attributes(traced: Factory) -> No
     assert attrs[sc.HTTP_ROUTE] == "/v1/completions"
     assert attrs[sc.GEN_AI_OPERATION_NAME] == "text_completion"
     assert attrs[sc.GEN_AI_REQUEST_MODEL] == "test-model"
-    assert attrs[sc.GEN_AI_REQUEST_STREAM] is False
+    assert attrs[sc.TOLLGATE_REQUEST_STREAM] is False
     assert attrs[sc.GEN_AI_REQUEST_MAX_TOKENS] == 3
     assert attrs[sc.TOLLGATE_TENANT] == "team-a"
     assert attrs[sc.TOLLGATE_POLICY] == "cost"
@@ -87,7 +87,16 @@ def test_non_streamed_completion_span_tree_and_attributes(traced: Factory) -> No
     assert c[sc.GEN_AI_USAGE_OUTPUT_TOKENS] == 3
     assert c[sc.TOLLGATE_BACKEND] == "scripted"
     assert c[sc.TOLLGATE_TTFT_S] >= 0  # type: ignore[operator]
+    assert (c[sc.SERVER_ADDRESS], c[sc.SERVER_PORT]) == ("127.0.0.1", 9)  # its configured url
     assert client.status.status_code is StatusCode.UNSET
+    unset = {
+        sc.GEN_AI_REQUEST_TOP_K,
+        sc.GEN_AI_REQUEST_PRESENCE_PENALTY,
+        sc.GEN_AI_REQUEST_FREQUENCY_PENALTY,
+        sc.GEN_AI_REQUEST_STOP_SEQUENCES,
+    }
+    assert not unset & (set(attrs) | set(c))  # what the client did not send is not recorded
+    assert not {"gen_ai.request.stream", sc.TOLLGATE_REQUEST_STREAM} & set(c)
 
     routing = only(spans, sc.SPAN_ROUTING)
     assert (routing.attributes or {})[sc.TOLLGATE_CANDIDATES] == ("scripted",)
@@ -116,7 +125,8 @@ def test_streamed_chat_span_tree_and_attributes(traced: Factory) -> None:
     server = only(spans, "POST /v1/chat/completions")
     attrs = server.attributes or {}
     assert attrs[sc.GEN_AI_OPERATION_NAME] == "chat"
-    assert attrs[sc.GEN_AI_REQUEST_STREAM] is True
+    assert attrs[sc.TOLLGATE_REQUEST_STREAM] is True
+    assert "gen_ai.request.stream" not in attrs  # not a semconv 1.37 attribute
     assert attrs[sc.GEN_AI_USAGE_OUTPUT_TOKENS] == 4
     assert attrs[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
     client = only(spans, "chat upstream-test-model")
@@ -126,6 +136,50 @@ def test_streamed_chat_span_tree_and_attributes(traced: Factory) -> None:
     assert client.end_time is not None and server.end_time is not None
     assert client.end_time <= server.end_time  # the attempt spans the whole stream
     assert PROMPT not in text_of(spans)
+
+
+def test_a_chat_rendered_into_a_prompt_is_still_a_chat_with_its_sampling_parameters(
+    traced: Factory,
+) -> None:
+    prompts_only = Capabilities(stop=True, penalties=True)  # no chat endpoint: a template
+    backend = ScriptedBackend(capabilities=prompts_only)
+    gw = traced([backend])
+    answer = gw.post(
+        "/v1/chat/completions",
+        {
+            "model": "test-model",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 3,
+            "stop": ["END"],
+            "presence_penalty": 0.5,
+            "frequency_penalty": -0.25,
+            "top_k": 40,
+        },
+    )
+    assert answer.status_code == 200
+    (sent,) = backend.requests
+    assert sent.messages is None and sent.prompt  # the gateway rendered the template
+    spans = gw.finished(1)
+
+    server = only(spans, "POST /v1/chat/completions").attributes or {}
+    client = only(spans, "chat upstream-test-model").attributes or {}
+    assert client[sc.GEN_AI_OPERATION_NAME] == server[sc.GEN_AI_OPERATION_NAME] == "chat"
+    for attrs in (server, client):
+        assert attrs[sc.GEN_AI_REQUEST_PRESENCE_PENALTY] == 0.5
+        assert attrs[sc.GEN_AI_REQUEST_FREQUENCY_PENALTY] == -0.25
+        assert attrs[sc.GEN_AI_REQUEST_TOP_K] == 40.0
+    assert server[sc.GEN_AI_REQUEST_STOP_SEQUENCES] == ("END",)  # what the client asked
+    stops = client[sc.GEN_AI_REQUEST_STOP_SEQUENCES]  # what the backend was sent
+    assert isinstance(stops, tuple) and stops[0] == "END" and tuple(sent.stop) == stops
+
+
+def test_an_embedded_backend_has_no_server_address(traced: Factory) -> None:
+    gw = traced(embedded=True)
+    answer = gw.post("/v1/completions", {"model": "test-model", "prompt": "hi", "max_tokens": 2})
+    assert answer.status_code == 200
+    client = only(gw.finished(1), "text_completion upstream-test-model").attributes or {}
+    assert client[sc.TOLLGATE_BACKEND] == "scripted"
+    assert sc.SERVER_ADDRESS not in client and sc.SERVER_PORT not in client
 
 
 def test_fallback_records_the_failed_attempt_and_the_one_that_served(traced: Factory) -> None:
