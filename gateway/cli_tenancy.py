@@ -45,6 +45,11 @@ def add_subcommands(sub: Subparsers) -> None:
     create_key = _command(keys, "create", "issue a key (shown once)", _keys_create)
     create_key.add_argument("tenant", nargs="?", help="the tenant the key belongs to")
     create_key.add_argument("--tenant", dest="tenant_flag", metavar="TENANT", help="same")
+    create_key.add_argument("--name", help="what the key is for (shown in listings)")
+    create_key.add_argument("--expires-in", type=_duration, metavar="DURATION",
+                            help="refused after this long: seconds, or 90m, 12h, 30d")
+    create_key.add_argument("--models", help="comma-separated models the key may use "
+                            "(within the tenant's)")  # fmt: skip
     _command(keys, "list", "list keys", _keys_list).add_argument("--tenant")
     _command(keys, "revoke", "revoke a key", _keys_revoke).add_argument("id")
 
@@ -88,6 +93,21 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, type=kind)
     parser.add_argument("--models", help="comma-separated allowed models")
     parser.add_argument("--policy", choices=["cost", "latency", "balanced"])
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """Seconds from ``3600``, ``90m``, ``12h`` or ``30d``."""
+    unit = _UNITS.get(text[-1:].lower())
+    try:
+        seconds = float(text[:-1]) * unit if unit else float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 3600, 90m, 12h, 30d)")
+    return seconds
 
 
 def _limits_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,7 +202,10 @@ def _keys_create(args: argparse.Namespace) -> int:
     tenant = args.tenant or args.tenant_flag
     if not tenant or (args.tenant_flag and args.tenant_flag != tenant):
         sys.exit("tollgate: name one tenant: 'keys create TENANT' or 'keys create --tenant TENANT'")
-    issued = _call(args, "POST", "/admin/keys", json={"tenant": tenant})
+    body: dict[str, Any] = {"tenant": tenant, "name": args.name, "expires_in_s": args.expires_in,
+                            "allowed_models": args.models.split(",") if args.models else None}
+    issued = _call(args, "POST", "/admin/keys",
+                   json={k: v for k, v in body.items() if v is not None})  # fmt: skip
     if args.json:
         _print_json(issued)
         return 0
@@ -197,7 +220,8 @@ def _keys_list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(answer)
         return 0
-    _print_table(answer["data"], ["id", "tenant", "prefix", "created_at", "revoked"])
+    _print_table(answer["data"], ["id", "tenant", "name", "prefix", "created_at", "expires_at",
+                                  "allowed_models", "revoked"])  # fmt: skip
     return 0
 
 

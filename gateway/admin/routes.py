@@ -71,7 +71,7 @@ async def delete_tenant(tenant_id: str, state: State) -> dict[str, Any]:
 @admin_router.post("/keys")
 async def create_key(body: KeyCreate, state: State) -> dict[str, Any]:
     """Issue a key (the secret is in this answer only); creates an unknown tenant."""
-    issued = await state.store.create_key(body.tenant)
+    issued = await state.store.create_key(body.tenant, body.scope())
     return {**key_json(issued.record), "key": issued.secret}
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.settings import Policy
-from gateway.tenancy.models import ApiKey, Limits, Tenant, UsageRow
+from gateway.tenancy.models import ApiKey, KeyScope, Limits, Tenant, UsageRow
 
 
 class LimitsBody(BaseModel):
@@ -44,9 +45,29 @@ class TenantCreate(LimitsBody):
 class KeyCreate(BaseModel):
     """``POST /admin/keys``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     tenant: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    name: str | None = Field(None, min_length=1, max_length=128)
+    expires_at: float | None = Field(None, gt=0, le=2**40)  # unix seconds
+    expires_in_s: float | None = Field(None, gt=0, le=100 * 365 * 86400)
+    allowed_models: list[str] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> KeyCreate:
+        if self.expires_at is not None and self.expires_in_s is not None:
+            raise ValueError("give expires_at or expires_in_s, not both")
+        if self.expires_at is not None and self.expires_at <= time.time():
+            raise ValueError("expires_at is in the past")
+        return self
+
+    def scope(self) -> KeyScope:
+        """What the new key may do within its tenant's limits."""
+        expires = self.expires_at
+        if self.expires_in_s is not None:
+            expires = time.time() + self.expires_in_s
+        models = tuple(self.allowed_models) if self.allowed_models is not None else None
+        return KeyScope(self.name, expires, models)
 
 
 def tenant_json(tenant: Tenant) -> dict[str, Any]:
@@ -74,7 +95,10 @@ def key_json(key: ApiKey) -> dict[str, Any]:
         "object": "api_key",
         "tenant": key.tenant,
         "prefix": key.prefix,
+        "name": key.scope.name,
         "created_at": key.created_at,
+        "expires_at": key.scope.expires_at,
+        "allowed_models": list(key.scope.allowed_models) if key.scope.allowed_models else None,
         "revoked": key.revoked,
     }
 

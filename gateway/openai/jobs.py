@@ -120,7 +120,7 @@ class JobBuilder:
                 f"The model '{name}' does not exist or you do not have access to it.",
                 param="model",
             )
-        if not (principal.tenant.may_use(model.id) or principal.tenant.may_use(name)):
+        if not (principal.may_use(model.id) or principal.may_use(name)):
             raise Forbidden(f"Your key may not use the model '{name}'.", param="model")
         return model
 

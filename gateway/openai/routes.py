@@ -59,7 +59,7 @@ def _model_json(model_id: str, created: int) -> dict[str, object]:
 @router.get("/v1/models")
 async def list_models(principal: CurrentPrincipal, state: State) -> ORJSONResponse:
     """The models the caller's key may use."""
-    models = [m for m in state.serving.jobs.models if principal.tenant.may_use(m.id)]
+    models = [m for m in state.serving.jobs.models if principal.may_use(m.id)]
     data = [_model_json(m.id, state.started_at) for m in models]
     return ORJSONResponse({"object": "list", "data": data})
 

@@ -30,6 +30,7 @@ from gateway.tenancy.models import (
     Admission,
     ApiKey,
     IssuedKey,
+    KeyScope,
     Limits,
     Principal,
     Tenant,
@@ -110,11 +111,12 @@ class MemoryStore:
 
     # Keys
 
-    async def create_key(self, tenant_id: str) -> IssuedKey:
+    async def create_key(self, tenant_id: str, scope: KeyScope | None = None) -> IssuedKey:
         """Issue a key, creating the tenant with default limits if it does not exist."""
         await self.create_tenant(tenant_id)
         secret = keys.new_secret()
-        record = ApiKey(keys.new_key_id(), tenant_id, keys.shown_prefix(secret), self._clock())
+        record = ApiKey(keys.new_key_id(), tenant_id, keys.shown_prefix(secret), self._clock(),
+                        scope=scope or KeyScope())  # fmt: skip
         digest = keys.hash_secret(secret)
         self._keys[record.id] = (record, digest)
         self._by_hash[digest] = record.id
@@ -139,10 +141,13 @@ class MemoryStore:
         """The tenant and key behind ``secret``; raises ``Unauthenticated``."""
         known = keys.looks_like_secret(secret)
         key_id = self._by_hash.get(keys.hash_secret(secret)) if known else None
-        tenant = self._tenants.get(self._keys[key_id][0].tenant) if key_id else None
-        if key_id is None or tenant is None:
+        record = self._keys[key_id][0] if key_id else None
+        tenant = self._tenants.get(record.tenant) if record else None
+        if record is None or tenant is None:
             raise Unauthenticated("Incorrect API key provided.")
-        return Principal(tenant, key_id)
+        if record.scope.expired(self._clock()):
+            raise Unauthenticated("This API key has expired.")
+        return Principal(tenant, record.id, record.scope)
 
     # Admission and settlement
 

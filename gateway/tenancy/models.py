@@ -35,6 +35,19 @@ class Tenant:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyScope:
+    """What one key may do within its tenant's limits: a name, an expiry, fewer models."""
+
+    name: str | None = None
+    expires_at: float | None = None  # unix seconds; refused from then on
+    allowed_models: tuple[str, ...] | None = None  # None: whatever the tenant may use
+
+    def expired(self, now: float) -> bool:
+        """Whether the key no longer authenticates at ``now``."""
+        return self.expires_at is not None and now >= self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
 class ApiKey:
     """A key's public record; the secret itself is shown once and stored only as SHA-256."""
 
@@ -43,6 +56,7 @@ class ApiKey:
     prefix: str  # the first characters of the secret, to recognise it in listings
     created_at: float
     revoked: bool = False
+    scope: KeyScope = field(default_factory=KeyScope)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +73,12 @@ class Principal:
 
     tenant: Tenant
     key_id: str
+    scope: KeyScope = field(default_factory=KeyScope)
+
+    def may_use(self, model: str) -> bool:
+        """Whether both the tenant's and the key's allowed-model lists admit ``model``."""
+        allowed = self.scope.allowed_models
+        return self.tenant.may_use(model) and (allowed is None or model in allowed)
 
 
 @dataclass(frozen=True, slots=True)

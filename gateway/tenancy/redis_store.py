@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -52,6 +53,7 @@ from gateway.tenancy.models import (
     Admission,
     ApiKey,
     IssuedKey,
+    KeyScope,
     Limits,
     Principal,
     Tenant,
@@ -93,6 +95,15 @@ def _limits_from(raw: str) -> Limits:
     if data.get("allowed_models") is not None:
         data["allowed_models"] = tuple(data["allowed_models"])
     return Limits(**data)
+
+
+def _scope(data: dict[str, Any] | None) -> KeyScope:
+    """A key's scope as stored (JSON: the model list is a list)."""
+    if not data:
+        return KeyScope()
+    models = data.get("allowed_models")
+    return KeyScope(data.get("name"), data.get("expires_at"),
+                    tuple(models) if models is not None else None)  # fmt: skip
 
 
 def _str(value: bytes | str) -> str:
@@ -258,16 +269,23 @@ class RedisStore:
 
     # Keys
 
-    async def create_key(self, tenant_id: str) -> IssuedKey:
-        """Issue a key, creating the tenant with default limits if it does not exist."""
+    async def create_key(self, tenant_id: str, scope: KeyScope | None = None) -> IssuedKey:
+        """Issue a key, creating the tenant with default limits if it does not exist.
+
+        The auth entry carries the key's scope, and Redis deletes it at the key's expiry.
+        """
         await self.create_tenant(tenant_id)
         secret = keys.new_secret()
-        record = ApiKey(keys.new_key_id(), tenant_id, keys.shown_prefix(secret), time.time())
+        scope = scope or KeyScope()
+        record = ApiKey(keys.new_key_id(), tenant_id, keys.shown_prefix(secret), time.time(),
+                        scope=scope)  # fmt: skip
         digest = keys.hash_secret(secret)
+        entry = orjson.dumps({"key": record.id, "tenant": tenant_id, "scope": asdict(scope)})
+        expires = None if scope.expires_at is None else max(1, math.ceil(scope.expires_at))
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self._t(tenant_id, "keys"), record.id, self._key_json(record, digest))
         pipe.hset(f"{self._p}:keyids", record.id, tenant_id)
-        pipe.set(f"{self._p}:auth:{digest}", f"{record.id} {tenant_id}")
+        pipe.set(f"{self._p}:auth:{digest}", entry, exat=expires)
         await self._call(pipe.execute())
         self._cache.pop(digest, None)
         return IssuedKey(record, secret)
@@ -275,6 +293,11 @@ class RedisStore:
     @staticmethod
     def _key_json(record: ApiKey, digest: str) -> bytes:
         return orjson.dumps({**asdict(record), "sha256": digest})
+
+    @staticmethod
+    def _key_record(data: dict[str, Any]) -> ApiKey:
+        data.pop("sha256", None)
+        return ApiKey(**{**data, "scope": _scope(data.get("scope"))})
 
     async def list_keys(self, tenant_id: str | None = None) -> Sequence[ApiKey]:
         """Key records (never secrets), oldest first."""
@@ -287,9 +310,7 @@ class RedisStore:
         for tenant in sorted(tenants):
             raw = await self._call(self.redis.hgetall(self._t(tenant, "keys")))
             for value in raw.values():
-                data = orjson.loads(value)
-                data.pop("sha256", None)
-                found.append(ApiKey(**data))
+                found.append(self._key_record(orjson.loads(value)))
         return sorted(found, key=lambda r: (r.created_at, r.id))
 
     async def revoke_key(self, key_id: str) -> bool:
@@ -318,7 +339,7 @@ class RedisStore:
         now = self._clock()
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
-            return self._known(cached[1])
+            return self._known(cached[1], time.time())
         try:
             principal = await self._lookup(digest)
         except RedisError as exc:
@@ -328,26 +349,33 @@ class RedisStore:
             if self._policy == "open" and cached is not None and cached[1] is not None:
                 checked_at = cached[0] - self._cache_ttl
                 if now - checked_at <= self._outage_trust:
-                    return cached[1]
+                    return self._known(cached[1], time.time())
             raise StoreUnavailable("The tenancy store is unreachable; try again shortly.") from exc
         if len(self._cache) > 100_000:
             self._cache.clear()
         self._cache[digest] = (now + self._cache_ttl, principal)
-        return self._known(principal)
+        return self._known(principal, time.time())
 
     @staticmethod
-    def _known(principal: Principal | None) -> Principal:
+    def _known(principal: Principal | None, wall: float) -> Principal:
         if principal is None:
             raise Unauthenticated("Incorrect API key provided.")
+        if principal.scope.expired(wall):
+            raise Unauthenticated("This API key has expired.")
         return principal
 
     async def _lookup(self, digest: str) -> Principal | None:
         found = await self.redis.get(f"{self._p}:auth:{digest}")
         if found is None:
             return None
-        key_id, tenant_id = _str(found).split(" ", 1)
+        text = _str(found)
+        if text.startswith("{"):
+            entry = orjson.loads(text)
+            key_id, tenant_id, scope = entry["key"], entry["tenant"], _scope(entry.get("scope"))
+        else:  # written before keys had scopes: "key_id tenant"
+            (key_id, tenant_id), scope = text.split(" ", 1), KeyScope()
         tenant = await self._read_tenant(tenant_id)
-        return Principal(tenant, key_id) if tenant else None
+        return Principal(tenant, key_id, scope) if tenant else None
 
     # Admission and settlement
 

@@ -14,6 +14,7 @@ from gateway.tenancy.models import (
     Admission,
     ApiKey,
     IssuedKey,
+    KeyScope,
     Limits,
     Principal,
     Tenant,
@@ -31,15 +32,18 @@ class Store(Protocol):
     async def update_limits(self, tenant_id: str, limits: Limits) -> Tenant: ...
     async def delete_tenant(self, tenant_id: str) -> bool: ...
 
-    async def create_key(self, tenant_id: str) -> IssuedKey:
-        """Issue a key, creating the tenant with default limits if it does not exist."""
+    async def create_key(self, tenant_id: str, scope: KeyScope | None = None) -> IssuedKey:
+        """Issue a key, creating the tenant with default limits if it does not exist.
+
+        ``scope`` narrows what the key may do (name, expiry, models) within the tenant's limits.
+        """
         ...
 
     async def list_keys(self, tenant_id: str | None = None) -> Sequence[ApiKey]: ...
     async def revoke_key(self, key_id: str) -> bool: ...
 
     async def authenticate(self, secret: str) -> Principal:
-        """The caller behind a bearer secret; raises ``Unauthenticated``."""
+        """The caller behind a bearer secret; raises ``Unauthenticated`` (also once expired)."""
         ...
 
     async def admit(self, principal: Principal, *, tokens: int, cost_usd: float) -> Admission:

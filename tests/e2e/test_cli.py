@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import httpx
+import openai
 import pytest
 
 from gateway.cli import BENCHES, main
@@ -28,7 +30,8 @@ def test_keys_create_takes_the_tenant_either_way_and_lists_times_as_dates(
 
     listing = run(capsys, gateway, "keys", "list", "--tenant", "team-b")
     header, *rows = listing.splitlines()
-    assert header.split() == ["id", "tenant", "prefix", "created_at", "revoked"]
+    assert header.split() == ["id", "tenant", "name", "prefix", "created_at", "expires_at",
+                              "allowed_models", "revoked"]  # fmt: skip
     assert len(rows) == 2
     assert all(re.search(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\b", row) for row in rows)
     keys = json.loads(run(capsys, gateway, "keys", "list", "--tenant", "team-b", "--json"))
@@ -37,6 +40,31 @@ def test_keys_create_takes_the_tenant_either_way_and_lists_times_as_dates(
 
     revoked = json.loads(run(capsys, gateway, "keys", "revoke", issued["id"], "--json"))
     assert revoked == {"id": issued["id"], "object": "api_key", "revoked": True}
+
+
+def test_a_key_scoped_to_one_model_sees_and_uses_only_that_model(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    issued = json.loads(run(capsys, gateway, "keys", "create", "team-d", "--name", "ci bot",
+                            "--models", "test-alias", "--expires-in", "1h", "--json"))  # fmt: skip
+    assert issued["name"] == "ci bot" and issued["allowed_models"] == ["test-alias"]
+    assert 3500 < issued["expires_at"] - issued["created_at"] <= 3600
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=issued["key"], max_retries=0)
+    assert client.completions.create(model="test-alias", prompt="x", max_tokens=2).choices
+    with pytest.raises(openai.PermissionDeniedError):
+        client.completions.create(model="test-model", prompt="x", max_tokens=2)
+    listing = run(capsys, gateway, "keys", "list", "--tenant", "team-d")
+    assert "ci bot" in listing and "test-alias" in listing
+    with pytest.raises(SystemExit):
+        main(["keys", "create", "team-d", "--expires-in", "soon", "--url", gateway.url,
+              "--admin-key", ADMIN_KEY])  # fmt: skip
+    assert "not a duration: 'soon'" in capsys.readouterr().err
+    for body in ({"tenant": "team-d", "expires_at": 1.0},
+                 {"tenant": "team-d", "expires_at": 4e9, "expires_in_s": 60}):  # fmt: skip
+        refused = httpx.post(f"{gateway.url}/admin/keys", json=body,
+                             headers={"Authorization": f"Bearer {ADMIN_KEY}"})  # fmt: skip
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_keys_create_refuses_two_different_tenants(

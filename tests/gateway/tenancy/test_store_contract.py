@@ -17,7 +17,7 @@ from gateway.errors import (
 )
 from gateway.tenancy.limits import LimitExceeded
 from gateway.tenancy.memory import MemoryStore
-from gateway.tenancy.models import Admission, Limits, Principal, UsageRecord
+from gateway.tenancy.models import Admission, KeyScope, Limits, Principal, UsageRecord
 from gateway.tenancy.store import Store
 from tests.gateway.tenancy.conftest import CACHE_TTL_S
 
@@ -133,6 +133,21 @@ async def test_keys_are_listed_without_secrets_and_revocation_works(make_store: 
         await store.authenticate(one.secret)
     assert (await store.authenticate(two.secret)).tenant.id == "beta"
     assert [k.revoked for k in await store.list_keys("acme")] == [True]
+
+
+async def test_a_key_is_scoped_by_name_models_and_expiry(store: Store) -> None:
+    await store.create_tenant("acme", Limits(allowed_models=("gemma", "llama")))
+    scope = KeyScope("ci bot", time.time() + 0.5, ("gemma",))
+    issued = await store.create_key("acme", scope)
+    caller = await store.authenticate(issued.secret)
+    assert caller.scope == scope and caller.key_id == issued.record.id
+    assert caller.may_use("gemma") and not caller.may_use("llama")  # narrower than the tenant
+    assert [k.scope for k in await store.list_keys("acme")] == [scope]
+    plain = await store.authenticate((await store.create_key("acme")).secret)
+    assert plain.may_use("llama") and not plain.may_use("other")  # the tenant's list holds
+    await anyio.sleep(0.6)
+    with pytest.raises(Unauthenticated):
+        await store.authenticate(issued.secret)
 
 
 async def test_unknown_and_malformed_keys_are_refused(store: Store) -> None:
