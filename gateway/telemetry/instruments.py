@@ -487,3 +487,56 @@ def watch_store(meter: Meter, degraded: Callable[[], bool]) -> None:
 
 def _backend(name: str, kinds: Mapping[str, str]) -> dict[str, str]:
     return {sc.TOLLGATE_BACKEND: name, sc.GEN_AI_PROVIDER_NAME: kinds.get(name, "")}
+
+
+class InstanceCost:
+    """Dollars of instance time billed per hourly backend since start, summed at collection.
+
+    Between two collections the instances billed are taken as the mean of the counts seen at
+    either end (a pool's count changes by whole boots and drains, minutes apart, while
+    collections come every few seconds).
+    """
+
+    def __init__(
+        self,
+        billed: Callable[[str], float | None],
+        usd_per_hour: Mapping[str, float],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._billed, self._prices, self._clock = billed, dict(usd_per_hour), clock
+        self._at = clock()
+        self._counts = {name: billed(name) or 0.0 for name in self._prices}
+        self._usd = dict.fromkeys(self._prices, 0.0)
+
+    def observe(self, _: CallbackOptions) -> Iterable[Observation]:
+        """Each hourly backend's billed dollars so far."""
+        now = self._clock()
+        hours = (now - self._at) / 3600
+        self._at = now
+        for name, price in self._prices.items():
+            count = self._billed(name) or 0.0
+            self._usd[name] += (self._counts[name] + count) / 2 * hours * price
+            self._counts[name] = count
+            yield Observation(self._usd[name], {sc.TOLLGATE_BACKEND: name})
+
+
+def watch_costs(
+    meter: Meter, cost: InstanceCost, objectives: Mapping[str, float | None]
+) -> None:
+    """The fleet's instance bill and the routing objectives, read at collection time."""
+
+    def objective(_: CallbackOptions) -> Iterable[Observation]:
+        for name, seconds in objectives.items():
+            if seconds is not None:
+                yield Observation(seconds, {sc.TOLLGATE_OBJECTIVE: name})
+
+    meter.create_observable_counter(
+        sc.METRIC_INSTANCE_COST,
+        [cost.observe],
+        unit="USD",
+        description="Instance time billed per hourly backend since start (the same fleet on "
+        "every replica: take the max)",
+    )
+    meter.create_observable_gauge(
+        sc.METRIC_OBJECTIVE, [objective], unit="s", description="Routing objectives (TTFT, TPOT)"
+    )

@@ -37,9 +37,11 @@ from gateway.errors import http_answer
 from gateway.telemetry import semconv as sc
 from gateway.telemetry.instruments import (
     BackendHealth,
+    InstanceCost,
     LocalExport,
     TokensPerDollar,
     create_instruments,
+    watch_costs,
     watch_fleet,
     watch_store,
 )
@@ -120,6 +122,15 @@ class Telemetry:
     def auth_failed(self, exc: BaseException) -> None:
         """A request refused before it had a tenant: counted by the error the client got."""
         self.metrics.auth_failures.add(1, {sc.ERROR_TYPE: error_type(exc)})
+
+    def watch_costs(
+        self,
+        billed: Callable[[str], float | None],
+        usd_per_hour: Mapping[str, float],
+        objectives: Mapping[str, float | None],
+    ) -> None:
+        """Register the fleet's instance bill (idle spend follows from it) and the objectives."""
+        watch_costs(self.meter, InstanceCost(billed, usd_per_hour), objectives)
 
     def watch_store(self, degraded: Callable[[], bool]) -> None:
         """Register the gauge that says whether limits are per replica (the store is away)."""

@@ -105,6 +105,13 @@ METRIC_STORE_DEGRADED: Final = "tollgate.store.degraded"
 METRIC_POOL_DESIRED: Final = "tollgate.pool.desired_instances"
 METRIC_POOL_INSTANCES: Final = "tollgate.pool.instances"
 TOLLGATE_INSTANCE_STATE: Final = "tollgate.instance.state"
+# Instance time billed per hourly backend since start, in dollars: the fleet's bill as routing
+# sees it (every replica sees the same fleet: dashboards take the max over replicas). Less the
+# cost attributed to requests, it is the idle spend.
+METRIC_INSTANCE_COST: Final = "tollgate.backend.instance_cost"  # ..._USD_total
+# The routing objectives, so latency panels draw them: ``tollgate.objective`` is ttft or tpot.
+METRIC_OBJECTIVE: Final = "tollgate.routing.objective"  # tollgate_routing_objective_seconds
+TOLLGATE_OBJECTIVE: Final = "tollgate.objective"
 
 # Bucket boundaries the GenAI conventions recommend for each histogram.
 DURATION_BUCKETS: Final = (

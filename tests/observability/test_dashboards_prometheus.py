@@ -17,7 +17,7 @@ import pytest
 
 from adapters.base import GenerationRequest, Unavailable
 from gateway.app import create_app
-from gateway.settings import TelemetrySettings
+from gateway.settings import Settings, TelemetrySettings, parse_settings
 from gateway.telemetry import build_telemetry
 from gateway.tenancy.memory import MemoryStore
 from gateway.tenancy.models import Limits
@@ -39,6 +39,7 @@ CORE = (
     "$ per 1M",
     "Spend",
     "Tokens per dollar",
+    "Instance bill",
 )
 
 
@@ -127,6 +128,15 @@ def flaky(req: GenerationRequest) -> Script:
     return Script()
 
 
+def fleet_settings() -> Settings:
+    """``cheap`` priced per token, ``dear`` by the instance-hour (so the fleet has an instance
+    bill), and routing objectives (the latency panels draw them)."""
+    data = settings_for(["cheap", "dear"]).model_dump(mode="json", exclude_unset=True)
+    data["backends"][1]["price"] = {"usd_per_hour": 3.6}
+    data["routing"] = {"max_ttft_ms": 500, "max_tpot_ms": 100}
+    return parse_settings(data, env={})
+
+
 @pytest.fixture
 def scraped(tmp_path: Path) -> Iterator[tuple[Prometheus, Callable[[], None]]]:
     binary = prometheus_binary()
@@ -140,7 +150,7 @@ def scraped(tmp_path: Path) -> Iterator[tuple[Prometheus, Callable[[], None]]]:
     keys["team-b"] = asyncio.run(limited())
     backends = [ScriptedBackend("cheap", script=flaky), ScriptedBackend("dear")]
     app = create_app(
-        settings_for(["cheap", "dear"]),
+        fleet_settings(),
         store=store,
         backends=backends,
         meter=PerTokenMeter(),
