@@ -26,6 +26,7 @@ BENCHES = {
     "admission": ("bench.admission", "admission plus settlement latency on real Redis"),
     "chaos": ("bench.chaos", "replicas, Redis and backends killed mid-load: nothing lost"),
     "fleet": ("bench.fleet_sim", "routing policies' tokens per dollar on simulated fleets"),
+    "serve": ("bench.serve.cli", "open-loop load on any OpenAI server: latency, tokens per $"),
 }
 
 
