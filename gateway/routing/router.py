@@ -122,7 +122,6 @@ class Router:
         self._rng = random.Random(seed)
         self._answer_tokens: float | None = None  # EWMA of finished answers' output tokens
         self._prompt_tokens: float | None = None  # EWMA of planned requests' prompt tokens
-        self._planned_tokens = 0.0  # EWMA of the answer lengths requests were planned for
         # Backends that share a model share its demand: each set is sized together.
         self._groups = {
             frozenset(n for n, m in self._members.items() if model in m.backend.models)
@@ -132,7 +131,8 @@ class Router:
             None if settings.max_ttft_ms is None else settings.max_ttft_ms / 1000,
             None if settings.max_tpot_ms is None else settings.max_tpot_ms / 1000,
         )
-        self._arrivals: dict[frozenset[str], ArrivalRate] = {}  # by the candidates planned over
+        # Output tokens planned for the requests arriving, by the candidates planned over.
+        self._arrivals: dict[frozenset[str], ArrivalRate] = {}
         self._first_attempts = 0.0
         self._retries = 0.0
         self._probe_task: asyncio.Task[None] | None = None
@@ -199,8 +199,10 @@ class Router:
         arrivals = self._arrivals.get(key)
         if arrivals is None:
             arrivals = self._arrivals[key] = ArrivalRate()
-        arrivals.add(now)
-        self._planned_tokens += ANSWER_ALPHA * (expected - self._planned_tokens)
+        # Until an answer has been seen to end, a length is known only to lie under the
+        # client's cap: half of it, the mean of a length that could be anything below.
+        known = self._answer_tokens is not None
+        arrivals.add(now, expected if known else max_tokens * UNKNOWN_ANSWER_SHARE)
         healthy: list[Estimate] = []
         sick: list[Estimate] = []
         for backend in candidates:
@@ -341,16 +343,11 @@ class Router:
         return min(settings.max_instances, max(allocated, busy))
 
     def _offered(self, names: frozenset[str]) -> float:
-        """Output tokens/s arriving for the backends ``names``: requests planned over them
-        per second times the answer they are planned for (what the demand will be once they
-        run). Until an answer has been seen to end, a length is known only to lie under the
-        client's cap: half of it, the mean of a length that could be anything below."""
+        """Output tokens/s arriving for the backends ``names``: the answer lengths requests
+        planned over them were planned for, per second (what the demand will be once they
+        run). Each request counts at the length known when it arrived."""
         now = self.clock()
-        rate = sum(a.per_s(now) for key, a in self._arrivals.items() if key <= names)
-        planned = self._planned_tokens
-        if self._answer_tokens is None:
-            planned *= UNKNOWN_ANSWER_SHARE
-        return rate * planned
+        return sum(a.per_s(now) for key, a in self._arrivals.items() if key <= names)
 
     def _tokens_per_s(self, m: _Member) -> float:
         """Output tokens/s the work on ``m`` asks for now: each request there, running or

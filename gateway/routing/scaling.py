@@ -19,11 +19,12 @@ ARRIVAL_WINDOW_S = 15.0  # the time constant of the arrival rate the demand lead
 
 
 class ArrivalRate:
-    """Requests per second arriving for a model, exponentially decayed over a short window.
+    """What arrives per second for a model, exponentially decayed over a short window: requests,
+    or any amount they bring (the output tokens each was planned for).
 
     The work in flight (Little's law) lags a rise in load by a whole answer's decode: tens of
-    seconds in which the cheap pools are not yet asked to boot. Arrivals times the expected
-    answer length is the demand as it arrives.
+    seconds in which the cheap pools are not yet asked to boot. The tokens planned for the
+    arrivals, as they arrive, are the demand before it runs.
     """
 
     __slots__ = ("_at", "_count", "_since")
@@ -33,11 +34,11 @@ class ArrivalRate:
         self._at = 0.0
         self._since: float | None = None  # the first arrival
 
-    def add(self, now: float) -> None:
-        """One request arrived at ``now``."""
+    def add(self, now: float, amount: float = 1.0) -> None:
+        """One request arrived at ``now``, bringing ``amount``."""
         if self._since is None:
             self._since = now
-        self._count = self._count * math.exp((self._at - now) / ARRIVAL_WINDOW_S) + 1.0
+        self._count = self._count * math.exp((self._at - now) / ARRIVAL_WINDOW_S) + amount
         self._at = now
 
     def per_s(self, now: float) -> float:

@@ -427,6 +427,28 @@ def test_the_scaling_signal_leads_with_arrivals_before_the_work_in_flight_shows_
     assert router.desired_instances("pool-a") == 1
 
 
+def test_the_first_answer_to_end_does_not_reprice_the_demand_already_arrived() -> None:
+    """Each arrival counts at the length known when it came: half its cap before any answer
+    ended, the answers' typical length after. Learning the length must not make the demand
+    that arrived before it jump (it did: every earlier arrival was read again at its full cap),
+    or the pools are asked for instances that their scale-down window then keeps for minutes."""
+    clock = Clock()
+    router = _scaling_fleet(clock)
+    for _ in range(20):  # 2 requests/s, capped at 512 tokens: 512 tokens/s planned
+        router.plan(router.backends, "cost", Objectives(), 100, 512)
+        clock.now += 0.5
+    names = frozenset(b.name for b in router.backends)
+    before = router._offered(names)
+    router.attempt_started("pool-a", retry=False)
+    router.first_token("pool-a", 0.1)
+    router.finished("pool-a", ok=True, output_tokens=128, decode_s=5.0)  # the first answer
+    assert router._offered(names) == pytest.approx(before)
+    for _ in range(120):  # a minute later, arrivals are planned at what answers run to
+        router.plan(router.backends, "cost", Objectives(), 100, 512)
+        clock.now += 0.5
+    assert router._offered(names) == pytest.approx(2 * 128, rel=0.05)
+
+
 def test_a_request_sent_past_an_unconfirmed_slot_count_that_waited_confirms_it() -> None:
     clock = Clock()
     router, _ = _router([_config("only", price={"usd_per_hour": 1.0}, capacity=PRIOR)], clock)
