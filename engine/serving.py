@@ -381,8 +381,11 @@ class AsyncStream:
         self._done = False
 
     def deliver(self, item: Chunk | BaseException) -> None:
-        """Called from the loop thread."""
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        """Called from the loop thread; a consumer whose event loop has closed is gone."""
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop closed: drop the request rather than fail the batch loop
+            self._server.cancel(self.request_id)
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
         return self._iterate()

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from gateway import cli_engine
 from gateway.settings import Settings, load_settings, parse_settings, read_config
 
 # name: (module, one line for ``tollgate bench --help``); each module's ``main`` parses the rest.
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
     serve.set_defaults(func=_serve)
+    cli_engine.add_subcommands(sub)  # `tollgate engine serve`, next to the gateway's
 
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")

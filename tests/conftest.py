@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-# The real servers' session fixtures (real_jetstream, real_llama_cpp), for every directory.
-pytest_plugins = ["tests.real.servers"]
+# The real servers' session fixtures (real_jetstream, real_llama_cpp, engine_serve_tiny), for
+# every directory.
+pytest_plugins = ["tests.real.servers", "tests.real.engine_server"]
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from tests.fakes import Failure, FakeJetStream, FakeLlamaCpp, FakeTGI, FakeTrito
 from tests.fakes._server import FakeUpstream
 from tests.real import answers
 from tests.real.answers import Answer
+from tests.real.engine_server import engine_answer
 from tests.real.servers import LLAMA_CPP_MODEL, RealServer
 
 PROMPT = "Say hello to the world"
@@ -319,6 +320,10 @@ def _llama_cpp_reference(server: RealServer, req: GenerationRequest) -> Answer:
     return answers.llama_cpp(server.url, body)
 
 
+def _engine_reference(server: RealServer, req: GenerationRequest) -> Answer:
+    return engine_answer(server, req.prompt or "", req.max_tokens)
+
+
 def _no_fake(**_: Any) -> FakeUpstream:
     raise AssertionError("a real harness starts no fake")
 
@@ -337,6 +342,20 @@ REAL_HARNESSES = {
         timeouts=Timeouts(connect=5.0, first_token=60.0, total=120.0),
         # 0.2.2 refuses nothing: its prefill queue is unbounded, an over-long prompt is cut.
         errors={},
+    ),
+    "engine_serve": Harness(
+        kind="engine_serve",
+        backend_kind="jetstream",
+        fixture="engine_serve_tiny",  # `tollgate engine serve` on the tiny random Gemma 3
+        make_fake=_no_fake,
+        make_backend=_real_jetstream_backend,
+        prompt_tokens=None,
+        reference=_engine_reference,
+        timeouts=Timeouts(connect=5.0, first_token=30.0, total=60.0),
+        # Past its context it refuses (INVALID_ARGUMENT); a full queue (RESOURCE_EXHAUSTED)
+        # and loading or draining (UNAVAILABLE) come on no request's cue: those are
+        # tests/engine/test_grpc_server.py's.
+        errors={"bad_request": (Provoked({"prompt": "word " * 600}), BadRequest)},
     ),
     "llama_cpp_real": Harness(
         kind="llama_cpp_real",

@@ -81,7 +81,9 @@ class Stack:
         message = {"role": "user", "content": PROMPT}
         if harness.config_kind == "jetstream":  # the gateway renders chat for it
             rendered = TEMPLATES[TEMPLATE].render([ChatMessage(**message)])
-            return answers.jetstream_mock(rendered if chat else PROMPT, max_tokens)
+            assert harness.reference is not None
+            req = harness.request(max_tokens, prompt=rendered if chat else PROMPT)
+            return harness.reference(server, req)
         body: dict[str, Any] = {
             "model": server.models["test-model"], "max_tokens": max_tokens, **self.fields,
         }
