@@ -56,11 +56,12 @@ real-llama-cpp: $(LLAMA_CPP_ENV)/.installed
 serve: $(STAMP_RUN)
 	$(BIN)/tollgate serve
 
+# The tests also start their own servers and a Redis Cluster: redis-server and redis-cli both.
 redis:
+	@if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools; \
+	fi
 	@if ! redis-cli -h 127.0.0.1 -p $(REDIS_PORT) ping >/dev/null 2>&1; then \
-	  if ! command -v redis-server >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools; \
-	  fi; \
 	  redis-server --daemonize yes --bind 127.0.0.1 --port $(REDIS_PORT) --save "" --appendonly no; \
 	  for i in $$(seq 50); do redis-cli -h 127.0.0.1 -p $(REDIS_PORT) ping >/dev/null 2>&1 && break; sleep 0.1; done; \
 	fi

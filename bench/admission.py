@@ -1,6 +1,8 @@
 """``tollgate bench admission``: what admission plus settlement add to a request, on real Redis.
 
-Prints p50/p90/p99 of one admit + settle (two EVALSHA round trips) at each concurrency.
+Prints p50/p90/p99 of one admit + settle (two EVALSHA round trips) at each concurrency, on one
+Redis (``redis://``) or a Redis Cluster (``redis+cluster://host:port``); ``--tenants`` spreads
+the load over tenants, hence over a cluster's slots.
 """
 
 from __future__ import annotations
@@ -29,17 +31,22 @@ async def _worker(store: RedisStore, caller: Principal, count: int, out: list[fl
         out.append(time.perf_counter() - begin)
 
 
-async def _run(url: str, concurrency: int, requests: int) -> list[float]:
+async def _run(url: str, concurrency: int, requests: int, tenants: int) -> list[float]:
     store = RedisStore(url, prefix=f"tgbench{secrets.token_hex(4)}")
     limits = Limits(requests_per_minute=10**9, tokens_per_minute=10**12, max_concurrent=10**6,
                     monthly_budget_usd=10**9)  # fmt: skip
-    await store.create_tenant("bench", limits)
-    caller = await store.authenticate((await store.create_key("bench")).secret)
-    await _worker(store, caller, 50, [])  # warm connections and script cache
+    callers: list[Principal] = []
+    for n in range(tenants):
+        await store.create_tenant(f"bench-{n}", limits)
+        callers.append(await store.authenticate((await store.create_key(f"bench-{n}")).secret))
+    for caller in callers:
+        await _worker(store, caller, max(1, 50 // tenants), [])  # warm connections and scripts
     samples: list[float] = []
     per = max(1, requests // concurrency)
     try:
-        await asyncio.gather(*(_worker(store, caller, per, samples) for _ in range(concurrency)))
+        await asyncio.gather(
+            *(_worker(store, callers[n % tenants], per, samples) for n in range(concurrency))
+        )
     finally:
         await store.drop_everything()
         await store.aclose()
@@ -53,14 +60,21 @@ def _ms(samples: list[float], q: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print one line per concurrency."""
     parser = argparse.ArgumentParser(prog="tollgate bench admission", description=__doc__)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/0",
+        help="redis://host:port/db, or redis+cluster://host:port[,host:port...] for a cluster",
+    )
     parser.add_argument("--concurrency", default="1,64", help="comma-separated levels")
     parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--tenants", type=int, default=1, help="clients take turns among them")
     args = parser.parse_args(argv)
+    if args.tenants < 1:
+        parser.error("--tenants must be at least 1")
     print("concurrency  requests  p50_ms  p90_ms  p99_ms  admit+settle/s")
     for level in (int(c) for c in args.concurrency.split(",")):
         begin = time.perf_counter()
-        samples = asyncio.run(_run(args.redis_url, level, args.requests))
+        samples = asyncio.run(_run(args.redis_url, level, args.requests, args.tenants))
         rate = len(samples) / (time.perf_counter() - begin)
         print(f"{level:>11}  {len(samples):>8}  {_ms(samples, 50):6.3f}  {_ms(samples, 90):6.3f}"
               f"  {_ms(samples, 99):6.3f}  {rate:14.0f}")  # fmt: skip

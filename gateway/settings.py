@@ -47,6 +47,8 @@ class ServerSettings(_Strict):
 class StoreSettings(_Strict):
     """Tenancy state: Redis when ``redis_url`` is set, else in-process (one replica)."""
 
+    # redis://host:port/db for one server; redis+cluster://host:port[,host:port...] for a
+    # Redis Cluster (rediss:// and rediss+cluster:// with TLS).
     redis_url: str | None = None
     key_prefix: str = "tg"
     key_cache_ttl_s: float = Field(1.0, ge=0, le=1.0)
@@ -61,6 +63,22 @@ class StoreSettings(_Strict):
     # so a revocation on another replica is honoured as fast as ever, or the request refused).
     outage_trust_s: float | None = Field(None, ge=0)
     spool_dir: str = "var/spool"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from gateway.tenancy.redis_client import check_url  # loads Redis only when used
+
+        return check_url(value)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        if "{" in value or "}" in value:  # the tenant's {tag} must pick its cluster slot
+            raise ValueError("key_prefix may not contain { or }")
+        return value
 
 
 class ModelSettings(_Strict):

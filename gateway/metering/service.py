@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.errors import GatewayError
 from gateway.metering.cost import PriceBook
@@ -18,6 +18,9 @@ from gateway.settings import BackendSettings, MeteringSettings
 from gateway.tenancy.store import Store
 
 log = logging.getLogger(__name__)
+# What the ledger raises while the store is away (a cluster with no node answering raises the
+# second, which is not a ``RedisError``).
+_STORE_AWAY = (RedisError, RedisClusterException, GatewayError)
 # Instances of backend NAME billed right now, or None when unknown (then config's count holds).
 InstanceCount = Callable[[str], float | None]
 
@@ -94,7 +97,7 @@ class CostMeter:
             return
         try:
             await self.ledger.add_window_totals(batch)
-        except (RedisError, GatewayError):
+        except _STORE_AWAY:
             self.open.put_back(batch)
 
     def _count(self, name: str) -> float | None:
@@ -113,7 +116,7 @@ class CostMeter:
         try:
             await self.reconciler.run(now)
             await self.reconciler.refresh_rates(now)
-        except (RedisError, GatewayError) as exc:
+        except _STORE_AWAY as exc:
             log.warning("window reconciliation deferred: %s", exc)
 
     async def efficiency(self, windows: int = 60) -> list[BackendEfficiency]:

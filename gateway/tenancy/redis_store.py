@@ -7,6 +7,9 @@ requests), ``:tok`` (token buckets), ``:fl`` (leases), ``:res`` (holds), ``:rcos
 ``:w:<backend>:<window>``. Fleet-wide keys: ``tg:tenants``, ``tg:former``, ``tg:keyids``,
 ``tg:auth:<sha256>``, ``tg:win:<backend>:<window>``, ``tg:idle:<backend>``, ``tg:backends``,
 ``tg:recon:<backend>``, ``tg:late``, ``tg:lock:<name>``, ``tg:replicas`` (live replicas).
+On a Redis Cluster (``redis+cluster://``, see ``redis_client``) every script runs on one slot,
+fleet-wide keys are only ever used one key per command, pipelines are never transactions, and
+nothing enumerates keys but ``drop_everything`` (a SCAN of every primary, for resets).
 
 A heartbeat per replica (``leases``) renews its requests' leases, checkpoints long ones and
 announces the replica; while Redis is away, admission runs on local shares (``outage``).
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import secrets
@@ -25,11 +29,9 @@ from dataclasses import asdict, replace
 from typing import Any, Literal, NamedTuple, TypeVar
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterError, NoScriptError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import InvalidRequest, StoreUnavailable, Unauthenticated
 from gateway.settings import StoreSettings
@@ -61,14 +63,19 @@ from gateway.tenancy.models import (
     UsageRow,
 )
 from gateway.tenancy.outage import LocalShares
+from gateway.tenancy.redis_client import UNREACHABLE, Client, Script, connect
 from gateway.tenancy.spool import Spool, read_segment
 from gateway.tenancy.tenants import UnknownTenant, checked_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_Call = tuple[Any, list[Any], list[Any]]  # a registered script, its keys and its arguments
+_Call = tuple[Script, list[Any], list[Any]]  # a script, its keys and its arguments
 RETENTION_S = 90 * 86400  # how long per-request ledger records and window shares are kept
 _UNLIMITED = -1
+# Errors a pipeline reports per command when a node did not answer (the others may have).
+_UNANSWERED = (RedisConnectionError, RedisTimeoutError, ClusterError)
+# A PING or a goodbye that got no answer in time.
+_NO_ANSWER: tuple[type[BaseException], ...] = (*UNREACHABLE, OSError, TimeoutError)
 _EXACT_IN_LUA = 2**53
 
 
@@ -133,19 +140,7 @@ class RedisStore:
         lease_ttl_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=0.5,
-            socket_timeout=2.0,
-            # One retry, on a fresh connection, for a connection that broke: after a Redis
-            # restart every pooled connection is dead, and the command never reached the new
-            # server. A timeout is not retried (the command may have run: a reservation twice).
-            retry=Retry(
-                ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(RedisConnectionError,)
-            ),
-            health_check_interval=5,  # an idle connection is PINGed before it is used again
-        )
+        self.redis: Client = connect(url)  # one server, or a cluster (see ``redis_client``)
         self._p = prefix
         self._defaults = default_limits or Limits()
         self._window_s = limit_window_s
@@ -158,15 +153,16 @@ class RedisStore:
         self._policy = failure_policy
         self._spool = Spool(spool_dir) if spool_dir else None
         self._cache: dict[str, tuple[float, Principal | None]] = {}
-        self._admit = self.redis.register_script(scripts.ADMIT)
-        self._settle = self.redis.register_script(scripts.SETTLE)
-        self._book = self.redis.register_script(scripts.BOOK)
-        self._unlock = self.redis.register_script(scripts.UNLOCK)
-        self._flush = self.redis.register_script(scripts.FLUSH)
-        self._create = self.redis.register_script(scripts.CREATE_TENANT)
-        self._checkpoint = self.redis.register_script(scripts.CHECKPOINT)
-        self._renew = self.redis.register_script(scripts.RENEW)
-        self._announce = self.redis.register_script(scripts.ANNOUNCE)
+        script = functools.partial(Script, self.redis)
+        self._admit = script(scripts.ADMIT)
+        self._settle = script(scripts.SETTLE)
+        self._book = script(scripts.BOOK)
+        self._unlock = script(scripts.UNLOCK)
+        self._flush = script(scripts.FLUSH)
+        self._create = script(scripts.CREATE_TENANT)
+        self._checkpoint = script(scripts.CHECKPOINT)
+        self._renew = script(scripts.RENEW)
+        self._announce = script(scripts.ANNOUNCE)
         self._leases = Leases(lease_ttl_s)
         self._local = LocalShares(limit_window_s)
         self._replica = secrets.token_hex(8)
@@ -208,7 +204,7 @@ class RedisStore:
         """Run an admin or report command, turning an outage into ``StoreUnavailable``."""
         try:
             return await work
-        except RedisError as exc:
+        except UNREACHABLE as exc:
             raise StoreUnavailable("The tenancy store is unreachable; try again shortly.") from exc
 
     # Tenants
@@ -342,7 +338,7 @@ class RedisStore:
             return self._known(cached[1], time.time())
         try:
             principal = await self._lookup(digest)
-        except RedisError as exc:
+        except UNREACHABLE as exc:
             self._lost()
             # Fail open only for keys this replica saw valid, and only as long as a revocation
             # elsewhere could not have been seen anyway.
@@ -401,7 +397,7 @@ class RedisStore:
                       _UNLIMITED if budget is None else to_nano(budget),
                       month, self._leases.ttl_s, BUCKETS],
             )  # fmt: skip
-        except RedisError as exc:
+        except UNREACHABLE as exc:
             self._lost()
             if self._policy == "closed":
                 raise StoreUnavailable("The tenancy store is unreachable.") from exc
@@ -439,7 +435,7 @@ class RedisStore:
             )
         try:
             await self._settle_now(admission, usage)
-        except RedisError:
+        except UNREACHABLE:
             self._lost()
             if self._spool is None:
                 log.error("store unreachable and no spool: usage of %s lost", admission.request_id)
@@ -497,7 +493,7 @@ class RedisStore:
         while not self._closing:
             try:
                 await self._beat()
-            except RedisError:
+            except UNREACHABLE:
                 self._lost()
             except Exception:  # the heartbeat must outlive any one bad beat
                 log.exception("store heartbeat failed")
@@ -514,7 +510,11 @@ class RedisStore:
             renewals.append((self._renew, [self._t(tenant, "fl"), *records], [ttl, *rids]))
         checkpoints = [self._checkpoint_call(lease, usage) for lease, usage in beat.checkpoints]
         answers = await self._pipelined_scripts(renewals + [c.call for c in checkpoints])
-        self._found()
+        # On a cluster one node may fail while the others answer: found only if all did.
+        if any(isinstance(a, _UNANSWERED) for a in answers):
+            self._lost()
+        else:
+            self._found()
         for answer in answers[: len(renewals)]:
             if isinstance(answer, Exception):
                 log.warning("lease renewal failed: %s", answer)
@@ -552,21 +552,22 @@ class RedisStore:
         return _Checkpoint(lease, usage, call, f"{usage.backend}|{window}")
 
     async def _pipelined_scripts(self, calls: Sequence[_Call]) -> list[Any]:
-        """EVALSHA each call in one pipeline; scripts Redis forgot (a restart) are loaded once."""
+        """EVALSHA each call in one pipeline; EVAL those whose node lacks the script (restarted,
+        or a replica just promoted), in a second."""
         answers = await self._evalshas(calls)
         missing = [i for i, a in enumerate(answers) if isinstance(a, NoScriptError)]
         if missing:
-            for script in {calls[i][0].script for i in missing}:
-                await self.redis.script_load(script)
-            again = await self._evalshas([calls[i] for i in missing])
+            again = await self._evalshas([calls[i] for i in missing], text=True)
             for i, answer in zip(missing, again, strict=True):
                 answers[i] = answer
         return answers
 
-    async def _evalshas(self, calls: Sequence[_Call]) -> list[Any]:
+    async def _evalshas(self, calls: Sequence[_Call], *, text: bool = False) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
         for script, script_keys, args in calls:
-            pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+            # As a raw command: a cluster pipeline refuses ``evalsha()`` because it cannot load
+            # scripts, which ``Script`` does itself. It routes each call by its keys' slot.
+            pipe.execute_command(*script.command(script_keys, args, text=text))
         return list(await pipe.execute(raise_on_error=False))
 
     def _lost(self) -> None:
@@ -612,7 +613,7 @@ class RedisStore:
                     for admission, usage in read_segment(segment):
                         await self._settle_now(admission, usage, replay=True)
                     segment.unlink(missing_ok=True)
-            except RedisError:
+            except UNREACHABLE:
                 await asyncio.sleep(0.2)  # Redis offers nothing to await on; poll gently
                 continue
             if not self._spool.pending():
@@ -682,7 +683,7 @@ class RedisStore:
         """Whether Redis answers a PING within a second."""
         try:
             answered = bool(await asyncio.wait_for(self.redis.ping(), 1.0))
-        except (RedisError, OSError, TimeoutError):
+        except _NO_ANSWER:
             self._lost()
             return False
         self._found()
@@ -695,13 +696,16 @@ class RedisStore:
             self._replayer.cancel()
         if self._heart is not None:
             self._heart.cancel()
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
+            with contextlib.suppress(*_NO_ANSWER):
                 leave = self.redis.zrem(f"{self._p}:replicas", self._replica)
                 await asyncio.wait_for(leave, 0.5)  # type: ignore[arg-type]
         await self.redis.aclose()
 
     async def drop_everything(self) -> None:
-        """Delete every key under this store's prefix (tests and ``tollgate`` resets only)."""
+        """Delete every key under this store's prefix (tests and ``tollgate`` resets only).
+
+        On a cluster the SCAN runs on every primary; each key is deleted on its own slot.
+        """
         async for key in self.redis.scan_iter(match=f"{self._p}:*", count=1000):
             await self.redis.delete(key)
 
@@ -720,9 +724,8 @@ class RedisStore:
         }  # fmt: skip
         answers = await self._flush_windows(calls)
         missing = {slot: calls[slot] for slot, a in answers.items() if isinstance(a, NoScriptError)}
-        if missing:  # Redis restarted and forgot the script: load it, run only those again
-            await self.redis.script_load(scripts.FLUSH)
-            answers.update(await self._flush_windows(missing))
+        if missing:  # Redis restarted and forgot the script: send its text, for those only
+            answers.update(await self._flush_windows(missing, text=True))
         for answer in answers.values():
             if isinstance(answer, Exception):
                 raise answer
@@ -730,11 +733,13 @@ class RedisStore:
         if late:
             await self.redis.sadd(f"{self._p}:late", *late)
 
-    async def _flush_windows(self, calls: Mapping[str, list[Any]]) -> dict[str, Any]:
-        """EVALSHA per window in one pipeline (a registered script would add a round trip)."""
+    async def _flush_windows(
+        self, calls: Mapping[str, list[Any]], *, text: bool = False
+    ) -> dict[str, Any]:
+        """One script call per window, in one pipeline."""
         pipe = self.redis.pipeline(transaction=False)
         for key, *args in calls.values():
-            pipe.evalsha(self._flush.sha, 1, key, *args)
+            pipe.execute_command(*self._flush.command([key], args, text=text))  # see _evalshas
         answers = await pipe.execute(raise_on_error=False)
         return dict(zip(calls, answers, strict=True))
 
@@ -773,13 +778,16 @@ class RedisStore:
     ) -> None:
         """Set each (tenant, model)'s adjustment for the window; re-booking moves only deltas."""
         hour = hour_of(window * window_s)
+        calls: list[_Call] = [
+            (self._book,
+             [self._t(tenant, f"w:{backend}:{window}"), self._t(tenant, f"agg:{hour}")],
+             [model, nano, f"{backend}|{model}|"])
+            for (tenant, model), nano in allocation.items()
+        ]  # fmt: skip
+        for answer in await self._pipelined_scripts(calls):
+            if isinstance(answer, Exception):
+                raise answer
         pipe = self.redis.pipeline(transaction=False)
-        for (tenant, model), nano in allocation.items():
-            await self._book(
-                keys=[self._t(tenant, f"w:{backend}:{window}"), self._t(tenant, f"agg:{hour}")],
-                args=[model, nano, f"{backend}|{model}|"],
-                client=pipe,
-            )
         pipe.hset(f"{self._p}:idle:{backend}", str(window), idle_nano)
         pipe.sadd(f"{self._p}:backends", backend)
         await pipe.execute()

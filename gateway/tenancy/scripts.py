@@ -11,6 +11,8 @@ from __future__ import annotations
 #       month, lease_s (how long the lease lives unless its replica renews it), buckets
 # Returns {"ok", now, used} | {"quota"} | {"too_large"} | {limit, retry_after, now}, where
 # ``used`` is the month's spend plus outstanding reservations before this one (nano-dollars).
+# A request id that holds a reservation already is answered "ok" again, reserving nothing: a
+# client may run the script twice when its first reply was lost (a cluster client retries).
 ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -22,6 +24,13 @@ local lease, nbuckets = tonumber(ARGV[10]), tonumber(ARGV[11])
 local bucket_s = window / nbuckets
 local current = math.floor(now / bucket_s)
 local fmt = function(x) return string.format('%.6f', x) end
+
+if redis.call('HEXISTS', KEYS[4], rid) == 1 then
+  local at = redis.call('ZSCORE', KEYS[1], rid)
+  local before = tonumber(redis.call('HGET', KEYS[6], ARGV[9]) or '0')
+    + tonumber(redis.call('GET', KEYS[5]) or '0') - cost
+  return {'ok', fmt(at and tonumber(at) or now), string.format('%d', before)}
+end
 
 -- Leases nobody renewed (their replica died) give back the tokens and cost they reserved.
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do

@@ -34,10 +34,17 @@ def clock() -> Clock:
 Replicas = Callable[[float], Store]
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=pytest.mark.redis),
+    ]
+)
 async def replicas(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[Replicas]:
     prefix = "tgtest" + secrets.token_hex(4)
     made: list[Store] = []
+    url = request.getfixturevalue("redis_cluster").url if request.param == "cluster" else REDIS_URL
 
     def replica(window_s: float) -> Store:
         store: Store
@@ -48,13 +55,13 @@ async def replicas(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterato
         else:
             from gateway.tenancy.redis_store import RedisStore
 
-            store = RedisStore(REDIS_URL, prefix=prefix, metering_window_s=window_s)
+            store = RedisStore(url, prefix=prefix, metering_window_s=window_s)
         made.append(store)
         return store
 
     yield replica
     for store in made:
-        if request.param == "redis":
+        if request.param != "memory":
             from gateway.tenancy.redis_store import RedisStore
 
             assert isinstance(store, RedisStore)

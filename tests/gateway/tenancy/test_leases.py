@@ -1,8 +1,8 @@
 """Leases live seconds unless renewed, and checkpoints bill a dead replica's usage exactly once.
 
-Two ``RedisStore`` objects on one Redis play two replicas; a replica "dies" when its store is
-closed without settling (its heartbeat stops, as under ``kill -9``; the multi-process version
-is ``tests/e2e/test_replica_death.py``).
+Two ``RedisStore`` objects on one Redis (and on one Redis Cluster) play two replicas; a replica
+"dies" when its store is closed without settling (its heartbeat stops, as under ``kill -9``; the
+multi-process version is ``tests/e2e/test_replica_death.py``).
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.timeout(30)]
 TTL_S = 0.6  # lease_ttl_s: heartbeats every 0.2 s
 
 
-@pytest.fixture
-async def replicas(unique_prefix: str) -> AsyncIterator[Callable[[], RedisStore]]:
+@pytest.fixture(params=["redis", "cluster"])
+async def replicas(
+    request: pytest.FixtureRequest, unique_prefix: str
+) -> AsyncIterator[Callable[[], RedisStore]]:
     made: list[RedisStore] = []
+    url = request.getfixturevalue("redis_cluster").url if request.param == "cluster" else REDIS_URL
 
     def make() -> RedisStore:
-        store = RedisStore(REDIS_URL, prefix=unique_prefix, lease_ttl_s=TTL_S)
+        store = RedisStore(url, prefix=unique_prefix, lease_ttl_s=TTL_S)
         made.append(store)
         return store
 

@@ -1,4 +1,5 @@
-"""Several processes, each with its own RedisStore, hammer one tenant: limits hold fleet-wide."""
+"""Several processes, each with its own RedisStore, hammer one tenant: limits hold fleet-wide,
+on one Redis and on a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from gateway.tenancy.limits import BUCKETS, LimitExceeded
 from gateway.tenancy.models import Admission, Limits, UsageRecord
 from gateway.tenancy.redis_store import RedisStore
 from tests.gateway.tenancy.conftest import REDIS_URL
+from tests.redis_cluster import LocalCluster
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 WINDOW_S = 2.0
@@ -30,9 +32,9 @@ def settled(admission: Admission, tokens: int, cost: float) -> UsageRecord:
 
 
 async def hammer(
-    prefix: str, secret: str, seconds: float, tokens: int, cost: float, actual: float
+    url: str, prefix: str, secret: str, seconds: float, tokens: int, cost: float, actual: float
 ) -> list[tuple[str, float, str]]:
-    store = RedisStore(REDIS_URL, prefix=prefix, limit_window_s=WINDOW_S)
+    store = RedisStore(url, prefix=prefix, limit_window_s=WINDOW_S)
     caller = await store.authenticate(secret)
     events: list[tuple[str, float, str]] = []
     deadline = time.monotonic() + seconds
@@ -60,8 +62,8 @@ def replica(args: tuple[Any, ...]) -> list[tuple[str, float, str]]:
     return asyncio.run(hammer(*args))
 
 
-async def tenant_key(prefix: str, tenant: str, limits: Limits) -> str:
-    store = RedisStore(REDIS_URL, prefix=prefix, limit_window_s=WINDOW_S)
+async def tenant_key(url: str, prefix: str, tenant: str, limits: Limits) -> str:
+    store = RedisStore(url, prefix=prefix, limit_window_s=WINDOW_S)
     await store.create_tenant(tenant, limits)
     secret = (await store.create_key(tenant)).secret
     await store.aclose()
@@ -78,18 +80,26 @@ def in_window(times: list[float], end: float, length: float) -> int:
     return sum(1 for t in times if end - length < t <= end)
 
 
-async def drop(prefix: str) -> None:
-    store = RedisStore(REDIS_URL, prefix=prefix)
+async def drop(url: str, prefix: str) -> None:
+    store = RedisStore(url, prefix=prefix)
     await store.drop_everything()
     await store.aclose()
 
 
+@pytest.fixture(params=["redis", "cluster"])
+def url(request: pytest.FixtureRequest) -> str:
+    if request.param == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    return REDIS_URL
+
+
 @pytest.mark.timeout(60)
-def test_requests_per_window_hold_across_replicas(unique_prefix: str) -> None:
+def test_requests_per_window_hold_across_replicas(url: str, unique_prefix: str) -> None:
     limit = 50
-    secret = asyncio.run(tenant_key(unique_prefix, "acme", Limits(requests_per_minute=limit)))
-    events = run_replicas((unique_prefix, secret, 2.5 * WINDOW_S, 1, 0.0, 0.0))
-    asyncio.run(drop(unique_prefix))
+    secret = asyncio.run(tenant_key(url, unique_prefix, "acme", Limits(requests_per_minute=limit)))
+    events = run_replicas((url, unique_prefix, secret, 2.5 * WINDOW_S, 1, 0.0, 0.0))
+    asyncio.run(drop(url, unique_prefix))
     accepted = [t for kind, t, _ in events if kind == "ok"]
     refused = [t for kind, t, limit_name in events if kind == "refused"]
     assert len(accepted) >= 2 * limit and refused
@@ -100,11 +110,11 @@ def test_requests_per_window_hold_across_replicas(unique_prefix: str) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_tokens_per_window_hold_across_replicas(unique_prefix: str) -> None:
+def test_tokens_per_window_hold_across_replicas(url: str, unique_prefix: str) -> None:
     limit, each = 3000, 100
-    secret = asyncio.run(tenant_key(unique_prefix, "acme", Limits(tokens_per_minute=limit)))
-    events = run_replicas((unique_prefix, secret, 2.5 * WINDOW_S, each, 0.0, 0.0))
-    asyncio.run(drop(unique_prefix))
+    secret = asyncio.run(tenant_key(url, unique_prefix, "acme", Limits(tokens_per_minute=limit)))
+    events = run_replicas((url, unique_prefix, secret, 2.5 * WINDOW_S, each, 0.0, 0.0))
+    asyncio.run(drop(url, unique_prefix))
     accepted = [t for kind, t, _ in events if kind == "ok"]
     assert len(accepted) >= 2 * limit // each
     # Buckets are W/60 long, so the window the limit covers is at least 59/60 of W.
@@ -113,13 +123,15 @@ def test_tokens_per_window_hold_across_replicas(unique_prefix: str) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_budget_stops_replicas_with_at_most_one_request_overshoot(unique_prefix: str) -> None:
+def test_budget_stops_replicas_with_at_most_one_request_overshoot(
+    url: str, unique_prefix: str
+) -> None:
     budget, worst, actual = 0.05, 0.004, 0.003
-    secret = asyncio.run(tenant_key(unique_prefix, "acme", Limits(monthly_budget_usd=budget)))
-    events = run_replicas((unique_prefix, secret, 5.0, 1, worst, actual))
+    secret = asyncio.run(tenant_key(url, unique_prefix, "acme", Limits(monthly_budget_usd=budget)))
+    events = run_replicas((url, unique_prefix, secret, 5.0, 1, worst, actual))
 
     async def spent() -> float:
-        store = RedisStore(REDIS_URL, prefix=unique_prefix)
+        store = RedisStore(url, prefix=unique_prefix)
         rows = await store.usage(tenant="acme", start=0, end=time.time() + 3600, group_by=[])
         await store.drop_everything()
         await store.aclose()

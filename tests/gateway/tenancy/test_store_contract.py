@@ -1,4 +1,5 @@
-"""One contract, both stores: every behaviour here holds for MemoryStore and RedisStore alike."""
+"""One contract, every store: each behaviour here holds for MemoryStore, RedisStore on one Redis
+and RedisStore on a Redis Cluster alike."""
 
 from __future__ import annotations
 
@@ -26,11 +27,19 @@ pytestmark = pytest.mark.anyio
 MakeStore = Callable[..., Awaitable[Store]]
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=pytest.mark.redis),
+    ]
+)
 async def make_store(
     request: pytest.FixtureRequest, unique_prefix: str, redis_url: str
 ) -> AsyncIterator[MakeStore]:
     made: list[Store] = []
+    if request.param == "cluster":  # started once, only when a cluster case runs
+        redis_url = request.getfixturevalue("redis_cluster").url
 
     async def make(window_s: float = 60.0, defaults: Limits | None = None) -> Store:
         store: Store
@@ -51,7 +60,7 @@ async def make_store(
 
     yield make
     for store in made:
-        if request.param == "redis":
+        if request.param != "memory":
             from gateway.tenancy.redis_store import RedisStore
 
             assert isinstance(store, RedisStore)
