@@ -7,6 +7,8 @@ Loading happens in a worker thread so the event loop never blocks; until the mod
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from adapters.base import (
@@ -28,6 +30,7 @@ from engine.serving import Chunk, GenerationParams, GenerationServer, TokenInfo
 from engine.tokenizer import GemmaTokenizer
 
 DEFAULT_MODELS: Mapping[str, str] = {"gemma-3-270m": "gemma-3-270m"}
+log = logging.getLogger("tollgate.engine")
 
 
 class EmbeddedBackend:
@@ -61,6 +64,7 @@ class EmbeddedBackend:
         self._loading: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self.startup: StartupTimes | None = None
+        self.phase = "not started"  # loading weights, compiling, ready, failed: start-up progress
 
     @classmethod
     def default(cls, name: str = "embedded", **engine_options: object) -> EmbeddedBackend:
@@ -86,10 +90,24 @@ class EmbeddedBackend:
         return self._server
 
     async def _load(self) -> None:
+        began = time.perf_counter()
+
+        def entered(phase: str) -> None:  # in the loading thread; one str assignment
+            self.phase = phase
+            log.info("%s: %s (%.1f s)", self.name, phase, time.perf_counter() - began)
+
         try:
-            self._server, self.startup = await asyncio.to_thread(start_server, self.engine_config)
+            self._server, times = await asyncio.to_thread(
+                start_server, self.engine_config, on_phase=entered
+            )
         except Exception as error:  # reported through probe() and generate()
             self._error = error
+            self.phase = "failed"
+            log.error("%s: the engine failed to load: %s", self.name, error)
+            return
+        self.startup, self.phase = times, "ready"
+        log.info("%s: ready in %.1f s (weights %.1f s, compiling %.1f s)", self.name,
+                 times.total, times.load, times.compile)  # fmt: skip
 
     @property
     def tokenizer(self) -> GemmaTokenizer | None:
@@ -100,7 +118,7 @@ class EmbeddedBackend:
         """Slots and queue of the batch loop; unhealthy while loading or after a failed load."""
         if self._server is None:
             await self.start()
-            detail = f"load failed: {self._error}" if self._error else "loading"
+            detail = f"load failed: {self._error}" if self._error else self.phase
             return LoadSnapshot(healthy=False, detail=detail)
         load = self._server.load()
         return LoadSnapshot(

@@ -177,7 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             child_args = list(passthrough)
             if args.cold and args.cache_dir is None:
                 child_args += ["--cache-dir", str(Path(cold_dir) / fmt)]
+            # Each format runs in a process of its own for tens of seconds: say so.
+            print(f"bench engine: {fmt}: loading, compiling, measuring prefill and decode ...",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            began = time.perf_counter()
             results.append(_run_child(fmt, child_args))
+            print(f"bench engine: {fmt}: done in {time.perf_counter() - began:.0f} s",
+                  file=sys.stderr, flush=True)  # fmt: skip
     bandwidth = memory_bandwidth_gbs()
     if args.json:
         print(json.dumps({"bandwidth_gbs": bandwidth, "results": results}, indent=2))

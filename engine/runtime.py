@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
@@ -44,10 +45,15 @@ def start_server(
     loaded: LoadedModel | None = None,
     tokenizer: GemmaTokenizer | None = None,
     warm_up: bool = True,
+    on_phase: Callable[[str], None] = lambda _: None,
 ) -> tuple[GenerationServer, StartupTimes]:
-    """Load (unless given), start the batch loop and compile the common shapes by using them."""
+    """Load (unless given), start the batch loop and compile the common shapes by using them.
+
+    ``on_phase`` hears each phase as it begins ("loading weights", "compiling"), for progress.
+    """
     enable_compilation_cache(engine_config)
     started = time.perf_counter()
+    on_phase("loading weights")
     loaded = loaded or load_model(engine_config)
     tokenizer = tokenizer or loaded.tokenizer
     if tokenizer is None:
@@ -57,6 +63,7 @@ def start_server(
     server.start()
     load_seconds = time.perf_counter() - started
     if warm_up:
+        on_phase("compiling")
         run_to_end(server, [tokenizer.bos_id, 2], GenerationParams(max_tokens=3, temperature=0.0))
         run_to_end(server, [tokenizer.bos_id, 2], GenerationParams(max_tokens=2, seed=0))
     return server, StartupTimes(load_seconds, time.perf_counter() - started - load_seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -81,7 +82,18 @@ def create_app(
          "tpot": None if routing.max_tpot_ms is None else routing.max_tpot_ms / 1000},
     )  # fmt: skip
 
-    seeding = Seeding(lambda: _seed(store, settings))
+    dev_keys: list[str] = []  # the curl lines, printed once the gateway is ready
+    seeding = Seeding(lambda: _seed(store, settings, dev_keys))
+    began = time.monotonic()
+
+    async def announce() -> None:
+        """Say when the gateway is ready (the models loaded, the store up, tenants seeded), with
+        the development keys: a key printed before its model loads only earns a 503."""
+        await seeding.finished.wait()
+        await router.became_ready.wait()
+        print(f"tollgate: ready in {time.monotonic() - began:.1f} s", flush=True)
+        for line in dev_keys:
+            print(line, flush=True)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -89,9 +101,11 @@ def create_app(
         await seeding.start()
         await router.start()
         await meter.start()
+        announcing = asyncio.create_task(announce())
         try:
             yield
         finally:
+            announcing.cancel()
             state.draining = True
             await state.serving.drain()
             await meter.aclose()
@@ -145,7 +159,8 @@ async def readyz(state: AppState, seeding: Seeding) -> Response:
     the seed tenants exist."""
     store = await state.store.reachable()
     ready = store and seeding.done and state.router.ready() and not state.draining
-    body = {"status": "ready" if ready else "not_ready", "store": "ok" if store else "unreachable",
+    body = {"status": "ready" if ready else "not_ready", "phase": _phase(state, store, seeding),
+            "store": "ok" if store else "unreachable",
             "seed_tenants": "created" if seeding.done else "pending",
             # While the store is away, limits hold per replica on local shares (issue 12).
             "limits": "per_replica" if state.store.degraded else "fleet",
@@ -153,27 +168,41 @@ async def readyz(state: AppState, seeding: Seeding) -> Response:
     return ORJSONResponse(body, status_code=200 if ready else 503)
 
 
-async def _seed(store: Store, settings: Settings) -> None:
+def _phase(state: AppState, store: bool, seeding: Seeding) -> str:
+    """Where start-up is: what a client waiting on ``/readyz`` would want to read."""
+    if state.draining:
+        return "draining"
+    if not store:
+        return "waiting for the store"
+    if not seeding.done:
+        return "seeding tenants"
+    if not state.router.ready():
+        return "loading backends"  # each backend's ``detail`` says how far (the engine's phase)
+    return "ready"
+
+
+async def _seed(store: Store, settings: Settings, dev_keys: list[str]) -> None:
     await seed_tenants(store, settings.tenants)
-    await _issue_dev_keys(store, settings)
+    dev_keys.extend(await _issue_dev_keys(store, settings))
 
 
-async def _issue_dev_keys(store: Store, settings: Settings) -> None:
-    """Issue the seeded development keys and print a curl line that uses one."""
+async def _issue_dev_keys(store: Store, settings: Settings) -> list[str]:
+    """Issue the seeded development keys; a curl line that uses each."""
+    lines = []
     for seed in settings.tenants.seed:
         if not seed.dev_key:
             continue
         issued = await store.create_key(seed.id)
         model = settings.models[0].id if settings.models else "MODEL"
         host, port = settings.server.host, settings.server.port
-        print(
+        lines.append(
             f"\ntollgate: development key for tenant '{seed.id}': {issued.secret}\n"
             f"Try it:\n  curl -s http://{host}:{port}/v1/completions "
             f"-H 'Authorization: Bearer {issued.secret}' -H 'Content-Type: application/json' "
             f'-d \'{{"model": "{model}", "prompt": "The capital of France is", '
-            f'"max_tokens": 16}}\'\n',
-            flush=True,
+            f'"max_tokens": 16}}\'\n'
         )
+    return lines
 
 
 def _generated_admin_key() -> str:

@@ -136,6 +136,7 @@ class Router:
         self._first_attempts = 0.0
         self._retries = 0.0
         self._probe_task: asyncio.Task[None] | None = None
+        self.became_ready = asyncio.Event()  # set by the first probe round that finds it ready
 
     @property
     def backends(self) -> list[Backend]:
@@ -408,6 +409,7 @@ class Router:
         load = s.load
         return {
             "healthy": m.healthy,
+            "detail": load.detail if load is not None and load.detail else None,
             "breaker": m.breaker.state.value,
             "in_flight": s.in_flight,
             "waiting": load.waiting if load is not None else None,
@@ -461,6 +463,8 @@ class Router:
     async def _probe_loop(self) -> None:
         while True:
             await self.probe_all()
+            if self.ready():
+                self.became_ready.set()
             for name in self._members:
                 self.desired_instances(name)  # keeps the undiscovered pools' counts current
             await asyncio.sleep(self.settings.probe_interval_s)

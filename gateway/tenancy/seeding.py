@@ -34,6 +34,7 @@ class Seeding:
         self._longest_pause = longest_pause_s
         self._task: asyncio.Task[None] | None = None
         self.done = False
+        self.finished = asyncio.Event()  # set with ``done``, for whoever waits on it
 
     async def start(self) -> None:
         """One attempt now; when the store is unreachable, keep trying in the background."""
@@ -48,6 +49,7 @@ class Seeding:
         except StoreUnavailable:
             return False
         self.done = True
+        self.finished.set()
         return True
 
     async def _keep_trying(self) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
+import anyio
 import pytest
 
+from adapters import embedded
 from adapters.base import (
     Backend,
     BadRequest,
@@ -18,6 +21,7 @@ from adapters.embedded import EmbeddedBackend
 from engine.config import EngineConfig
 from engine.errors import QueueFull
 from engine.loading import load_tokenizer
+from engine.runtime import StartupTimes
 from engine.serving import GenerationParams, GenerationServer
 from tests.engine.tiny_servers import make_tiny_server, tiny_engine_config
 
@@ -152,3 +156,34 @@ async def test_default_model_loads_lazily_and_answers() -> None:
         assert "".join(d.text for d in deltas).startswith("    if n")
     finally:
         await b.aclose()
+
+
+@pytest.mark.anyio
+async def test_start_up_phases_show_in_the_probe(
+    tiny: GenerationServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading weights, then compiling, then ready: each phase is what the probe says, so
+    ``/readyz`` shows how far a cold start has come rather than a bare "loading"."""
+
+    gates = {"loading weights": threading.Event(), "compiling": threading.Event()}
+    entered = {phase: threading.Event() for phase in gates}
+
+    def start_server(config: EngineConfig, *, on_phase: object) -> object:
+        for phase, gate in gates.items():
+            on_phase(phase)  # type: ignore[operator]
+            entered[phase].set()
+            gate.wait(10)
+        return tiny, StartupTimes(1.0, 2.0)
+
+    monkeypatch.setattr(embedded, "start_server", start_server)
+    b = EmbeddedBackend("local", tiny_engine_config(), usd_per_hour=0.05)
+    assert b.phase == "not started"
+    await b.probe()  # the first probe starts the load
+    for phase, gate in gates.items():
+        assert await anyio.to_thread.run_sync(entered[phase].wait, 10)
+        snapshot = await b.probe()
+        assert not snapshot.healthy and snapshot.detail == phase
+        gate.set()
+    await b.ready()
+    assert b.phase == "ready" and (await b.probe()).healthy
+    assert b.startup is not None and b.startup.total == 3.0
