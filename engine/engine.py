@@ -88,7 +88,10 @@ class GemmaEngine:
         self.config = config
         self.params = params
         self.engine_config = engine_config
-        self.max_slots = engine_config.decode_slots
+        self.max_slots = engine_config.decode_slots  # requests decoded at once
+        # Rows the decode state holds: never one, even for one slot (a spare row idles), since
+        # a one-row bf16/int8 matmul is pathologically slow on XLA:CPU (10x at one slot).
+        self._state_rows = max(2, self.max_slots)
         self.prefill_buckets = tuple(sorted(engine_config.prefill_buckets))
         self.kv_buckets = tuple(sorted(engine_config.kv_buckets))
         embed = params["embed"]
@@ -110,8 +113,8 @@ class GemmaEngine:
         """Empty slots with the smallest KV bucket (or the one covering ``capacity``)."""
         c = self.config
         t = _bucket(self.kv_buckets, capacity or 1)
-        shape = (self.max_slots, t, c.n_kv_heads, c.head_dim)
-        s = self.max_slots
+        shape = (self._state_rows, t, c.n_kv_heads, c.head_dim)
+        s = self._state_rows
         sampling = SamplingState(
             temperature=jnp.zeros(s, jnp.float32),
             top_p=jnp.ones(s, jnp.float32),
@@ -196,7 +199,7 @@ class GemmaEngine:
         rows = 2
         while rows < highest:
             rows *= 2
-        return min(rows, self.max_slots) if self.max_slots >= 2 else self.max_slots
+        return min(rows, self._state_rows)
 
     def prompt_logprobs(self, prefix: Prefix, n_top: int) -> StepOutput:
         """Logprob of each prompt token given those before it (row i predicts token i + 1)."""

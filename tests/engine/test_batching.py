@@ -237,3 +237,22 @@ def test_bounded_queue_pushes_back(tokenizer: GemmaTokenizer) -> None:
 def test_counting_tokens_uses_the_real_tokenizer(tiny_server: GenerationServer) -> None:
     assert tiny_server.encode("Hello world") == [2, 9259, 1902]
     assert np.all(np.asarray(tiny_server.encode([5, 6, 7])) == [5, 6, 7])
+
+
+@pytest.mark.timeout(120)
+def test_one_slot_serves_one_request_at_a_time_on_two_rows(
+    tokenizer: GemmaTokenizer, tiny_server: GenerationServer
+) -> None:
+    """``decode_slots: 1`` (a baseline without continuous batching) keeps a spare row in its
+    state, since a one-row matmul is pathologically slow on XLA:CPU; the answers are the
+    batched engine's, one request decoding at a time."""
+    single = make_tiny_server(tokenizer, decode_slots=1)
+    try:
+        assert single.engine.max_slots == 1
+        assert single.engine.init_state().tokens.shape[0] == 2
+        alone = [tokens_of(run_to_end(tiny_server, p, GREEDY)) for p in PROMPTS[:3]]
+        inboxes = [collect(single, p, GREEDY) for p in PROMPTS[:3]]
+        assert single.load().running <= 1
+        assert [tokens_of(drain(inbox)) for inbox in inboxes] == alone
+    finally:
+        single.close()
