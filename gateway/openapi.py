@@ -1,9 +1,10 @@
 """``/openapi.json`` as clients meet the API: every route, and every error in OpenAI's envelope.
 
-The generation routes are served by ``RequestContext`` past FastAPI's router (their overhead
-is what a gateway is judged by), so FastAPI never sees them; they are described here from the
-same pydantic models that parse their bodies. FastAPI's 422 answers are described as the 400
-envelope the gateway actually sends.
+The generation routes (completions, chat completions, responses) are served by
+``RequestContext`` past FastAPI's router (their overhead is what a gateway is judged by), so
+FastAPI never sees them; they are described here from the same pydantic models that parse
+their bodies, with the fields of a non-streamed answer. FastAPI's 422 answers are described
+as the 400 envelope the gateway actually sends.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, ResponsesRequest
 
 _REF = "#/components/schemas/{model}"
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -49,6 +50,11 @@ _GENERATION_ERRORS = {
 }
 
 
+# The fields every non-streamed answer of each generation route carries (OpenAI's shapes).
+_CHOICES = ["id", "object", "created", "model", "choices", "usage"]
+_RESPONSE = ["id", "object", "created_at", "status", "model", "output", "usage"]
+
+
 def install_openapi(app: FastAPI) -> None:
     """Serve the schema below as ``app.openapi()`` (built once, on first use)."""
 
@@ -72,10 +78,13 @@ def build_schema(app: FastAPI) -> dict[str, Any]:
         schemas.pop(name, None)
     schemas["Error"] = _ERROR_SCHEMA
     generation = {
-        "/v1/completions": _generation("Create a completion", CompletionRequest, schemas),
-        "/v1/chat/completions": _generation(
-            "Create a chat completion", ChatCompletionRequest, schemas
+        "/v1/completions": _generation(
+            "Create a completion", CompletionRequest, _CHOICES, schemas
         ),
+        "/v1/chat/completions": _generation(
+            "Create a chat completion", ChatCompletionRequest, _CHOICES, schemas
+        ),
+        "/v1/responses": _generation("Create a response", ResponsesRequest, _RESPONSE, schemas),
     }
     schema["paths"] = {**{path: {"post": op} for path, op in generation.items()}, **schema["paths"]}
     components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
@@ -90,7 +99,9 @@ def _envelope_errors(operation: dict[str, Any]) -> None:
     responses.setdefault("401", _error_response("Missing or invalid key"))
 
 
-def _generation(summary: str, model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, Any]:
+def _generation(
+    summary: str, model: type[BaseModel], answer: list[str], schemas: dict[str, Any]
+) -> dict[str, Any]:
     name = model.__name__
     body = model.model_json_schema(ref_template=_REF)
     schemas.update(body.pop("$defs", {}))
@@ -98,7 +109,13 @@ def _generation(summary: str, model: type[BaseModel], schemas: dict[str, Any]) -
     ok = {
         "description": "The answer as JSON, or as server-sent events when `stream` is true",
         "content": {
-            "application/json": {"schema": {"type": "object"}},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": answer,
+                    "properties": {name: {} for name in answer},
+                }
+            },
             "text/event-stream": {"schema": {"type": "string"}},
         },
     }

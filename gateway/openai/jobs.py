@@ -14,8 +14,15 @@ from typing import TYPE_CHECKING, Any
 from adapters.base import Backend, ChatMessage, GenerationRequest
 from gateway.errors import Forbidden, InvalidRequest, ModelNotFound
 from gateway.openai.context import ContextFit
-from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, _Body
+from gateway.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponsesInputMessage,
+    ResponsesRequest,
+    _Body,
+)
 from gateway.openai.responses import Endpoint, Envelope
+from gateway.openai.responses_api import ResponseFrame
 from gateway.openai.templates import TEMPLATES, ChatTemplate
 from gateway.routing.policies import Objectives
 from gateway.routing.router import Needs, Router
@@ -60,6 +67,7 @@ class Job:
     template: ChatTemplate | None = None
     tally: Tally | None = field(default=None)
     fit: ContextFit | None = None  # the request's size against context windows
+    frame: ResponseFrame | None = None  # set for /v1/responses: answered in that shape
 
     @property
     def model_id(self) -> str:
@@ -293,6 +301,57 @@ class JobBuilder:
         job.messages, job.template, job.fit = messages, template, fit
         return job
 
+    # -- responses ----------------------------------------------------------------------
+
+    def response(self, principal: Principal, body: ResponsesRequest, meta: RequestMeta) -> Job:
+        """A job for ``/v1/responses``: the chat job of its messages, answered as a Response."""
+        _refuse_unsupported_response(body)
+        model = self.resolve(body.model, principal)
+        if body.max_output_tokens is not None:
+            self._max_tokens(body.max_output_tokens, 0, model, "max_output_tokens")
+        messages = [{"role": "system", "content": body.instructions}] if body.instructions else []
+        if isinstance(body.input, str):
+            messages.append({"role": "user", "content": body.input})
+        elif not body.input:
+            raise InvalidRequest("input must not be an empty list.", param="input")
+        else:
+            messages += [_response_message(i, m) for i, m in enumerate(body.input)]
+        extras = dict(body.model_extra or {})
+        for key in extras:
+            if key in ChatCompletionRequest.model_fields:  # a chat field, not a Responses one
+                raise InvalidRequest(f"Unrecognized request argument supplied: {key}", param=key)
+        chat = ChatCompletionRequest.model_validate(
+            {
+                **extras,
+                "model": body.model,
+                "messages": messages,
+                "max_completion_tokens": body.max_output_tokens,
+                "temperature": body.temperature,
+                "top_p": body.top_p,
+                "stream": body.stream,
+                "user": body.user,
+            }
+        )
+        try:
+            job = self.chat(principal, chat, meta)
+        except InvalidRequest as exc:
+            if exc.param == "messages":
+                exc.param = "input"
+            raise
+        job.frame = ResponseFrame(
+            id="resp_" + meta.request_id,
+            message_id="msg_" + meta.request_id,
+            created_at=job.envelope.created,
+            model=job.model_id,
+            instructions=body.instructions,
+            max_output_tokens=body.max_output_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            metadata=dict(body.metadata or {}),
+            user=body.user,
+        )
+        return job
+
     # -- per backend --------------------------------------------------------------------
 
     def upstream(
@@ -429,6 +488,43 @@ def _refuse_unsupported_chat(body: ChatCompletionRequest) -> None:
         raise InvalidRequest(
             "Only response_format {'type': 'text'} is supported.", param="response_format"
         )
+
+
+def _refuse_unsupported_response(body: ResponsesRequest) -> None:
+    if body.previous_response_id is not None:
+        raise InvalidRequest(
+            "previous_response_id is not supported: Tollgate stores no responses. Send the "
+            "earlier turns in input instead.",
+            param="previous_response_id",
+        )
+    if body.tools:
+        raise InvalidRequest("Tool calling is not supported by any backend yet.", param="tools")
+    if body.tool_choice not in (None, "none", "auto"):
+        raise InvalidRequest(
+            "Tool calling is not supported by any backend yet.", param="tool_choice"
+        )
+    kind = (body.text.format or {}).get("type", "text") if body.text else "text"
+    if kind != "text":
+        raise InvalidRequest(
+            "Only the text format {'type': 'text'} is supported; structured outputs are not yet.",
+            param="text.format",
+        )
+
+
+def _response_message(index: int, item: ResponsesInputMessage) -> dict[str, str]:
+    """An input item as a chat message: its text parts joined."""
+    if isinstance(item.content, str):
+        return {"role": item.role, "content": item.content}
+    texts = []
+    for j, part in enumerate(item.content):
+        kind = part.get("type")
+        if kind not in ("input_text", "output_text") or not isinstance(part.get("text"), str):
+            raise InvalidRequest(
+                f"Content parts of type '{kind}' are not supported; only text is.",
+                param=f"input[{index}].content[{j}].type",
+            )
+        texts.append(part["text"])
+    return {"role": item.role, "content": "".join(texts)}
 
 
 def _flatten(index: int, role: str, content: str | list[dict[str, Any]] | None) -> ChatMessage:

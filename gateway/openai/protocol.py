@@ -42,6 +42,7 @@ DROPPED_HINTS = frozenset(
         "store",
         "metadata",
         "reasoning_effort",
+        "reasoning",  # the Responses API's form of it: {"effort": ...}
         "verbosity",
         "prediction",
         "prompt_cache_key",
@@ -197,9 +198,54 @@ class ChatCompletionRequest(_Body):
     response_format: dict[str, Any] | None = None
 
 
+class ResponsesInputMessage(BaseModel):
+    """A message item of a Responses ``input`` list; its content is text or text parts."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: Literal["message"] = "message"
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+
+class ResponsesText(BaseModel):
+    """``text``: the output's format (only ``{"type": "text"}`` is served) and verbosity."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    format: dict[str, Any] | None = None
+    verbosity: str | None = None
+
+
+class ResponsesRequest(BaseModel):
+    """``POST /v1/responses``, stateless: answered on the chat path, nothing is stored.
+
+    Unknown keys are checked as chat's are (vendor extras pass, OpenAI's service hints are
+    dropped, anything else is a 400 naming it).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+
+    model: str = Field(min_length=1)
+    input: list[ResponsesInputMessage] | str
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    user: str | None = None
+    text: ResponsesText | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    previous_response_id: str | None = None
+
+
 _Body.model_rebuild()
 CompletionRequest.model_rebuild()
 ChatCompletionRequest.model_rebuild()
+ResponsesRequest.model_rebuild()
 
 
 def _param(loc: tuple[int | str, ...]) -> str:

@@ -10,12 +10,17 @@ from starlette.types import Scope
 from gateway.deps import CurrentPrincipal, State, authenticate, get_app_state
 from gateway.errors import Forbidden, ModelNotFound
 from gateway.http import ORJSONResponse, read_body, request_meta, require_json
-from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, parse_body
+from gateway.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponsesRequest,
+    parse_body,
+)
 
 router = APIRouter()
 
 
-# The two generation routes are plain Starlette routes: FastAPI's dependency resolution
+# The generation routes are plain Starlette routes: FastAPI's dependency resolution
 # costs more per request than everything else the route does (measured with
 # `tollgate bench overhead`), and these are the routes a gateway is judged by.
 async def completions(request: Request) -> Response:
@@ -36,6 +41,15 @@ async def chat_completions(request: Request) -> Response:
     return await state.serving.chat(principal, body, request_meta(request))
 
 
+async def responses(request: Request) -> Response:
+    """The Responses API, stateless, streamed or not."""
+    state = get_app_state(request)
+    principal = await authenticate(request, state)
+    require_json(request)
+    body = parse_body(ResponsesRequest, await read_body(request, state))
+    return await state.serving.responses(principal, body, request_meta(request))
+
+
 class _NamedRoute(Route):
     """A Starlette route that, like FastAPI's, puts itself in ``scope["route"]`` (span names)."""
 
@@ -49,6 +63,7 @@ class _NamedRoute(Route):
 generation_routes = [
     _NamedRoute("/v1/completions", completions, methods=["POST"]),
     _NamedRoute("/v1/chat/completions", chat_completions, methods=["POST"]),
+    _NamedRoute("/v1/responses", responses, methods=["POST"]),
 ]
 
 

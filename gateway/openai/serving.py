@@ -34,8 +34,9 @@ from gateway.openai.disconnect import ClientLeft, unless_client_leaves
 from gateway.openai.fanout import FanOut
 from gateway.openai.generation import Generation, open_generation
 from gateway.openai.jobs import Job, JobBuilder
-from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, ResponsesRequest
 from gateway.openai.responses import Logprobs, usage_json
+from gateway.openai.responses_api import ResponseEvents, responses_usage
 from gateway.openai.streaming import DONE, EventStream, sse
 from gateway.routing.policies import Objectives
 from gateway.routing.router import Router
@@ -112,6 +113,12 @@ class Serving:
         """``POST /v1/chat/completions``."""
         return await self._run(self.jobs.chat(principal, body, meta), meta)
 
+    async def responses(
+        self, principal: Principal, body: ResponsesRequest, meta: RequestMeta
+    ) -> Response:
+        """``POST /v1/responses``: a chat job, answered in the Responses API's shape."""
+        return await self._run(self.jobs.response(principal, body, meta), meta)
+
     # -- the one path -------------------------------------------------------------------
 
     async def _run(self, job: Job, meta: RequestMeta) -> Response:
@@ -133,7 +140,8 @@ class Serving:
             raise
         if job.stream:
             headers = self._headers(job, fan.opened)
-            return EventStream(self._relay(job, admission, fan, meta), headers)
+            relay = self._relay if job.frame is None else self._relay_response
+            return EventStream(relay(job, admission, fan, meta), headers)
         return await self._fold(job, admission, fan, meta)
 
     def _worst_case(self, job: Job) -> float:
@@ -204,11 +212,15 @@ class Serving:
             tally = self._finish(job, admission, fan.opened, status, meta)
         gens = fan.opened
         headers = self._headers(job, gens)
-        choices = [
-            env.choice(g.index, text, g.finish_reason, lp)
-            for g, (text, lp) in zip(gens, folded, strict=True)
-        ]
-        body = env.response(choices, usage_json(tally.prompt_tokens, tally.completion_tokens))
+        if job.frame is not None:  # one generation: a Response has no choices
+            usage = responses_usage(tally.prompt_tokens, tally.completion_tokens)
+            body = job.frame.finished(folded[0][0], gens[0].finish_reason, usage)
+        else:
+            choices = [
+                env.choice(g.index, text, g.finish_reason, lp)
+                for g, (text, lp) in zip(gens, folded, strict=True)
+            ]
+            body = env.response(choices, usage_json(tally.prompt_tokens, tally.completion_tokens))
         headers["x-tollgate-cost-usd"] = f"{tally.cost_usd:.10f}"
         return Response(orjson.dumps(body), media_type=JSON, headers=headers)
 
@@ -269,6 +281,34 @@ class Serving:
         except (BackendError, GatewayError) as exc:
             status = _status(exc)
             yield held + sse(error_body(exc)) + DONE
+        finally:
+            if status != 200:
+                self._finish(job, admission, fan.opened, status, meta)
+
+    async def _relay_response(
+        self, job: Job, admission: Admission, fan: FanOut, meta: RequestMeta
+    ) -> AsyncGenerator[bytes, None]:
+        """The Responses API's typed events; the opening ones ride with the first output."""
+        assert job.frame is not None
+        events = ResponseEvents(job.frame)
+        status = 499  # until the stream completes, assume the client went away
+        held = events.opening()
+        finish: str | None = None
+        try:
+            async for gen, piece in fan.stream():
+                if piece is None:
+                    finish = gen.finish_reason
+                elif piece.text:
+                    event = events.delta(piece.text)
+                    yield held + event if held else event
+                    held = b""
+            status = 200
+            tally = self._finish(job, admission, fan.opened, status, meta)
+            usage = responses_usage(tally.prompt_tokens, tally.completion_tokens, tally.cost_usd)
+            yield held + events.closing(finish, usage)
+        except (BackendError, GatewayError) as exc:
+            status = _status(exc)
+            yield held + events.error(error_body(exc)["error"])
         finally:
             if status != 200:
                 self._finish(job, admission, fan.opened, status, meta)

@@ -68,6 +68,11 @@ def sse(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+def sse_event(name: str, payload: Any) -> bytes:
+    """One server-sent event with an ``event:`` name (the Responses API's framing)."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
 def sse_raw(json_bytes: bytes) -> bytes:
     """One server-sent event around JSON that is already serialised."""
     return b"data: " + json_bytes + b"\n\n"

@@ -82,3 +82,11 @@ def test_drop_params_names_more_fields_or_all() -> None:
             except openai.BadRequestError:
                 accepted = False
         assert accepted is passes, dropped
+
+
+def test_the_responses_api_drops_its_reasoning_hint_too(gateway: Gateway) -> None:
+    answer = gateway.client().responses.create(
+        model="test-model", input="Hi", reasoning={"effort": "low"}, service_tier="auto"
+    )
+    assert answer.output_text
+    assert "reasoning" not in gateway.backend.requests[-1].extra

@@ -206,3 +206,28 @@ def test_no_request_the_schema_describes_gets_a_500(live: Live, data: st.DataObj
         assert set(response.json()) == {"error"}
         assert set(error) == {"message", "type", "param", "code"}, response.text
         assert isinstance(error["message"], str) and error["message"]
+
+
+def test_the_generation_routes_are_described_with_their_bodies_and_answers() -> None:
+    schema = create_app(gateway_settings(), backends=[ScriptedBackend()]).openapi()
+    components = schema["components"]
+    routes = [("/v1/completions", "CompletionRequest", "choices"),
+              ("/v1/chat/completions", "ChatCompletionRequest", "choices"),
+              ("/v1/responses", "ResponsesRequest", "output")]
+    for path, model, field in routes:
+        operation = schema["paths"][path]["post"]
+        body = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": f"#/components/schemas/{model}"}
+        assert model in components["schemas"]
+        ok = operation["responses"]["200"]["content"]
+        assert field in ok["application/json"]["schema"]["required"]
+        assert "text/event-stream" in ok
+        assert operation["responses"]["400"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"
+        }
+    validate = {"components": components, "$ref": "#/components/schemas/ResponsesRequest"}
+    jsonschema.validate({"model": "m", "input": "hi"}, validate)
+    jsonschema.validate({"model": "m", "input": [{"role": "user", "content": "hi"}],
+                         "text": {"format": {"type": "text"}}}, validate)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"model": "m"}, validate)
