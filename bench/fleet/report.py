@@ -105,7 +105,8 @@ def verdict(found: Sequence[Cell]) -> tuple[bool, str]:
     passed = sum(c.ok for c in found)
     notes.append(f"  cells meeting SLO >= {SLO_BAR:.0%} and >= {BEST_BAR:.0%} of the best other "
                  f"policy: {passed}/{len(found)}")
-    notes.append(f"  median cost/round-robin {rr:.2f}x (bar {RR_BAR}x), median cost/oracle "
+    shown = "not run" if math.isnan(rr) else f"{rr:.2f}x"
+    notes.append(f"  median cost/round-robin {shown} (bar {RR_BAR}x), median cost/oracle "
                  f"{orc:.2f} (bar {ORACLE_BAR})")
     return ok, "\n".join(notes)
 
