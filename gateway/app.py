@@ -35,13 +35,6 @@ from gateway.tenancy.store import Store
 log = logging.getLogger("tollgate")
 
 
-def _hourly_prices(settings: Settings, backends: Sequence[Backend]) -> dict[str, float]:
-    """Per-instance-hour prices of the backends routing serves (the others bill per token)."""
-    serving = {b.name for b in backends}
-    return {b.name: b.price.usd_per_hour for b in settings.backends
-            if b.name in serving and b.price.usd_per_hour is not None}  # fmt: skip
-
-
 def create_app(
     settings: Settings,
     *,
@@ -76,8 +69,7 @@ def create_app(
     telemetry.watch_store(lambda: store.degraded)
     routing = settings.routing
     telemetry.watch_costs(
-        router.billed_instances,
-        _hourly_prices(settings, backends),
+        meter.instance_usd,
         {"ttft": None if routing.max_ttft_ms is None else routing.max_ttft_ms / 1000,
          "tpot": None if routing.max_tpot_ms is None else routing.max_tpot_ms / 1000},
     )  # fmt: skip

@@ -23,6 +23,7 @@ class InstanceTime:
     changed: set[Slot] = field(default_factory=set)
     since: float | None = None  # when the held counts were sampled
     held: dict[str, float] = field(default_factory=dict)
+    total: dict[str, float] = field(default_factory=dict)  # instance-seconds since the first sample
 
     def sample(self, now: float, counts: Mapping[str, float]) -> None:
         """Integrate the held counts up to ``now``, then hold ``counts``."""
@@ -58,6 +59,7 @@ class InstanceTime:
     def _integrate(self, counts: Mapping[str, float], start: float, end: float) -> None:
         first = math.floor(start / self.window_s)
         for backend, count in counts.items():
+            self.total[backend] = self.total.get(backend, 0.0) + count * max(0.0, end - start)
             window = first
             while window * self.window_s < end:
                 lo = max(start, window * self.window_s)

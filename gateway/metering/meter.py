@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 
@@ -22,6 +23,11 @@ class Meter(Protocol):
 
     def observe(self, backend: str, prompt_tokens: int, completion_tokens: int) -> None:
         """Add a finished generation to the backend's open window (in memory, no I/O)."""
+        ...
+
+    def instance_usd(self) -> Mapping[str, float]:
+        """Dollars of instance time billed per hourly backend since this replica began watching
+        (every replica watches the same fleet), as reconciliation will book it."""
         ...
 
     async def start(self) -> None:

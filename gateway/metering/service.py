@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -64,6 +64,13 @@ class CostMeter:
         """Add a finished generation to the backend's open window (in memory, no I/O)."""
         weighted = self.weighted_tokens(prompt_tokens, completion_tokens)
         self.open.observe(backend, self._clock(), prompt_tokens, completion_tokens, weighted)
+
+    def instance_usd(self) -> Mapping[str, float]:
+        """Dollars of instance time billed per hourly backend since this replica began watching
+        (every replica watches the same fleet), as reconciliation will book it."""
+        seconds = self.open.instances.total
+        return {name: seconds.get(name, 0.0) * (price.usd_per_hour or 0.0) / 3600
+                for name, price in self.prices.prices.items() if price.hourly}  # fmt: skip
 
     async def start(self) -> None:
         """Start window flushing and reconciliation."""

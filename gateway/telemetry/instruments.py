@@ -489,41 +489,17 @@ def _backend(name: str, kinds: Mapping[str, str]) -> dict[str, str]:
     return {sc.TOLLGATE_BACKEND: name, sc.GEN_AI_PROVIDER_NAME: kinds.get(name, "")}
 
 
-class InstanceCost:
-    """Dollars of instance time billed per hourly backend since start, summed at collection.
-
-    Between two collections the instances billed are taken as the mean of the counts seen at
-    either end (a pool's count changes by whole boots and drains, minutes apart, while
-    collections come every few seconds).
-    """
-
-    def __init__(
-        self,
-        billed: Callable[[str], float | None],
-        usd_per_hour: Mapping[str, float],
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._billed, self._prices, self._clock = billed, dict(usd_per_hour), clock
-        self._at = clock()
-        self._counts = {name: billed(name) or 0.0 for name in self._prices}
-        self._usd = dict.fromkeys(self._prices, 0.0)
-
-    def observe(self, _: CallbackOptions) -> Iterable[Observation]:
-        """Each hourly backend's billed dollars so far."""
-        now = self._clock()
-        hours = (now - self._at) / 3600
-        self._at = now
-        for name, price in self._prices.items():
-            count = self._billed(name) or 0.0
-            self._usd[name] += (self._counts[name] + count) / 2 * hours * price
-            self._counts[name] = count
-            yield Observation(self._usd[name], {sc.TOLLGATE_BACKEND: name})
-
-
 def watch_costs(
-    meter: Meter, cost: InstanceCost, objectives: Mapping[str, float | None]
+    meter: Meter,
+    instance_usd: Callable[[], Mapping[str, float]],
+    objectives: Mapping[str, float | None],
 ) -> None:
-    """The fleet's instance bill and the routing objectives, read at collection time."""
+    """The fleet's instance bill (the metering's own instance-time) and the routing
+    objectives, read at collection time."""
+
+    def bill(_: CallbackOptions) -> Iterable[Observation]:
+        for name, usd in instance_usd().items():
+            yield Observation(usd, {sc.TOLLGATE_BACKEND: name})
 
     def objective(_: CallbackOptions) -> Iterable[Observation]:
         for name, seconds in objectives.items():
@@ -532,7 +508,7 @@ def watch_costs(
 
     meter.create_observable_counter(
         sc.METRIC_INSTANCE_COST,
-        [cost.observe],
+        [bill],
         unit="USD",
         description="Instance time billed per hourly backend since start (the same fleet on "
         "every replica: take the max)",

@@ -37,7 +37,6 @@ from gateway.errors import http_answer
 from gateway.telemetry import semconv as sc
 from gateway.telemetry.instruments import (
     BackendHealth,
-    InstanceCost,
     LocalExport,
     TokensPerDollar,
     create_instruments,
@@ -125,12 +124,11 @@ class Telemetry:
 
     def watch_costs(
         self,
-        billed: Callable[[str], float | None],
-        usd_per_hour: Mapping[str, float],
+        instance_usd: Callable[[], Mapping[str, float]],
         objectives: Mapping[str, float | None],
     ) -> None:
         """Register the fleet's instance bill (idle spend follows from it) and the objectives."""
-        watch_costs(self.meter, InstanceCost(billed, usd_per_hour), objectives)
+        watch_costs(self.meter, instance_usd, objectives)
 
     def watch_store(self, degraded: Callable[[], bool]) -> None:
         """Register the gauge that says whether limits are per replica (the store is away)."""

@@ -125,6 +125,9 @@ class PerTokenMeter:
     def observe(self, backend: str, prompt_tokens: int, completion_tokens: int) -> None:
         self.observed.append((backend, prompt_tokens, completion_tokens))
 
+    def instance_usd(self) -> dict[str, float]:
+        return {}  # nothing is billed by the hour
+
     async def start(self) -> None:
         pass
 

@@ -149,6 +149,9 @@ async def test_an_elastic_pool_is_billed_the_instance_time_it_had_up(
     window_1 = await billed(store, T0 + HOUR, T0 + 2 * HOUR)
     assert window_1 == {"acme": nano(3, HOUR) * 3 // 4, "beta": nano(3, HOUR) // 4}
     assert await billed(store, T0 + 2 * HOUR, T0 + 3 * HOUR) == {}  # scaled to zero: nothing
+    # The fleet's bill the dashboards show (tollgate.backend.instance_cost) is the same
+    # instance-time: one instance for an hour, three for the next, none after.
+    assert gateway.instance_usd() == {"tpu": pytest.approx(nano(4, HOUR) / 1e9)}
 
 
 async def test_replicas_watching_the_same_instances_do_not_double_the_bill(

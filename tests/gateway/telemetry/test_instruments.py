@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, TraceFlags
 
-from gateway.telemetry import semconv as sc
-from gateway.telemetry.instruments import InstanceCost, LocalExport, LocalHistogram
+from gateway.telemetry.instruments import LocalExport, LocalHistogram
 
 SCOPE = InstrumentationScope("tollgate", "0.1.0", "https://opentelemetry.io/schemas/1.37.0")
 
@@ -115,14 +113,3 @@ def test_otlp_export_carries_the_exemplars() -> None:
     assert exemplar.span_id == (0xDEF).to_bytes(8, "big")
     assert exemplar.as_double == 0.5
 
-
-def test_instance_cost_integrates_billed_instances_over_time() -> None:
-    now, billed = [0.0], {"pool": 2.0, "reserved": 1.0}
-    cost = InstanceCost(billed.get, {"pool": 3.6, "reserved": 1.8}, clock=lambda: now[0])
-    now[0] = 1800.0  # half an hour at 2 instances of $3.60/h, 1 of $1.80/h
-    first = {o.attributes[sc.TOLLGATE_BACKEND]: o.value for o in cost.observe(None)}  # type: ignore[arg-type, index]
-    assert first == pytest.approx({"pool": 3.6, "reserved": 0.9})
-    billed["pool"] = 0.0  # scaled to zero: the interval is billed at the mean of its ends
-    now[0] = 3600.0
-    second = {o.attributes[sc.TOLLGATE_BACKEND]: o.value for o in cost.observe(None)}  # type: ignore[arg-type, index]
-    assert second == pytest.approx({"pool": 3.6 + 1.8, "reserved": 1.8})
