@@ -306,9 +306,6 @@ class JobBuilder:
     def response(self, principal: Principal, body: ResponsesRequest, meta: RequestMeta) -> Job:
         """A job for ``/v1/responses``: the chat job of its messages, answered as a Response."""
         _refuse_unsupported_response(body)
-        model = self.resolve(body.model, principal)
-        if body.max_output_tokens is not None:
-            self._max_tokens(body.max_output_tokens, 0, model, "max_output_tokens")
         messages = [{"role": "system", "content": body.instructions}] if body.instructions else []
         if isinstance(body.input, str):
             messages.append({"role": "user", "content": body.input})
@@ -334,10 +331,12 @@ class JobBuilder:
         )
         try:
             job = self.chat(principal, chat, meta)
-        except InvalidRequest as exc:
-            if exc.param == "messages":
-                exc.param = "input"
-            raise
+        except InvalidRequest as exc:  # named as the client named it
+            named = _RESPONSES_PARAMS.get(exc.param or "")
+            if named is None:
+                raise
+            message = exc.message.replace(exc.param or "", named)
+            raise InvalidRequest(message, param=named) from None
         job.frame = ResponseFrame(
             id="resp_" + meta.request_id,
             message_id="msg_" + meta.request_id,
@@ -490,6 +489,10 @@ def _refuse_unsupported_chat(body: ChatCompletionRequest) -> None:
         )
 
 
+# Chat's names of what a Responses request gave under another name.
+_RESPONSES_PARAMS = {"messages": "input", "max_completion_tokens": "max_output_tokens"}
+
+
 def _refuse_unsupported_response(body: ResponsesRequest) -> None:
     if body.previous_response_id is not None:
         raise InvalidRequest(
@@ -515,16 +518,9 @@ def _response_message(index: int, item: ResponsesInputMessage) -> dict[str, str]
     """An input item as a chat message: its text parts joined."""
     if isinstance(item.content, str):
         return {"role": item.role, "content": item.content}
-    texts = []
-    for j, part in enumerate(item.content):
-        kind = part.get("type")
-        if kind not in ("input_text", "output_text") or not isinstance(part.get("text"), str):
-            raise InvalidRequest(
-                f"Content parts of type '{kind}' are not supported; only text is.",
-                param=f"input[{index}].content[{j}].type",
-            )
-        texts.append(part["text"])
-    return {"role": item.role, "content": "".join(texts)}
+    kinds = ("input_text", "output_text")
+    return {"role": item.role,
+            "content": _joined_text(item.content, kinds, f"input[{index}].content")}  # fmt: skip
 
 
 def _flatten(index: int, role: str, content: str | list[dict[str, Any]] | None) -> ChatMessage:
@@ -534,13 +530,18 @@ def _flatten(index: int, role: str, content: str | list[dict[str, Any]] | None) 
         return ChatMessage(role, "")
     if isinstance(content, str):
         return ChatMessage(role, content)
+    return ChatMessage(role, _joined_text(content, ("text",), f"messages[{index}].content"))
+
+
+def _joined_text(parts: list[dict[str, Any]], kinds: tuple[str, ...], param: str) -> str:
+    """The text of content parts of the given ``kinds``, joined; any other part is a 400."""
     texts = []
-    for j, part in enumerate(content):
+    for j, part in enumerate(parts):
         kind = part.get("type")
-        if kind != "text" or not isinstance(part.get("text"), str):
+        if kind not in kinds or not isinstance(part.get("text"), str):
             raise InvalidRequest(
                 f"Content parts of type '{kind}' are not supported; only text is.",
-                param=f"messages[{index}].content[{j}].type",
+                param=f"{param}[{j}].type",
             )
         texts.append(part["text"])
-    return ChatMessage(role, "".join(texts))
+    return "".join(texts)

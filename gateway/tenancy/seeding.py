@@ -33,8 +33,12 @@ class Seeding:
         self._first_pause = first_pause_s
         self._longest_pause = longest_pause_s
         self._task: asyncio.Task[None] | None = None
-        self.done = False
-        self.finished = asyncio.Event()  # set with ``done``, for whoever waits on it
+        self.finished = asyncio.Event()  # set once the seed tenants exist
+
+    @property
+    def done(self) -> bool:
+        """Whether the seed tenants exist."""
+        return self.finished.is_set()
 
     async def start(self) -> None:
         """One attempt now; when the store is unreachable, keep trying in the background."""
@@ -48,7 +52,6 @@ class Seeding:
             await self._work()
         except StoreUnavailable:
             return False
-        self.done = True
         self.finished.set()
         return True
 

@@ -189,6 +189,9 @@ def test_refusals_name_the_param(gateway: Gateway, kwargs: dict[str, Any], param
     with pytest.raises(openai.BadRequestError) as info:
         gateway.client().responses.create(**args)
     assert info.value.param == param
+    assert "max_completion_tokens" not in info.value.message and "messages" not in (
+        info.value.message
+    )  # chat's names never show through
     assert gateway.backend.requests == []
 
 
