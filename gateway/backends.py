@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.base import Backend, Timeouts
 from gateway.settings import BackendSettings, EngineSettings, Settings
 from gateway.tokenizers import SentencePieceTokenizer, TokenCounter, Tokenizer, TokenizerSource
+
+if TYPE_CHECKING:  # the engine (and JAX) load only when an embedded backend is configured
+    from engine.config import EngineConfig
 
 # kind -> (module, class) of its adapter; imported only when configured.
 ADAPTERS = {
@@ -39,19 +42,23 @@ def build_backend(cfg: BackendSettings) -> Backend:
     return backend
 
 
-def _embedded(cfg: BackendSettings) -> Backend:
-    from adapters.embedded import EmbeddedBackend
+def engine_config(opts: EngineSettings) -> EngineConfig:
+    """The engine's own configuration from a config file's ``engine:`` block."""
     from engine.config import EngineConfig
 
-    opts = cfg.engine or EngineSettings()
-    engine = EngineConfig(
+    return EngineConfig(
         model_path=opts.model_path,
         weight_format=opts.weight_format,
         decode_slots=opts.decode_slots,
         max_context=opts.max_context,
         max_queue=opts.max_queue,
     )
-    return EmbeddedBackend(cfg.name, engine, cfg.models)
+
+
+def _embedded(cfg: BackendSettings) -> Backend:
+    from adapters.embedded import EmbeddedBackend
+
+    return EmbeddedBackend(cfg.name, engine_config(cfg.engine or EngineSettings()), cfg.models)
 
 
 def build_backends(settings: Settings) -> list[Backend]:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the class is not subscriptable at run time on Python 3.11
 else:
     Subparsers = argparse._SubParsersAction
 # Flags named as the EngineSettings fields they override.
-_ENGINE_FLAGS = ("model_path", "weight_format", "decode_slots", "max_context", "max_queue")
+_ENGINE_FLAGS = tuple(EngineSettings.model_fields)  # each has a flag of the same name
 
 
 def add_subcommands(sub: Subparsers) -> None:
@@ -82,11 +82,11 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     import asyncio
 
-    from engine.config import EngineConfig
     from engine.runtime import start_server
     from engine.server import ModelServer
+    from gateway.backends import engine_config
 
-    config = EngineConfig(**settings.model_dump())
+    config = engine_config(settings)
     server = ModelServer(
         lambda: start_server(config)[0],
         host=args.host,

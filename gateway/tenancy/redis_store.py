@@ -713,35 +713,23 @@ class RedisStore:
 
     async def add_window_totals(self, totals: Mapping[tuple[str, int], WindowTotals]) -> None:
         """Add one replica's batch: a script per window, one round trip (see ``WindowLedger``)."""
-        calls = {
-            f"{backend}|{window}": [
-                f"{self._p}:win:{backend}:{window}", part.requests, part.prompt_tokens,
-                part.completion_tokens, repr(part.weighted_tokens),
+        slots = [f"{backend}|{window}" for backend, window in totals]
+        calls: list[_Call] = [
+            (self._flush, [f"{self._p}:win:{backend}:{window}"], [
+                part.requests, part.prompt_tokens, part.completion_tokens,
+                repr(part.weighted_tokens),
                 "" if part.instance_seconds is None else repr(part.instance_seconds),
                 RETENTION_S, (window + 1.5) * self._metering_window_s,
-            ]
+            ])
             for (backend, window), part in totals.items()
-        }  # fmt: skip
-        answers = await self._flush_windows(calls)
-        missing = {slot: calls[slot] for slot, a in answers.items() if isinstance(a, NoScriptError)}
-        if missing:  # Redis restarted and forgot the script: send its text, for those only
-            answers.update(await self._flush_windows(missing, text=True))
-        for answer in answers.values():
+        ]  # fmt: skip
+        answers = await self._pipelined_scripts(calls)
+        for answer in answers:
             if isinstance(answer, Exception):
                 raise answer
-        late = [slot for slot, answer in answers.items() if int(answer)]
+        late = [slot for slot, answer in zip(slots, answers, strict=True) if int(answer)]
         if late:
             await self.redis.sadd(f"{self._p}:late", *late)
-
-    async def _flush_windows(
-        self, calls: Mapping[str, list[Any]], *, text: bool = False
-    ) -> dict[str, Any]:
-        """One script call per window, in one pipeline."""
-        pipe = self.redis.pipeline(transaction=False)
-        for key, *args in calls.values():
-            pipe.execute_command(*self._flush.command([key], args, text=text))  # see _evalshas
-        answers = await pipe.execute(raise_on_error=False)
-        return dict(zip(calls, answers, strict=True))
 
     async def window_totals(self, backend: str, windows: Sequence[int]) -> dict[int, WindowTotals]:
         """Fleet-wide totals of ``backend`` per window."""

@@ -9,9 +9,7 @@ the metrics are the server's own; the real weights' answers are checked in
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +17,9 @@ from typing import Any
 import grpc
 import pytest
 
-from adapters.jetstream import DECODE, HEALTH_CHECK, pb
+from adapters.jetstream import DECODE, HEALTH_CHECK, _raw, pb
 from tests.real.answers import Answer
-from tests.real.servers import HOST, ROOT, RealServer, free_port
+from tests.real.servers import HOST, RealServer, free_port, spawn, wait_until
 
 TINY_MODEL = "gemma-3-tiny"  # the upstream model name the contract's backends map to
 # Small enough that a 600-word prompt is refused, large enough for every contract case.
@@ -61,26 +59,12 @@ def start_engine_server(
     ]
     log = work / f"engine-serve-{port}.log"
     env = {**os.environ, "TOLLGATE_CACHE_DIR": str(work / "cache")}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=ROOT,
-            env=env,
-            start_new_session=True,
-        )
-    server = RealServer(
-        "tollgate engine serve (tiny)",
-        f"grpc://{HOST}:{port}",
-        port,
-        process,
-        log,
-        metrics_url=f"http://{HOST}:{metrics_port}/metrics",
-        models={"test-model": TINY_MODEL},
-    )
-    wait_live(server, timeout)
+    server = spawn(
+        "tollgate engine serve (tiny)", argv, log, f"grpc://{HOST}:{port}", port, env,
+        metrics_url=f"http://{HOST}:{metrics_port}/metrics", models={"test-model": TINY_MODEL},
+    )  # fmt: skip
+    # The port opens before the model is loaded: live is when ``HealthCheck`` says so.
+    wait_until(server, lambda: health(f"{HOST}:{port}"), timeout)
     return server
 
 
@@ -88,26 +72,13 @@ def health(target: str, timeout: float = 2.0) -> bool:
     """``HealthCheck.is_live``; False when the server does not answer."""
     with grpc.insecure_channel(target) as channel:
         check = channel.unary_unary(
-            HEALTH_CHECK, request_serializer=_bytes, response_deserializer=_bytes
+            HEALTH_CHECK, request_serializer=_raw, response_deserializer=_raw
         )
         try:
             raw = check(pb.HealthCheckRequest().SerializeToString(), timeout=timeout)
         except grpc.RpcError:
             return False
     return bool(pb.HealthCheckResponse.FromString(raw).is_live)
-
-
-def wait_live(server: RealServer, timeout: float) -> None:
-    """Until ``HealthCheck`` says live (the port opens before the model is loaded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise RuntimeError(f"{server.name} exited at start-up:\n{server.log_tail()}")
-        if health(f"{HOST}:{server.port}"):
-            return
-        time.sleep(0.25)
-    server.stop()
-    raise RuntimeError(f"{server.name} not live after {timeout:.0f} s:\n{server.log_tail()}")
 
 
 def decode(target: str, timeout: float = 60.0, **fields: Any) -> list[Any]:
@@ -134,10 +105,6 @@ def engine_answer(server: RealServer, prompt: str, max_tokens: int) -> Answer:
     tokens = sum(len(s.token_ids) for s in samples)
     finish = "length" if not samples[-1].token_ids else "stop"
     return Answer(text, finish, tokens)
-
-
-def _bytes(data: bytes) -> bytes:
-    return data
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -75,22 +76,30 @@ def interpreter(env: str, target: str) -> Path:
     return python
 
 
-def _spawn(name: str, argv: Sequence[str], log: Path, url: str, port: int) -> RealServer:
+def spawn(
+    name: str, argv: Sequence[str], log: Path, url: str, port: int,
+    env: Mapping[str, str] | None = None, **details: Any,
+) -> RealServer:
+    """Start ``argv`` in a process group of its own, its output to ``log``."""
     with log.open("wb") as out:
         process = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=ROOT, start_new_session=True,  # its own group: stop() ends its children too
+            cwd=ROOT, env=env, start_new_session=True,  # its own group: stop() ends its children
         )
-    return RealServer(name, url, port, process, log)
+    return RealServer(name, url, port, process, log, **details)
 
 
-def _wait_until(server: RealServer, ready: str, timeout: float) -> None:
-    """Until ``ready`` answers 200 (an HTTP url) or the port accepts (``tcp``)."""
+def wait_until(server: RealServer, ready: str | Callable[[], bool], timeout: float) -> None:
+    """Until ``ready`` holds: an HTTP url answers 200, the port accepts (``tcp``), or a check
+    of the caller's returns True."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not server.alive():
             raise RuntimeError(f"{server.name} exited at start-up:\n{server.log_tail()}")
-        if ready == "tcp":
+        if callable(ready):
+            if ready():
+                return
+        elif ready == "tcp":
             with socket.socket() as sock:
                 if sock.connect_ex((HOST, server.port)) == 0:
                     return
@@ -110,14 +119,14 @@ def start_jetstream(log_dir: Path) -> RealServer:
     python = interpreter("jetstream", "real-jetstream")
     port, metrics_port = free_port(), free_port()
     script = Path(__file__).with_name("jetstream_server.py")
-    server = _spawn(
+    server = spawn(
         "JetStream 0.2.2", [str(python), str(script), str(port), str(metrics_port)],
         log_dir / "jetstream.log", f"grpc://{HOST}:{port}", port,
     )
     server.metrics_url = f"http://{HOST}:{metrics_port}/metrics"
     server.models = {"test-model": "mock"}  # JetStream serves one model and ignores names
     # The gRPC port opens once the engine is loaded and the orchestrator runs.
-    _wait_until(server, "tcp", timeout=180)
+    wait_until(server, "tcp", timeout=180)
     return server
 
 
@@ -130,11 +139,11 @@ def start_llama_cpp(log_dir: Path, gguf: Path) -> RealServer:
         "--model_alias", LLAMA_CPP_MODEL, "--host", HOST, "--port", str(port),
         "--n_ctx", str(LLAMA_CPP_CONTEXT), "--logits_all", "true", "--verbose", "false",
     ]
-    server = _spawn(
+    server = spawn(
         "llama-cpp-python 0.3.36", argv, log_dir / "llama-cpp.log", f"http://{HOST}:{port}", port
     )
     server.models = {"test-model": LLAMA_CPP_MODEL}
-    _wait_until(server, f"{server.url}/openapi.json", timeout=120)
+    wait_until(server, f"{server.url}/openapi.json", timeout=120)
     return server
 
 
