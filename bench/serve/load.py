@@ -17,6 +17,8 @@ from typing import Any, Literal
 import httpx
 import orjson
 
+from adapters._errors import read_error, said_in
+from adapters._sse import sse_data
 from bench.serve.dataset import Prompt
 from bench.serve.records import Outcome
 
@@ -105,15 +107,15 @@ async def send(client: httpx.AsyncClient, target: Target, prompt: Prompt,
 async def _read_events(response: httpx.Response, endpoint: Endpoint, outcome: Outcome,
                        start: float) -> None:
     last = start
-    async for line in response.aiter_lines():
-        if not line.startswith("data:"):
-            continue  # blank separators, comments, event names
-        data = line[5:].strip()
+    async for data in sse_data(response.aiter_lines()):  # the adapters' SSE decoder
         if data == "[DONE]":
             return
         event = orjson.loads(data)
-        if "error" in event:  # an OpenAI-shaped error event ends a broken stream
-            outcome.error = f"stream error {_code(event['error'])}"
+        if not isinstance(event, dict):
+            raise orjson.JSONDecodeError("an event that is not an object", data, 0)
+        if "error" in event or event.get("object") == "error":  # nested or flat (old vLLM)
+            said = said_in(event)
+            outcome.error = f"stream error {said.code or said.type or ''}".rstrip()
             return
         if _text(event, endpoint):
             now = time.perf_counter()
@@ -142,19 +144,10 @@ def _text(event: dict[str, Any], endpoint: Endpoint) -> str:
 
 
 def http_error(status: int, body: bytes) -> str:
-    """``http STATUS CODE``: the status and the OpenAI error code (or type) of the body."""
-    try:
-        error = orjson.loads(body).get("error")
-    except (orjson.JSONDecodeError, AttributeError):
-        error = None
-    code = _code(error) if isinstance(error, dict) else ""
-    return f"http {status} {code}".rstrip()
-
-
-def _code(error: Any) -> str:
-    if not isinstance(error, dict):
-        return ""
-    return str(error.get("code") or error.get("type") or "")
+    """``http STATUS CODE``: the status and the error code (or type) the body names, in any
+    shape the adapters read (OpenAI's, old vLLM's flat one, trtllm-serve's, TGI's)."""
+    said = read_error(body)
+    return f"http {status} {said.code or said.type or ''}".rstrip()
 
 
 async def describe_server(target: Target) -> dict[str, Any]:

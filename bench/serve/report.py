@@ -20,10 +20,12 @@ def _f(value: float | None, spec: str, width: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}{spec}}"
 
 
-def _trio(a: float | None, b: float | None, c: float | None, scale: float = 1.0) -> str:
+def _trio(a: float | None, b: float | None, c: float | None, scale: float = 1.0,
+          spec: str = ".0f") -> str:
+    """Three percentiles as ``p50/p90/p99`` (``-`` when any is unmeasured)."""
     if a is None or b is None or c is None:
         return f"{'-':>17}"
-    return f"{a * scale:>5.0f}/{b * scale:>5.0f}/{c * scale:>5.0f}"
+    return "/".join(f"{v * scale:>5{spec}}" for v in (a, b, c))
 
 
 def table(figs: Sequence[RateFigures]) -> str:
@@ -40,17 +42,12 @@ def table(figs: Sequence[RateFigures]) -> str:
             f"{f.goodput:>7.2f} {_trio(f.ttft_p50_ms, f.ttft_p90_ms, f.ttft_p99_ms)} "
             f"{_trio(f.tpot_p50_ms, f.tpot_p90_ms, f.tpot_p99_ms)} "
             f"{_trio(f.itl_p50_ms, f.itl_p90_ms, f.itl_p99_ms)} "
-            f"{_e2e(f)} {_f(f.tokens_per_usd, ',.0f', 10)} "
+            f"{_trio(f.e2e_p50_ms, f.e2e_p90_ms, f.e2e_p99_ms, 1e-3, '.1f')} "
+            f"{_f(f.tokens_per_usd, ',.0f', 10)} "
             f"{_f(f.usd_per_mtok_out, '.3f', 9)}  {errors}")
     if any(f.saturated for f in figs):
         lines.append("* saturated: the endpoint did not keep up with this rate")
     return "\n".join(lines)
-
-
-def _e2e(f: RateFigures) -> str:
-    if f.e2e_p50_ms is None or f.e2e_p90_ms is None or f.e2e_p99_ms is None:
-        return f"{'-':>17}"
-    return f"{f.e2e_p50_ms / 1e3:>5.1f}/{f.e2e_p90_ms / 1e3:>5.1f}/{f.e2e_p99_ms / 1e3:>5.1f}"
 
 
 def rate_line(f: RateFigures) -> str:
