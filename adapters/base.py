@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 BackendKind = Literal["vllm", "tgi", "triton", "jetstream", "embedded"]
 
 
@@ -98,16 +98,33 @@ class Capabilities:
     logit_bias: bool = False
     penalties: bool = False  # presence / frequency penalties
     suffix: bool = False
+    tools: bool = False  # function calling: `tools`, `tool_choice`, tool calls in the answer
+    structured: bool = False  # `response_format` json_object / json_schema (guided decoding)
     max_context: int | None = None  # prompt + completion tokens, when known
     max_prompt: int | None = None  # prompt tokens alone, where the server limits them apart
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the assistant made: ``arguments`` is the JSON text it wrote."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """One chat turn with its text already flattened from content parts."""
+    """One chat turn with its text already flattened from content parts.
+
+    An assistant turn may carry the ``tool_calls`` it made; a ``tool`` turn answers the call
+    ``tool_call_id`` with ``content``.
+    """
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -135,6 +152,15 @@ class GenerationRequest:
     logit_bias: Mapping[str, float] | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    # Function calling, as the client gave it (OpenAI's shapes, validated by the gateway):
+    # ``tools`` are ``{"type": "function", "function": {...}}``; ``tool_choice`` is "auto",
+    # "required" or ``{"type": "function", "function": {"name": ...}}`` (never "none": the
+    # gateway then sends no tools at all).
+    tools: Sequence[Mapping[str, Any]] | None = None
+    tool_choice: str | Mapping[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    # ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {...}}``.
+    response_format: Mapping[str, Any] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)  # vendor extras, passed through
 
 
@@ -155,6 +181,17 @@ class Usage:
     completion_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call: its first piece names it (``id``, ``name``), later
+    pieces add to its ``arguments`` text. ``index`` tells the calls of one answer apart."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
 @dataclass(slots=True)
 class Delta:
     """A piece of a generation stream.
@@ -167,6 +204,7 @@ class Delta:
     text: str = ""
     tokens: int = 0
     logprobs: Sequence[TokenLogprob] | None = None
+    tool_calls: Sequence[ToolCallDelta] | None = None
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     echo: bool = False

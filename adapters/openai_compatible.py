@@ -13,7 +13,15 @@ Options: ``chat`` (default true), ``token_prompts`` (true), ``suffix`` (false),
 ``max_tokens_field`` (``max_tokens``; ``max_completion_tokens`` for OpenAI's newer chat
 models), ``continuous_usage_stats`` (vLLM only: exact per-chunk token counts), ``api_prefix``
 (``/v1`` unless the url already ends in it), ``health_path`` (``/health``; a 404 there means
-the server has none and is up), and the traits ``serial`` and ``stream_echo``.
+the server has none and is up), ``tools`` (true: function calling is passed through; set false
+for a vLLM started without ``--enable-auto-tool-choice``), ``structured`` (true:
+``response_format`` json_object / json_schema is passed through to the server's guided
+decoding), and the traits ``serial`` and ``stream_echo``.
+
+Tool calls stream as vLLM streams them (``serving_chat.py``, 0.10+): a call's first
+``delta.tool_calls`` entry has its ``index``, ``id``, ``type`` and ``function.name``, the
+later ones add ``function.arguments`` text; the choice ends with ``finish_reason:
+"tool_calls"`` (``"stop"`` when ``tool_choice`` named the function, as OpenAI does too).
 """
 
 from __future__ import annotations
@@ -36,11 +44,13 @@ from adapters.base import (
     BackendError,
     BadRequest,
     Capabilities,
+    ChatMessage,
     Delta,
     FinishReason,
     GenerationRequest,
     LoadSnapshot,
     TokenLogprob,
+    ToolCallDelta,
     Unavailable,
     UpstreamProtocolError,
     Usage,
@@ -85,6 +95,8 @@ class OpenAICompatibleBackend(HTTPBackend):
             logit_bias=True,
             penalties=True,
             suffix=bool(opts.get("suffix", False)),
+            tools=bool(opts.get("tools", True)),
+            structured=bool(opts.get("structured", True)),
             max_context=opts.get("max_context"),
         )
 
@@ -143,6 +155,9 @@ class OpenAICompatibleBackend(HTTPBackend):
                 if text or tokens:
                     counted += tokens
                     batch.add(text, tokens, logprobs)
+                if chat:
+                    for call in (choice.get("delta") or {}).get("tool_calls") or ():
+                        batch.add_call(_tool_call_delta(call))
                 if reason is not None:
                     finish = self._finish(reason)
             return echo  # the prompt goes out first, on its own
@@ -247,8 +262,16 @@ class OpenAICompatibleBackend(HTTPBackend):
         body: dict[str, Any] = {"model": req.model}
         if req.messages is not None:
             path = f"{self._prefix}/chat/completions"
-            body["messages"] = [{"role": m.role, "content": m.content} for m in req.messages]
+            body["messages"] = [_message_json(m) for m in req.messages]
             body[self._max_tokens_field] = req.max_tokens
+            if req.tools:
+                body["tools"] = list(req.tools)
+                if req.tool_choice is not None:
+                    body["tool_choice"] = req.tool_choice
+                if req.parallel_tool_calls is not None:
+                    body["parallel_tool_calls"] = req.parallel_tool_calls
+            if req.response_format is not None:
+                body["response_format"] = req.response_format
             if req.logprobs is not None:
                 body["logprobs"] = True
                 body["top_logprobs"] = req.logprobs
@@ -285,11 +308,13 @@ class OpenAICompatibleBackend(HTTPBackend):
     def _finish(self, reason: str) -> FinishReason:
         if reason == "length":
             return "length"
+        if reason == "tool_calls":
+            return "tool_calls"
         if reason == "abort":  # vLLM aborted it (shutdown, preemption limits): not an answer
             raise Unavailable(
                 "The backend aborted the generation.", backend=self.name, detail="finish: abort"
             )
-        return "stop"  # stop, eos, tool_calls, content_filter: the model ended the text
+        return "stop"  # stop, eos, content_filter: the model ended the text
 
     @staticmethod
     def _usage(usage: Mapping[str, Any] | None, counted: int) -> Usage:
@@ -362,6 +387,31 @@ def _piece(choice: Mapping[str, Any], chat: bool) -> tuple[str, list[TokenLogpro
         return text, _chat_logprobs(raw["content"]) if raw and raw.get("content") else None
     raw = choice.get("logprobs")
     return choice.get("text") or "", _completion_logprobs(raw) if raw else None
+
+
+def _message_json(message: ChatMessage) -> dict[str, Any]:
+    """A chat turn in OpenAI's shape, with the tool calls it made or the call it answers."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["content"] = message.content or None
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _tool_call_delta(entry: Mapping[str, Any]) -> ToolCallDelta:
+    """One ``delta.tool_calls`` entry (vLLM omits what an entry does not change)."""
+    function = entry.get("function") or {}
+    return ToolCallDelta(
+        index=int(entry.get("index") or 0),
+        id=entry.get("id") or None,
+        name=function.get("name") or None,
+        arguments=function.get("arguments") or "",
+    )
 
 
 def _completion_logprobs(raw: Mapping[str, Any]) -> list[TokenLogprob]:

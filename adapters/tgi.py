@@ -6,7 +6,10 @@ Streams ``/generate_stream`` (SSE: ``data:`` without a space, keep-alive comment
 ``/info`` gives the limits that let us refuse an oversize request before sending it.
 
 Options: ``max_stop_sequences``, ``max_total_tokens``, ``max_input_tokens`` (until ``/info``
-has been read), ``max_top_n_tokens`` (5, TGI's default ``--max-top-n-tokens``).
+has been read), ``max_top_n_tokens`` (5, TGI's default ``--max-top-n-tokens``), ``grammar``
+(true: ``response_format`` becomes ``parameters.grammar``; false for a server started with
+``--disable-grammar-support``). Tools need TGI's Messages API, which this adapter does not
+speak: tool requests go to other backends.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from adapters.base import (
     Usage,
 )
 
-_RESERVED = frozenset({"max_new_tokens", "details", "decoder_input_details", "stop", "best_of"})
+_RESERVED = frozenset(
+    {"max_new_tokens", "details", "decoder_input_details", "stop", "best_of", "grammar"}
+)
 # error_type of TGI's `{"error", "error_type"}` -> the HTTP status the same error gets outside
 # a stream (router/src/infer/mod.rs `InferError::error_type`, server.rs `From<InferError>`).
 _ERROR_STATUS = {
@@ -68,6 +73,7 @@ class TGIBackend(HTTPBackend):
             stop=True,
             max_stop_sequences=self._limits["max_stop_sequences"],
             seed=True,
+            structured=bool(opts.get("grammar", True)),
             max_context=self._limits["max_total_tokens"],
             max_prompt=self._limits["max_input_tokens"],
         )
@@ -161,6 +167,8 @@ class TGIBackend(HTTPBackend):
             params["stop"] = list(req.stop)
         if req.logprobs:
             params["top_n_tokens"] = req.logprobs
+        if req.response_format is not None:
+            params["grammar"] = _grammar(req.response_format)
         for key, value in req.extra.items():
             if key not in _RESERVED:
                 params[key] = value
@@ -232,3 +240,12 @@ def _event_error(event: Mapping[str, Any], backend: str) -> BackendError:
     """TGI's in-stream ``{"error", "error_type"}`` event, classed as its HTTP twin would be."""
     status = _ERROR_STATUS.get(str(event.get("error_type")), 500)
     return said_error(status, said_in(event), backend)
+
+
+def _grammar(response_format: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``response_format`` as TGI's ``parameters.grammar`` (a JSON Schema grammar;
+    router/src/lib.rs ``GrammarType::Json``): any JSON object for ``json_object``."""
+    if response_format.get("type") == "json_schema":
+        schema = response_format["json_schema"].get("schema") or {"type": "object"}
+        return {"type": "json", "value": schema}
+    return {"type": "json", "value": {"type": "object"}}

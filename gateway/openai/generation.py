@@ -26,6 +26,7 @@ from adapters.base import (
     GenerationRequest,
     Timeout,
     TokenLogprob,
+    ToolCallDelta,
     Unavailable,
     Usage,
 )
@@ -49,6 +50,7 @@ class Piece:
     text: str
     logprobs: Sequence[TokenLogprob] | None = None
     echo: bool = False
+    tool_calls: Sequence[ToolCallDelta] | None = None
 
 
 @dataclass(slots=True)
@@ -177,8 +179,8 @@ class Generation:
             self.finish_reason = delta.finish_reason
         if self.transcript is not None and text:
             self.transcript.append(text)
-        if text or delta.logprobs:
-            return Piece(text, delta.logprobs)
+        if text or delta.logprobs or delta.tool_calls:
+            return Piece(text, delta.logprobs, tool_calls=delta.tool_calls)
         return None
 
 

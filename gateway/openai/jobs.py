@@ -11,18 +11,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from adapters.base import Backend, ChatMessage, GenerationRequest
+from adapters._tool_text import as_text_turns
+from adapters.base import Backend, ChatMessage, GenerationRequest, ToolCall
 from gateway.errors import Forbidden, InvalidRequest, ModelNotFound
 from gateway.openai.context import ContextFit
 from gateway.openai.protocol import (
     ChatCompletionRequest,
+    ChatMessageIn,
     CompletionRequest,
-    ResponsesInputMessage,
+    NamedToolChoice,
+    ResponsesNamedChoice,
     ResponsesRequest,
     _Body,
+    joined_text,
+    parse_model,
 )
 from gateway.openai.responses import Endpoint, Envelope
 from gateway.openai.responses_api import ResponseFrame
+from gateway.openai.responses_request import as_named, chat_body
 from gateway.openai.templates import TEMPLATES, ChatTemplate
 from gateway.routing.policies import Objectives
 from gateway.routing.router import Needs, Router
@@ -64,6 +70,7 @@ class Job:
     wants_logprobs: bool
     client_request_id: str | None
     messages: Sequence[ChatMessage] | None = None
+    text_turns: Sequence[ChatMessage] | None = None  # messages with tools as text, for templates
     template: ChatTemplate | None = None
     tally: Tally | None = field(default=None)
     fit: ContextFit | None = None  # the request's size against context windows
@@ -226,8 +233,9 @@ class JobBuilder:
         """A job for ``/v1/chat/completions``."""
         model = self.resolve(body.model, principal)
         extras = body.vendor_extras(self.settings.server.drop_params)
-        _refuse_unsupported_chat(body)
-        messages = [_flatten(i, m.role, m.content) for i, m in enumerate(body.messages)]
+        tools = _tools(body)
+        response_format = body.response_format.upstream() if body.response_format else None
+        messages = [_chat_message(i, m) for i, m in enumerate(body.messages)]
         limit = (
             body.max_completion_tokens
             if body.max_completion_tokens is not None
@@ -248,6 +256,8 @@ class JobBuilder:
         needs = Needs(
             logprobs=max(1, body.top_logprobs or 0) if body.logprobs else 0,
             **self._common_needs(body),
+            tools=tools is not None,
+            structured=response_format is not None,
         )
         candidates = self._candidates(model, needs)
         template = TEMPLATES.get(model.chat_template or "")
@@ -259,7 +269,10 @@ class JobBuilder:
                     "accepts chat messages.",
                     param="messages",
                 )
-        rendered = template.render(messages) if template else "\n".join(m.content for m in messages)
+        choice = _upstream_choice(body.tool_choice) if tools else None
+        tooled = tools is not None or _has_tool_turns(messages)
+        turns = as_text_turns(messages, tools, choice) if tooled else messages
+        rendered = template.render(turns) if template else "\n".join(m.content for m in turns)
         count = self.counter.count(model.id, rendered)
         bound = self.counter.bound(model.id, rendered)
         if template is None:
@@ -280,6 +293,10 @@ class JobBuilder:
                 max_tokens=max_tokens,
                 messages=messages,
                 logprobs=(top or 0) if body.logprobs else None,
+                tools=tools,
+                tool_choice=choice,
+                parallel_tool_calls=body.parallel_tool_calls if tools else None,
+                response_format=response_format,
                 **self._sampling(body, extras),
             )
             for _ in range(body.n)
@@ -298,45 +315,18 @@ class JobBuilder:
             max_tokens,
             body.logprobs,
         )
-        job.messages, job.template, job.fit = messages, template, fit
+        job.messages, job.text_turns, job.template, job.fit = messages, turns, template, fit
         return job
 
     # -- responses ----------------------------------------------------------------------
 
     def response(self, principal: Principal, body: ResponsesRequest, meta: RequestMeta) -> Job:
         """A job for ``/v1/responses``: the chat job of its messages, answered as a Response."""
-        _refuse_unsupported_response(body)
-        messages = [{"role": "system", "content": body.instructions}] if body.instructions else []
-        if isinstance(body.input, str):
-            messages.append({"role": "user", "content": body.input})
-        elif not body.input:
-            raise InvalidRequest("input must not be an empty list.", param="input")
-        else:
-            messages += [_response_message(i, m) for i, m in enumerate(body.input)]
-        extras = dict(body.model_extra or {})
-        for key in extras:
-            if key in ChatCompletionRequest.model_fields:  # a chat field, not a Responses one
-                raise InvalidRequest(f"Unrecognized request argument supplied: {key}", param=key)
-        chat = ChatCompletionRequest.model_validate(
-            {
-                **extras,
-                "model": body.model,
-                "messages": messages,
-                "max_completion_tokens": body.max_output_tokens,
-                "temperature": body.temperature,
-                "top_p": body.top_p,
-                "stream": body.stream,
-                "user": body.user,
-            }
-        )
+        chat = parse_model(ChatCompletionRequest, chat_body(body))
         try:
             job = self.chat(principal, chat, meta)
         except InvalidRequest as exc:  # named as the client named it
-            named = _RESPONSES_PARAMS.get(exc.param or "")
-            if named is None:
-                raise
-            message = exc.message.replace(exc.param or "", named)
-            raise InvalidRequest(message, param=named) from None
+            raise as_named(exc) from None
         job.frame = ResponseFrame(
             id="resp_" + meta.request_id,
             message_id="msg_" + meta.request_id,
@@ -348,6 +338,10 @@ class JobBuilder:
             top_p=body.top_p,
             metadata=dict(body.metadata or {}),
             user=body.user,
+            tools=[tool.model_dump(mode="json", exclude_none=True) for tool in body.tools or ()],
+            tool_choice=_choice_json(body.tool_choice),
+            parallel_tool_calls=body.parallel_tool_calls is not False,
+            text_format=_format_json(body),
         )
         return job
 
@@ -364,7 +358,7 @@ class JobBuilder:
         if job.messages is not None and not caps.chat:
             assert job.template is not None  # ensured when candidates were chosen
             changes["messages"] = None
-            changes["prompt"] = job.template.render(job.messages)
+            changes["prompt"] = job.template.render(job.text_turns or job.messages)
             stops = (*stops, *job.template.stops)
         fits = caps.max_stop_sequences is None or len(stops) <= caps.max_stop_sequences
         changes["stop"] = stops if caps.stop and fits else ()
@@ -476,72 +470,78 @@ class JobBuilder:
         }
 
 
-def _refuse_unsupported_chat(body: ChatCompletionRequest) -> None:
-    if body.tools:
-        raise InvalidRequest("Tool calling is not supported by any backend yet.", param="tools")
-    if body.tool_choice not in (None, "none"):
-        raise InvalidRequest(
-            "Tool calling is not supported by any backend yet.", param="tool_choice"
-        )
-    if body.response_format and body.response_format.get("type") != "text":
-        raise InvalidRequest(
-            "Only response_format {'type': 'text'} is supported.", param="response_format"
-        )
-
-
-# Chat's names of what a Responses request gave under another name.
-_RESPONSES_PARAMS = {"messages": "input", "max_completion_tokens": "max_output_tokens"}
-
-
-def _refuse_unsupported_response(body: ResponsesRequest) -> None:
-    if body.previous_response_id is not None:
-        raise InvalidRequest(
-            "previous_response_id is not supported: Tollgate stores no responses. Send the "
-            "earlier turns in input instead.",
-            param="previous_response_id",
-        )
-    if body.tools:
-        raise InvalidRequest("Tool calling is not supported by any backend yet.", param="tools")
-    if body.tool_choice not in (None, "none", "auto"):
-        raise InvalidRequest(
-            "Tool calling is not supported by any backend yet.", param="tool_choice"
-        )
-    kind = (body.text.format or {}).get("type", "text") if body.text else "text"
-    if kind != "text":
-        raise InvalidRequest(
-            "Only the text format {'type': 'text'} is supported; structured outputs are not yet.",
-            param="text.format",
-        )
-
-
-def _response_message(index: int, item: ResponsesInputMessage) -> dict[str, str]:
-    """An input item as a chat message: its text parts joined."""
-    if isinstance(item.content, str):
-        return {"role": item.role, "content": item.content}
-    kinds = ("input_text", "output_text")
-    return {"role": item.role,
-            "content": _joined_text(item.content, kinds, f"input[{index}].content")}  # fmt: skip
-
-
-def _flatten(index: int, role: str, content: str | list[dict[str, Any]] | None) -> ChatMessage:
-    if role == "tool":
-        raise InvalidRequest("Tool messages are not supported.", param=f"messages[{index}].role")
-    if content is None:
-        return ChatMessage(role, "")
-    if isinstance(content, str):
-        return ChatMessage(role, content)
-    return ChatMessage(role, _joined_text(content, ("text",), f"messages[{index}].content"))
-
-
-def _joined_text(parts: list[dict[str, Any]], kinds: tuple[str, ...], param: str) -> str:
-    """The text of content parts of the given ``kinds``, joined; any other part is a 400."""
-    texts = []
-    for j, part in enumerate(parts):
-        kind = part.get("type")
-        if kind not in kinds or not isinstance(part.get("text"), str):
+def _tools(body: ChatCompletionRequest) -> list[dict[str, Any]] | None:
+    """The tools to send upstream, checked against ``tool_choice``; None when the model may
+    not call any (none given, or ``tool_choice: "none"``, which then needs no tool support)."""
+    choice = body.tool_choice
+    if not body.tools:
+        if choice is not None and choice != "none":
             raise InvalidRequest(
-                f"Content parts of type '{kind}' are not supported; only text is.",
-                param=f"{param}[{j}].type",
+                "tool_choice is only allowed when tools are specified.", param="tool_choice"
             )
-        texts.append(part["text"])
-    return "".join(texts)
+        return None
+    names = [tool.function.name for tool in body.tools]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise InvalidRequest(
+                f"Tool names must be unique; '{name}' is given twice.",
+                param=f"tools[{index}].function.name",
+            )
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+        raise InvalidRequest(
+            f"tool_choice names the function '{choice.function.name}', which is not in tools.",
+            param="tool_choice",
+        )
+    if choice == "none":
+        return None
+    return [tool.model_dump(mode="json", exclude_none=True) for tool in body.tools]
+
+
+def _upstream_choice(choice: str | NamedToolChoice | None) -> str | dict[str, Any]:
+    if isinstance(choice, NamedToolChoice):
+        return choice.model_dump(mode="json")
+    return choice or "auto"
+
+
+def _choice_json(choice: str | ResponsesNamedChoice | None) -> str | dict[str, Any]:
+    if isinstance(choice, ResponsesNamedChoice):
+        return choice.model_dump(mode="json")
+    return choice or "auto"
+
+
+def _format_json(body: ResponsesRequest) -> dict[str, Any]:
+    format_ = body.text.format if body.text is not None else None
+    if format_ is None:
+        return {"type": "text"}
+    return format_.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _has_tool_turns(messages: Sequence[ChatMessage]) -> bool:
+    return any(m.tool_calls or m.role == "tool" for m in messages)
+
+
+def _chat_message(index: int, message: ChatMessageIn) -> ChatMessage:
+    """A client's message as one turn: its text joined, with the tool calls it holds."""
+    role, content = message.role, message.content
+    if content is None:
+        text = ""
+    elif isinstance(content, str):
+        text = content
+    else:
+        text = joined_text(content, ("text",), f"messages[{index}].content")
+    if role == "tool":
+        if not message.tool_call_id:
+            raise InvalidRequest(
+                "A message with role 'tool' must answer a tool call: tool_call_id is missing.",
+                param=f"messages[{index}].tool_call_id",
+            )
+        return ChatMessage(role, text, tool_call_id=message.tool_call_id)
+    if message.tool_calls and role != "assistant":
+        raise InvalidRequest(
+            "Only assistant messages hold tool_calls.", param=f"messages[{index}].tool_calls"
+        )
+    calls = tuple(
+        ToolCall(call.id, call.function.name, call.function.arguments)
+        for call in message.tool_calls or ()
+    )
+    return ChatMessage(role, text, tool_calls=calls)

@@ -9,7 +9,16 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.errors import InvalidRequest
 
@@ -175,6 +184,30 @@ class TextPart(BaseModel):
     text: str
 
 
+FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+
+
+class FunctionCallIn(BaseModel):
+    """The function an assistant turn called, and the JSON text of its arguments.
+
+    Fields the SDKs' own accumulators add when a client sends their answer back
+    (``index``, ``parsed_arguments``) are ignored here and in ``ToolCallIn``.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    name: str
+    arguments: str
+
+
+class ToolCallIn(BaseModel):
+    """A tool call of an earlier assistant turn, as the client sends it back."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
     """A chat message as clients send it."""
 
@@ -182,6 +215,71 @@ class ChatMessageIn(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDef(BaseModel):
+    """A function the model may call: ``parameters`` is a JSON Schema of its arguments."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(BaseModel):
+    """An entry of ``tools``: only functions are tools here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    """``{"name": ...}`` of a named ``tool_choice``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` naming the one function to call."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema``: the schema an answer must match."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    name: FunctionName
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: free text, any JSON object, or JSON matching a schema."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with, and only with, type 'json_schema'")
+        return self
+
+    def upstream(self) -> dict[str, Any] | None:
+        """The format as backends receive it (None for free text)."""
+        if self.type == "text":
+            return None
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 class ChatCompletionRequest(_Body):
@@ -192,10 +290,10 @@ class ChatCompletionRequest(_Body):
     max_completion_tokens: int | None = Field(None, ge=0, le=INT32_MAX)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
 
 
 class ResponsesInputMessage(BaseModel):
@@ -207,11 +305,87 @@ class ResponsesInputMessage(BaseModel):
     content: str | list[dict[str, Any]]
 
 
-class ResponsesText(BaseModel):
-    """``text``: the output's format (only ``{"type": "text"}`` is served) and verbosity."""
+class ResponsesFunctionCall(BaseModel):
+    """A ``function_call`` item: a call the model made earlier, sent back as history."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    format: dict[str, Any] | None = None
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str
+    arguments: str
+
+
+class ResponsesFunctionOutput(BaseModel):
+    """A ``function_call_output`` item: what the call ``call_id`` returned."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str | list[dict[str, Any]]
+
+
+def _item_kind(item: Any) -> str:
+    kind = item.get("type", "message") if isinstance(item, dict) else getattr(item, "type", None)
+    return kind if kind in _ITEM_KINDS else "message"  # the message model names a bad type
+
+
+_ITEM_KINDS = ("message", "function_call", "function_call_output")
+ResponsesInputItem = Annotated[
+    Annotated[ResponsesInputMessage, Tag("message")]
+    | Annotated[ResponsesFunctionCall, Tag("function_call")]
+    | Annotated[ResponsesFunctionOutput, Tag("function_call_output")],
+    Discriminator(_item_kind),
+]
+
+
+class ResponsesTool(BaseModel):
+    """A function tool in the Responses shape (flat: no ``function`` wrapper)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["function"]
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ResponsesNamedChoice(BaseModel):
+    """``tool_choice`` naming the one function to call (Responses shape)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["function"]
+    name: str
+
+
+class ResponsesFormat(BaseModel):
+    """``text.format``: free text, any JSON object, or JSON matching a named schema."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    type: Literal["text", "json_object", "json_schema"]
+    name: FunctionName | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _named_schema(self) -> ResponsesFormat:
+        if self.type == "json_schema" and (self.name is None or self.schema_ is None):
+            raise ValueError("a json_schema format needs a name and a schema")
+        return self
+
+    def as_chat(self) -> dict[str, Any] | None:
+        """The same format as chat's ``response_format`` (None for free text)."""
+        if self.type != "json_schema":
+            return None if self.type == "text" else {"type": self.type}
+        spec = self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"type"})
+        return {"type": "json_schema", "json_schema": spec}
+
+
+class ResponsesText(BaseModel):
+    """``text``: the output's format and verbosity."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    format: ResponsesFormat | None = None
     verbosity: str | None = None
 
 
@@ -225,7 +399,7 @@ class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     model: str = Field(min_length=1)
-    input: list[ResponsesInputMessage] | str
+    input: list[ResponsesInputItem] | str
     instructions: str | None = None
     max_output_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -236,8 +410,8 @@ class ResponsesRequest(BaseModel):
     store: bool | None = None
     user: str | None = None
     text: ResponsesText | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ResponsesTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ResponsesNamedChoice | None = None
     parallel_tool_calls: bool | None = None
     previous_response_id: str | None = None
 
@@ -248,14 +422,20 @@ ChatCompletionRequest.model_rebuild()
 ResponsesRequest.model_rebuild()
 
 
+_BRANCHES = frozenset(
+    {"str", "list[str]", "list[int]", "list[list[int]]", *_ITEM_KINDS,
+     "NamedToolChoice", "ResponsesNamedChoice"}
+)  # fmt: skip
+
+
 def _param(loc: tuple[int | str, ...]) -> str:
     """Pydantic's error location as OpenAI's ``param`` (``messages[0].content``)."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("str", "list[str]", "list[int]", "list[list[int]]") or "[" in part:
-            continue  # union-branch names, not fields
+        elif part in _BRANCHES or "[" in part:
+            continue  # union-branch names and tags, not fields
         else:
             out += f".{part}" if out else part
     return out
@@ -268,14 +448,43 @@ def parse_body(model: type[BodyT], raw: bytes) -> BodyT:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        first = errors[0]
-        if first["type"] in ("json_invalid", "json_type"):
+        raise _invalid(exc) from None
+
+
+def parse_model(model: type[BodyT], data: dict[str, Any]) -> BodyT:
+    """Validate an already-parsed body, failing as ``parse_body`` does."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def _invalid(exc: ValidationError) -> InvalidRequest:
+    """A validation failure as the ``InvalidRequest`` naming its first field."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    if first["type"] == "literal_error" and isinstance(first.get("input"), dict):
+        # A dict given where a string or an object may go: the object branch's error
+        # says what is wrong with it, the string branch's only that it is not a string.
+        first = max(errors, key=lambda e: (e["loc"][:1] == first["loc"][:1], len(e["loc"])))
+    if first["type"] in ("json_invalid", "json_type"):
+        return InvalidRequest(f"We could not parse the JSON body of your request: {first['msg']}.")
+    param = _param(tuple(first["loc"]))
+    if first["type"] == "model_type" and not param:
+        return InvalidRequest("The request body must be a JSON object.")
+    message = f"Invalid value for '{param}': {first['msg']}." if param else first["msg"]
+    return InvalidRequest(message, param=param or None)
+
+
+def joined_text(parts: list[dict[str, Any]], kinds: tuple[str, ...], param: str) -> str:
+    """The text of content parts of the given ``kinds``, joined; any other part is a 400."""
+    texts = []
+    for j, part in enumerate(parts):
+        kind = part.get("type")
+        if kind not in kinds or not isinstance(part.get("text"), str):
             raise InvalidRequest(
-                f"We could not parse the JSON body of your request: {first['msg']}."
-            ) from None
-        param = _param(tuple(first["loc"]))
-        if first["type"] == "model_type" and not param:
-            raise InvalidRequest("The request body must be a JSON object.") from None
-        message = f"Invalid value for '{param}': {first['msg']}." if param else first["msg"]
-        raise InvalidRequest(message, param=param or None) from None
+                f"Content parts of type '{kind}' are not supported; only text is.",
+                param=f"{param}[{j}].type",
+            )
+        texts.append(part["text"])
+    return "".join(texts)

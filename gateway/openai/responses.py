@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from adapters.base import TokenLogprob
+from adapters.base import TokenLogprob, ToolCallDelta
 
 Endpoint = Literal["completion", "chat"]
 
@@ -47,6 +47,47 @@ def _chat_token(t: TokenLogprob) -> dict[str, Any]:
     }
 
 
+@dataclass(slots=True)
+class ToolCalls:
+    """The tool calls of one choice, assembled from their streamed pieces."""
+
+    calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, pieces: Sequence[ToolCallDelta]) -> None:
+        """Pieces of calls: a new index opens a call, the rest extend its arguments."""
+        for piece in pieces:
+            call = self.calls.get(piece.index)
+            if call is None:
+                call = {"id": piece.id or "", "type": "function",
+                        "function": {"name": piece.name or "", "arguments": ""}}  # fmt: skip
+                self.calls[piece.index] = call
+            elif piece.id and not call["id"]:
+                call["id"] = piece.id
+            if piece.name and not call["function"]["name"]:
+                call["function"]["name"] = piece.name
+            call["function"]["arguments"] += piece.arguments
+
+    def json(self) -> list[dict[str, Any]] | None:
+        """The calls in index order, as a message's ``tool_calls`` (None when there are none)."""
+        return [self.calls[i] for i in sorted(self.calls)] if self.calls else None
+
+
+def tool_call_chunks(pieces: Sequence[ToolCallDelta]) -> list[dict[str, Any]]:
+    """Pieces of calls as a chunk's ``delta.tool_calls``: what a piece does not set is left
+    out, as the SDKs' stream accumulators expect."""
+    out = []
+    for piece in pieces:
+        function: dict[str, Any] = {"arguments": piece.arguments}
+        if piece.name is not None:
+            function = {"name": piece.name, **function}
+        entry: dict[str, Any] = {"index": piece.index}
+        if piece.id is not None:
+            entry.update(id=piece.id, type="function")
+        entry["function"] = function
+        out.append(entry)
+    return out
+
+
 def usage_json(prompt: int, completion: int, cost_usd: float | None = None) -> dict[str, Any]:
     """OpenAI's usage object, with Tollgate's provisional cost when given."""
     out: dict[str, Any] = {
@@ -69,15 +110,25 @@ class Envelope:
     model: str
 
     def choice(
-        self, index: int, text: str, finish: str | None, logprobs: Logprobs | None
+        self,
+        index: int,
+        text: str,
+        finish: str | None,
+        logprobs: Logprobs | None,
+        tool_calls: ToolCalls | None = None,
     ) -> dict[str, Any]:
         """A choice of a non-streamed answer."""
         if self.endpoint == "completion":
             lp = logprobs.completion_json() if logprobs is not None else None
             return {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        calls = tool_calls.json() if tool_calls is not None else None
+        if calls is not None:
+            message["content"] = text or None
+            message["tool_calls"] = calls
         return {
             "index": index,
-            "message": {"role": "assistant", "content": text, "refusal": None},
+            "message": message,
             "logprobs": logprobs.chat_json() if logprobs is not None else None,
             "finish_reason": finish,
         }
@@ -104,6 +155,7 @@ class Envelope:
         logprobs: Sequence[TokenLogprob] | None = None,
         role: bool = False,
         with_usage_field: bool = False,
+        tool_calls: Sequence[ToolCallDelta] | None = None,
     ) -> dict[str, Any]:
         """A streamed chunk for one choice."""
         if self.endpoint == "completion":
@@ -121,6 +173,8 @@ class Envelope:
                 delta["role"] = "assistant"
             if text is not None:
                 delta["content"] = text
+            if tool_calls:
+                delta["tool_calls"] = tool_call_chunks(tool_calls)
             lp_chat = Logprobs(list(logprobs)).chat_json() if logprobs else None
             choice = {"index": index, "delta": delta, "logprobs": lp_chat, "finish_reason": finish}
             obj = "chat.completion.chunk"

@@ -1,14 +1,19 @@
 """Bodies and stream events of the Responses API (``/v1/responses``), as the SDKs parse them.
 
-One answer is one assistant message with one ``output_text`` part; a length cap makes the
-response ``incomplete`` with ``incomplete_details.reason`` ``max_output_tokens``.
+An answer's output is an assistant message with one ``output_text`` part (when it has text)
+and a ``function_call`` item per tool call; a length cap makes the response ``incomplete``
+with ``incomplete_details.reason`` ``max_output_tokens``. Streamed, each item is announced
+(``response.output_item.added``) when its first piece arrives and closed at the end.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapters.base import ToolCallDelta
+from gateway.openai.responses import ToolCalls
 from gateway.openai.streaming import sse_event
 
 # Chat finish reasons that end a response early, as the Responses API names them.
@@ -43,6 +48,10 @@ class ResponseFrame:
     top_p: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     user: str | None = None
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: str | dict[str, Any] = "auto"
+    parallel_tool_calls: bool = True
+    text_format: dict[str, Any] = field(default_factory=lambda: {"type": "text"})
 
     def response(
         self,
@@ -67,13 +76,13 @@ class ResponseFrame:
             "metadata": self.metadata,
             "model": self.model,
             "output": output,
-            "parallel_tool_calls": False,
+            "parallel_tool_calls": self.parallel_tool_calls,
             "previous_response_id": None,
             "store": False,
             "temperature": self.temperature,
-            "text": {"format": {"type": "text"}},
-            "tool_choice": "none",
-            "tools": [],
+            "text": {"format": self.text_format},
+            "tool_choice": self.tool_choice,
+            "tools": self.tools,
             "top_p": self.top_p,
             "truncation": "disabled",
             "usage": usage,
@@ -90,10 +99,26 @@ class ResponseFrame:
             "content": [output_text(text)] if status != "in_progress" else [],
         }
 
-    def finished(self, text: str, finish: str | None, usage: dict[str, Any]) -> dict[str, Any]:
+    def function_call(self, index: int, call: dict[str, Any], status: str) -> dict[str, Any]:
+        """The ``function_call`` item of the answer's call ``index`` (chat's call shape in)."""
+        return {
+            "type": "function_call",
+            "id": f"fc_{self.id.removeprefix('resp_')}_{index}",
+            "call_id": call["id"],
+            "name": call["function"]["name"],
+            "arguments": call["function"]["arguments"],
+            "status": status,
+        }
+
+    def finished(
+        self, text: str, calls: ToolCalls | None, finish: str | None, usage: dict[str, Any]
+    ) -> dict[str, Any]:
         """The whole answer: completed, or incomplete when ``finish`` says it was cut."""
         status = "incomplete" if finish in INCOMPLETE_REASONS else "completed"
-        return self.response("completed", [self.message(text, status)], usage, finish)
+        made = (calls.json() if calls is not None else None) or []
+        output = [self.message(text, status)] if text or not made else []
+        output += [self.function_call(i, call, status) for i, call in enumerate(made)]
+        return self.response("completed", output, usage, finish)
 
 
 def output_text(text: str) -> dict[str, Any]:
@@ -108,6 +133,10 @@ class ResponseEvents:
         self.frame = frame
         self._sequence = 0
         self._text: list[str] = []
+        self._message_at: int | None = None  # output index of the message, once opened
+        self._calls = ToolCalls()
+        self._call_at: dict[int, int] = {}  # tool call index -> output index
+        self._items = 0
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         payload = {"type": kind, **fields, "sequence_number": self._sequence}
@@ -115,41 +144,86 @@ class ResponseEvents:
         return sse_event(kind, payload)
 
     def _where(self) -> dict[str, Any]:
-        return {"item_id": self.frame.message_id, "output_index": 0, "content_index": 0}
+        return {"item_id": self.frame.message_id, "output_index": self._message_at,
+                "content_index": 0}  # fmt: skip
 
     def opening(self) -> bytes:
-        """From ``response.created`` to the empty ``output_text`` part the deltas fill."""
-        frame = self.frame
-        pending = frame.response("in_progress", [])
-        item = frame.message("", "in_progress")
-        return b"".join(
-            (
-                self._event("response.created", response=pending),
-                self._event("response.in_progress", response=pending),
-                self._event("response.output_item.added", output_index=0, item=item),
-                self._event("response.content_part.added", **self._where(), part=output_text("")),
-            )
+        """``response.created`` and ``response.in_progress``."""
+        pending = self.frame.response("in_progress", [])
+        return self._event("response.created", response=pending) + self._event(
+            "response.in_progress", response=pending
         )
+
+    def _open_message(self) -> bytes:
+        self._message_at, self._items = self._items, self._items + 1
+        item = self.frame.message("", "in_progress")
+        return self._event(
+            "response.output_item.added", output_index=self._message_at, item=item
+        ) + self._event("response.content_part.added", **self._where(), part=output_text(""))
 
     def delta(self, text: str) -> bytes:
-        """One ``response.output_text.delta``."""
+        """One ``response.output_text.delta`` (opening the message with the first)."""
+        opened = self._open_message() if self._message_at is None else b""
         self._text.append(text)
-        return self._event("response.output_text.delta", **self._where(), delta=text, logprobs=[])
+        return opened + self._event(
+            "response.output_text.delta", **self._where(), delta=text, logprobs=[]
+        )
+
+    def tool_calls(self, pieces: Sequence[ToolCallDelta]) -> bytes:
+        """A call's ``output_item.added`` when it starts, its arguments as they come."""
+        out = []
+        for piece in pieces:
+            self._calls.add([piece])
+            at = self._call_at.get(piece.index)
+            if at is None:
+                at = self._call_at[piece.index] = self._items
+                self._items += 1
+                item = self._call_item(piece.index, "in_progress")
+                item["arguments"] = ""
+                out.append(self._event("response.output_item.added", output_index=at, item=item))
+            if piece.arguments:
+                out.append(self._event(
+                    "response.function_call_arguments.delta", item_id=self._call_id(piece.index),
+                    output_index=at, delta=piece.arguments,
+                ))  # fmt: skip
+        return b"".join(out)
+
+    def _call_id(self, index: int) -> str:
+        return f"fc_{self.frame.id.removeprefix('resp_')}_{sorted(self._call_at).index(index)}"
+
+    def _call_item(self, index: int, status: str) -> dict[str, Any]:
+        order = sorted(self._call_at).index(index)
+        return self.frame.function_call(order, self._calls.calls[index], status)
 
     def closing(self, finish: str | None, usage: dict[str, Any]) -> bytes:
-        """From ``response.output_text.done`` to ``response.completed`` (or ``incomplete``)."""
+        """Each item's done events, then ``response.completed`` (or ``incomplete``)."""
         frame, text = self.frame, "".join(self._text)
-        final = frame.finished(text, finish, usage)
-        item = final["output"][0]
+        opened = b""
+        if self._message_at is None and not self._call_at:  # an empty answer: an empty message
+            opened = self._open_message()
+        final = frame.finished(text, self._calls, finish, usage)
+        items = {item["id"]: item for item in final["output"]}
+        ends = [opened]
+        for at in range(self._items):
+            if at == self._message_at:
+                item = items[frame.message_id]
+                ends += [
+                    self._event("response.output_text.done", **self._where(), text=text,
+                                logprobs=[]),
+                    self._event("response.content_part.done", **self._where(),
+                                part=output_text(text)),
+                ]  # fmt: skip
+            else:
+                index = next(i for i, o in self._call_at.items() if o == at)
+                item = items[self._call_id(index)]
+                ends.append(self._event(
+                    "response.function_call_arguments.done", item_id=item["id"], output_index=at,
+                    name=item["name"], arguments=item["arguments"],
+                ))  # fmt: skip
+            ends.append(self._event("response.output_item.done", output_index=at, item=item))
         last = "response.completed" if final["status"] == "completed" else "response.incomplete"
-        return b"".join(
-            (
-                self._event("response.output_text.done", **self._where(), text=text, logprobs=[]),
-                self._event("response.content_part.done", **self._where(), part=output_text(text)),
-                self._event("response.output_item.done", output_index=0, item=item),
-                self._event(last, response=final),
-            )
-        )
+        ends.append(self._event(last, response=final))
+        return b"".join(ends)
 
     def error(self, error: dict[str, Any]) -> bytes:
         """The ``error`` event, from the body of OpenAI's error envelope."""

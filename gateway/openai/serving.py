@@ -35,7 +35,7 @@ from gateway.openai.fanout import FanOut
 from gateway.openai.generation import Generation, open_generation
 from gateway.openai.jobs import Job, JobBuilder
 from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, ResponsesRequest
-from gateway.openai.responses import Logprobs, usage_json
+from gateway.openai.responses import Logprobs, ToolCalls, usage_json
 from gateway.openai.responses_api import ResponseEvents, responses_usage
 from gateway.openai.streaming import DONE, EventStream, sse
 from gateway.routing.policies import Objectives
@@ -214,24 +214,31 @@ class Serving:
         headers = self._headers(job, gens)
         if job.frame is not None:  # one generation: a Response has no choices
             usage = responses_usage(tally.prompt_tokens, tally.completion_tokens)
-            body = job.frame.finished(folded[0][0], gens[0].finish_reason, usage)
+            text, _, calls = folded[0]
+            body = job.frame.finished(text, calls, gens[0].finish_reason, usage)
         else:
             choices = [
-                env.choice(g.index, text, g.finish_reason, lp)
-                for g, (text, lp) in zip(gens, folded, strict=True)
+                env.choice(g.index, text, g.finish_reason, lp, calls)
+                for g, (text, lp, calls) in zip(gens, folded, strict=True)
             ]
             body = env.response(choices, usage_json(tally.prompt_tokens, tally.completion_tokens))
         headers["x-tollgate-cost-usd"] = f"{tally.cost_usd:.10f}"
         return Response(orjson.dumps(body), media_type=JSON, headers=headers)
 
-    async def _collect(self, job: Job, gen: Generation) -> tuple[str, Logprobs | None]:
+    async def _collect(
+        self, job: Job, gen: Generation
+    ) -> tuple[str, Logprobs | None, ToolCalls | None]:
         parts = [job.echo_texts[gen.index]]
         lp = Logprobs() if job.wants_logprobs else None
+        calls: ToolCalls | None = None
         async for piece in gen.pieces():
             parts.append(piece.text)
             if lp is not None and piece.logprobs:
                 lp.tokens.extend(piece.logprobs)
-        return "".join(parts), lp
+            if piece.tool_calls:
+                calls = calls or ToolCalls()
+                calls.add(piece.tool_calls)
+        return "".join(parts), lp, calls
 
     # -- streamed -----------------------------------------------------------------------
 
@@ -265,9 +272,10 @@ class Serving:
                     event = sse(
                         env.chunk(
                             gen.index,
-                            piece.text,
+                            None if piece.tool_calls and not piece.text else piece.text,
                             logprobs=piece.logprobs,
                             with_usage_field=usage_field,
+                            tool_calls=piece.tool_calls,
                         )
                     )
                     yield held + event if held else event
@@ -298,8 +306,11 @@ class Serving:
             async for gen, piece in fan.stream():
                 if piece is None:
                     finish = gen.finish_reason
-                elif piece.text:
-                    event = events.delta(piece.text)
+                    continue
+                event = events.delta(piece.text) if piece.text else b""
+                if piece.tool_calls:
+                    event += events.tool_calls(piece.tool_calls)
+                if event:
                     yield held + event if held else event
                     held = b""
             status = 200

@@ -46,6 +46,8 @@ class Needs:
     logit_bias: bool = False
     penalties: bool = False
     suffix: bool = False
+    tools: bool = False
+    structured: bool = False
 
     def unmet(self, caps: Capabilities) -> str | None:
         """The request parameter ``caps`` cannot honour, or None."""
@@ -63,6 +65,10 @@ class Needs:
             return "presence_penalty"
         if self.suffix and not caps.suffix:
             return "suffix"
+        if self.tools and not caps.tools:
+            return "tools"
+        if self.structured and not caps.structured:
+            return "response_format"
         return None
 
 

@@ -142,8 +142,16 @@ class FakeUpstream:
         """Hold token ``index`` (0-based) back until the returned signal is set."""
         return self.gates.setdefault(index, Signal())
 
-    def plan(self, max_tokens: int, stop: Sequence[str] = (), *, keep_stop: bool = False) -> Plan:
-        """Cut the canned tokens at ``max_tokens`` or the first stop string.
+    def plan(
+        self,
+        max_tokens: int,
+        stop: Sequence[str] = (),
+        *,
+        keep_stop: bool = False,
+        text: str | None = None,
+    ) -> Plan:
+        """Cut the canned tokens (or ``text``, in pieces of ``prompt_pieces``) at
+        ``max_tokens`` or the first stop string.
 
         The token that completes a stop string counts as generated; its text is cut before
         the stop string, or after it when the protocol keeps it (``keep_stop``).
@@ -151,7 +159,8 @@ class FakeUpstream:
         texts: list[str] = []
         ids: list[int] = []
         so_far = ""
-        for index, text in enumerate(self.tokens):
+        tokens = self.tokens if text is None else prompt_pieces(text)
+        for index, text in enumerate(tokens):
             if len(texts) >= max_tokens:
                 return Plan(texts, ids, "length")
             ids.append(100 + index)

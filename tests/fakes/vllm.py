@@ -13,12 +13,26 @@ and ``openai_server.py``, 1.x): errors are flat ``{"object": "error", "message",
 "param", "code"}`` with an integer code; request models forbid unknown fields (a 400); the
 model cards have no ``max_model_len``; ``/metrics`` is JSON, the iteration stats queued since
 the last call (``[]`` when nothing ran).
+
+Tools and structured outputs, as vLLM answers them (``serving_chat.py``, 0.10): a chat request
+with ``tools`` (``tool_choice`` not "none") whose last message is not a tool result is answered
+by one call to the named function (or the first), its arguments the smallest instance of the
+function's ``parameters``. Streamed, the call's first ``delta.tool_calls`` entry carries
+``index``, ``id`` (``chatcmpl-tool-<hex>``), ``type`` and ``function.name`` (with
+``arguments`` only for a named ``tool_choice``), later entries ``index`` and argument text; the
+stream's finish reason is "tool_calls". Whole, the message has ``content: null`` and
+``tool_calls``; its finish reason is "tool_calls", but "stop" for a named ``tool_choice``
+(vLLM's full generator reports the engine's reason there). After a tool result the answer is
+``Tool result: <content>``; ``response_format`` json_schema is answered with the smallest
+instance of the schema, json_object with ``{}``.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -110,7 +124,12 @@ class FakeVLLM(FakeHTTPUpstream):
             return
         limit = body.get("max_completion_tokens") or body.get("max_tokens") or 16
         stop = body.get("stop") or ()
-        plan = self.plan(limit, [stop] if isinstance(stop, str) else stop)
+        call = _tool_call(body) if chat else None
+        if call is not None:
+            await self._call(body, call, send)
+            return
+        scripted = _scripted_text(body) if chat else None
+        plan = self.plan(limit, [stop] if isinstance(stop, str) else stop, text=scripted)
         if body.get("stream"):
             await self._stream(body, chat, plan, send)
         else:
@@ -258,6 +277,45 @@ class FakeVLLM(FakeHTTPUpstream):
         await send_chunk(send, b"data: [DONE]\n\n")
         await end_body(send)
 
+    async def _call(self, body: dict[str, Any], call: _Call, send: Send) -> None:
+        """Answer with one tool call, streamed in vLLM's shapes or whole."""
+        usage = self._usage(body, True, len(call.pieces))
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body.get("model")}
+        if not body.get("stream"):
+            function = {"name": call.name, "arguments": "".join(call.pieces)}
+            made = {"id": call.id, "type": "function", "function": function}
+            message = {"role": "assistant", "content": None, "tool_calls": [made]}
+            reason = "stop" if call.named else "tool_calls"
+            choice = {"index": 0, "message": message, "finish_reason": reason}
+            answer = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+            await send_json(send, 200, answer)
+            return
+        await start_response(send, 200, "text/event-stream")
+        base["object"] = "chat.completion.chunk"
+
+        async def data(payload: dict[str, Any]) -> None:
+            await send_chunk(send, b"data: " + orjson.dumps(payload) + b"\n\n")
+
+        async def event(delta: dict[str, Any], reason: str | None = None) -> None:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+            await data({**base, "choices": [choice]})
+
+        await event({"role": "assistant", "content": ""})
+        opening: dict[str, Any] = {"name": call.name}
+        rest = call.pieces
+        if call.named:  # the named path sends the first argument text with the name
+            opening["arguments"], rest = call.pieces[0], call.pieces[1:]
+        first = {"index": 0, "id": call.id, "type": "function", "function": opening}
+        await event({"tool_calls": [first]})
+        for piece in rest:
+            await event({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+        await event({}, "tool_calls")
+        if (body.get("stream_options") or {}).get("include_usage") and self.send_usage:
+            await data({**base, "choices": [], "usage": usage})
+        await send_chunk(send, b"data: [DONE]\n\n")
+        await end_body(send)
+
     def _iterated(self) -> None:
         """One engine iteration ran: trtllm-serve queues its stats for the next /metrics."""
         if self.error_style == "trtllm":
@@ -318,3 +376,78 @@ def _prepend_echo(choice: dict[str, Any], body: dict[str, Any]) -> None:
         offsets.append(at)
         at += len(piece)
     logprobs["text_offset"] = [*offsets, at]
+
+
+@dataclass(frozen=True)
+class _Call:
+    """The one tool call the fake answers with: its arguments' JSON in streamed pieces."""
+
+    id: str
+    name: str
+    pieces: list[str]
+    named: bool
+
+
+def _tool_call(body: Mapping[str, Any]) -> _Call | None:
+    """The call a chat request gets: tools offered, not refused, and no tool result last."""
+    tools, choice = body.get("tools") or [], body.get("tool_choice", "auto")
+    messages = body.get("messages") or [{}]
+    if not tools or choice == "none" or messages[-1].get("role") == "tool":
+        return None
+    named = isinstance(choice, dict)
+    name = choice["function"]["name"] if named else tools[0]["function"]["name"]
+    function = next(t["function"] for t in tools if t["function"]["name"] == name)
+    schema = function.get("parameters") or {"type": "object"}
+    text = orjson.dumps(smallest_instance(schema, schema)).decode()
+    pieces = [text[i : i + 8] for i in range(0, len(text), 8)]
+    return _Call("chatcmpl-tool-" + secrets.token_hex(16), name, pieces, named)
+
+
+def _scripted_text(body: Mapping[str, Any]) -> str | None:
+    """The answer to a tool result or a structured-output request; None for canned text."""
+    messages = body.get("messages") or [{}]
+    if messages[-1].get("role") == "tool":
+        return f"Tool result: {messages[-1].get('content')}"
+    format_ = body.get("response_format") or {}
+    if format_.get("type") == "json_object":
+        return "{}"
+    if format_.get("type") == "json_schema":
+        schema = format_["json_schema"].get("schema") or {}
+        return orjson.dumps(smallest_instance(schema, schema)).decode()
+    return None
+
+
+def smallest_instance(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Any:
+    """A small value valid against ``schema``: required properties filled, strings "x",
+    numbers their minimum or 1, booleans true, enums and unions their first option."""
+    if "$ref" in schema:
+        target: Any = root
+        for part in str(schema["$ref"]).removeprefix("#/").split("/"):
+            target = target[part]
+        return smallest_instance(target, root)
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return schema["enum"][0]
+    for union in ("anyOf", "oneOf", "allOf"):
+        if union in schema:
+            return smallest_instance(schema[union][0], root)
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {
+            name: smallest_instance(properties.get(name, {}), root)
+            for name in schema.get("required") or ()
+        }
+    if kind == "array":
+        count = int(schema.get("minItems", 0))
+        return [smallest_instance(schema.get("items") or {}, root) for _ in range(count)]
+    if kind == "string":
+        return "x" * max(1, int(schema.get("minLength", 1)))
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 1)
+    if kind == "boolean":
+        return True
+    return None
