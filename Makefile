@@ -9,6 +9,9 @@ REDIS_PORT := 6379
 # Real upstream servers, each in an environment of its own (their pins clash with ours).
 JETSTREAM_ENV := .venvs/jetstream
 LLAMA_CPP_ENV := .venvs/llama-cpp
+# The OpenAI Node SDK that the e2e suite drives, as its lock file pins it.
+NODE_CLIENTS := tests/e2e/clients/node
+STAMP_NODE := $(NODE_CLIENTS)/node_modules/.installed
 # llama.cpp for any x86-64 with AVX2: a native build may use AVX-512 or AMX that the CPU
 # advertises but its hypervisor has not enabled, and die of SIGILL.
 LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
@@ -18,7 +21,7 @@ LLAMA_CPP_TESTS := tests/adapters/test_contract.py tests/e2e/test_backend_contra
 	tests/adapters/test_llama_cpp.py
 
 .PHONY: serve test lint bench install install-dev redis prometheus clean \
-	real-jetstream real-llama-cpp test-real-llama-cpp
+	real-jetstream real-llama-cpp test-real-llama-cpp node-clients
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +53,15 @@ $(LLAMA_CPP_ENV)/.installed: tests/real/llama-cpp-requirements.txt
 	  --no-deps -r $<
 	touch $@
 
+# node and npm from Debian only where the machine has no node; `npm ci` installs the lock
+# file's exact versions from the npm registry (and wipes node_modules, stamp included, first).
+$(STAMP_NODE): $(NODE_CLIENTS)/package.json $(NODE_CLIENTS)/package-lock.json
+	@command -v node >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	cd $(NODE_CLIENTS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-clients: $(STAMP_NODE)
 real-jetstream: $(JETSTREAM_ENV)/.installed
 real-llama-cpp: $(LLAMA_CPP_ENV)/.installed
 
@@ -70,7 +82,7 @@ redis:
 prometheus:
 	@command -v prometheus >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
 
-test: $(STAMP_DEV) $(JETSTREAM_ENV)/.installed redis prometheus
+test: $(STAMP_DEV) $(JETSTREAM_ENV)/.installed $(STAMP_NODE) redis prometheus
 	$(BIN)/python -m pytest
 
 # The contract suites (adapters, and through the gateway) and the server's own quirks, against
@@ -87,4 +99,4 @@ bench: $(STAMP_DEV)
 	$(BIN)/tollgate bench overhead
 
 clean:
-	rm -rf $(VENV) .venvs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venvs .pytest_cache .mypy_cache .ruff_cache $(NODE_CLIENTS)/node_modules

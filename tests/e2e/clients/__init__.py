@@ -1,0 +1,1 @@
+"""Clients other than the Python SDK (the OpenAI Node SDK, LangChain) against a live gateway."""
