@@ -100,6 +100,7 @@ class Capabilities:
     suffix: bool = False
     tools: bool = False  # function calling: `tools`, `tool_choice`, tool calls in the answer
     structured: bool = False  # `response_format` json_object / json_schema (guided decoding)
+    prefix_cache: bool = False  # reuses the KV of a prompt prefix it computed recently
     max_context: int | None = None  # prompt + completion tokens, when known
     max_prompt: int | None = None  # prompt tokens alone, where the server limits them apart
 

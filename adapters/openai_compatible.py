@@ -16,7 +16,8 @@ models), ``continuous_usage_stats`` (vLLM only: exact per-chunk token counts), `
 the server has none and is up), ``tools`` (true: function calling is passed through; set false
 for a vLLM started without ``--enable-auto-tool-choice``), ``structured`` (true:
 ``response_format`` json_object / json_schema is passed through to the server's guided
-decoding), and the traits ``serial`` and ``stream_echo``.
+decoding), ``prefix_cache`` (true, vLLM's default: the router prefers the replica likely to
+hold a prompt's prefix), and the traits ``serial`` and ``stream_echo``.
 
 Tool calls stream as vLLM streams them (``serving_chat.py``, 0.10+): a call's first
 ``delta.tool_calls`` entry has its ``index``, ``id``, ``type`` and ``function.name``, the
@@ -97,6 +98,7 @@ class OpenAICompatibleBackend(HTTPBackend):
             suffix=bool(opts.get("suffix", False)),
             tools=bool(opts.get("tools", True)),
             structured=bool(opts.get("structured", True)),
+            prefix_cache=bool(opts.get("prefix_cache", True)),
             max_context=opts.get("max_context"),
         )
 

@@ -74,6 +74,7 @@ class TGIBackend(HTTPBackend):
             max_stop_sequences=self._limits["max_stop_sequences"],
             seed=True,
             structured=bool(opts.get("grammar", True)),
+            prefix_cache=bool(opts.get("prefix_cache", True)),  # TGI 3's default
             max_context=self._limits["max_total_tokens"],
             max_prompt=self._limits["max_input_tokens"],
         )

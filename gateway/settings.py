@@ -274,6 +274,9 @@ class RoutingSettings(_Strict):
     max_attempts: int = Field(3, ge=1)
     probe_interval_s: float = Field(5.0, gt=0)
     explore_share: float = Field(0.02, ge=0, le=0.1)  # requests that re-measure stale backends
+    # Prompt blocks (256 characters each) remembered per backend for prefix-aware routing:
+    # about its KV cache's size; 0 turns prefix affinity off.
+    prefix_blocks: int = Field(8192, ge=0)
     breaker_failures: int = Field(5, ge=1)
     breaker_cooldown_s: float = Field(10.0, gt=0)
 

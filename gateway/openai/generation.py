@@ -34,6 +34,7 @@ from gateway.openai.responses import Endpoint
 from gateway.openai.silence import Silence, SilenceWatch
 from gateway.openai.streaming import StopMatcher
 from gateway.routing.policies import Estimate
+from gateway.routing.prefixes import PromptBlocks
 from gateway.routing.router import Router
 from gateway.telemetry import Telemetry
 
@@ -203,6 +204,7 @@ async def open_generation(
     endpoint: Endpoint = "completion",
     tried: int = 0,
     opened_at: float | None = None,
+    prompt: PromptBlocks | None = None,
 ) -> Generation:
     """Try the ranked backends ``plan[tried:]`` in turn until one yields its first delta.
 
@@ -211,6 +213,7 @@ async def open_generation(
     backend remains, an attempt is given up after ``GIVE_UP_FACTOR`` x its predicted TTFT
     (at least the backend's ``give_up_floor_s``). Raises the last error when every attempt
     failed. ``tried``/``opened_at`` continue the walk of an earlier call (a restart).
+    ``prompt`` tells the router which prefix each attempted backend now holds.
     ``policy`` and ``endpoint`` (the client's) label the attempts' telemetry.
     """
     opened = time.monotonic() if opened_at is None else opened_at
@@ -221,7 +224,7 @@ async def open_generation(
         est = plan[attempt]
         backend = est.backend
         request, stops = build(backend)
-        router.attempt_started(backend.name, retry=attempt > 0)
+        router.attempt_started(backend.name, retry=attempt > 0, prompt=prompt)
         started = time.monotonic()
         patience, giving_up = _patience(est, router, deadline, started, attempt + 1 < len(plan))
         span = telemetry.start_attempt(backend, request, attempt, index, endpoint)

@@ -31,6 +31,7 @@ from gateway.openai.responses_api import ResponseFrame
 from gateway.openai.responses_request import as_named, chat_body
 from gateway.openai.templates import TEMPLATES, ChatTemplate
 from gateway.routing.policies import Objectives
+from gateway.routing.prefixes import BLOCK_CHARS, PromptBlocks
 from gateway.routing.router import Needs, Router
 from gateway.settings import ModelSettings, Settings
 from gateway.tenancy.models import Principal
@@ -74,6 +75,7 @@ class Job:
     template: ChatTemplate | None = None
     tally: Tally | None = field(default=None)
     fit: ContextFit | None = None  # the request's size against context windows
+    prompt_blocks: PromptBlocks | None = None  # the first prompt's, for prefix-aware routing
     frame: ResponseFrame | None = None  # set for /v1/responses: answered in that shape
 
     @property
@@ -225,6 +227,7 @@ class JobBuilder:
             bool(body.logprobs),
         )
         job.fit = fit
+        job.prompt_blocks = _blocks(candidates, texts[0])
         return job
 
     # -- chat ---------------------------------------------------------------------------
@@ -316,6 +319,7 @@ class JobBuilder:
             body.logprobs,
         )
         job.messages, job.text_turns, job.template, job.fit = messages, turns, template, fit
+        job.prompt_blocks = _blocks(candidates, rendered)
         return job
 
     # -- responses ----------------------------------------------------------------------
@@ -514,6 +518,13 @@ def _format_json(body: ResponsesRequest) -> dict[str, Any]:
     if format_ is None:
         return {"type": "text"}
     return format_.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _blocks(candidates: Sequence[Backend], text: str) -> PromptBlocks | None:
+    """The prompt's blocks, when a candidate caches prefixes and the prompt has a full one."""
+    if len(text) < BLOCK_CHARS or not any(b.capabilities.prefix_cache for b in candidates):
+        return None
+    return PromptBlocks.of(text)
 
 
 def _has_tool_turns(messages: Sequence[ChatMessage]) -> bool:

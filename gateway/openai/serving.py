@@ -153,7 +153,8 @@ class Serving:
         until its deadline, the longest ``total_s`` of the candidates after it started."""
         with self.telemetry.routing(job.policy) as route:
             plan = self.router.plan(
-                job.candidates, job.policy, job.objectives, job.prompt_counts[0], job.max_tokens
+                job.candidates, job.policy, job.objectives, job.prompt_counts[0], job.max_tokens,
+                job.prompt_blocks,
             )
             route.ranked(plan)
         plan = plan[: self.settings.routing.max_attempts]
@@ -166,7 +167,7 @@ class Serving:
             return open_generation(
                 index, plan, self.router, lambda b: self.jobs.upstream(job, index, b),
                 started + allowed_s, telemetry=self.telemetry, policy=job.policy,
-                endpoint=job.endpoint, tried=tried, opened_at=opened_at,
+                endpoint=job.endpoint, tried=tried, opened_at=opened_at, prompt=job.prompt_blocks,
             )
 
         def wasted(gen: Generation, exc: BackendError) -> None:

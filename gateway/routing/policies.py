@@ -6,7 +6,9 @@ them, the lowest predicted end-to-end time. ``latency``: the lowest
 predicted end-to-end time (TTFT + TPOT x expected answer length). ``balanced``: among those
 meeting the objectives, ``BALANCED_COST_WEIGHT * cost/best_cost + (1 - BALANCED_COST_WEIGHT) *
 time/best_time`` (1.0 is a backend best at both). Candidates within ``NEAR_TIE`` of the best
-score are broken by power-of-two-choices on the share of slots taken, so replicas do not herd.
+score are broken by power-of-two-choices on the share of slots taken, so replicas do not herd;
+when one of them likely holds the prompt's prefix in its cache, by the shortest predicted time
+instead (its prefill is shorter: the cache pays until its load outweighs that).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class Estimate:
     fill: float = 0.0  # share of its slots in service that are taken (ties are broken on it)
     expected_tokens: int = 256  # answer length the end-to-end time is predicted for
     healthy: bool = True  # False: the last probe failed; ranked after every healthy one
+    cached_tokens: int = 0  # prompt tokens its prefix cache likely holds (not prefilled)
 
     @property
     def duration_s(self) -> float:
@@ -82,14 +85,18 @@ def estimate(
     objectives: Objectives,
     *,
     healthy: bool = True,
+    cached_tokens: int = 0,
 ) -> Estimate:
-    """The prediction for sending this request to ``backend`` now."""
+    """The prediction for sending this request to ``backend`` now; ``cached_tokens`` of the
+    prompt are likely in its prefix cache, so only the rest is prefilled."""
+    prefill = prompt_tokens - cached_tokens
+    cached_share = cached_tokens / prompt_tokens if prompt_tokens else 0.0
     return Estimate(
         backend=backend,
-        ttft_s=stats.predicted_ttft(prompt_tokens),
+        ttft_s=stats.predicted_ttft(prefill, cached_share=cached_share),
         tpot_s=stats.predicted_tpot(),
         usd_per_output_token=price.marginal(
-            pool, stats, prompt_tokens, expected_tokens, objectives.tpot_limit_s
+            pool, stats, prefill, expected_tokens, objectives.tpot_limit_s
         ),
         load=stats.concurrency,
         queued=price.hourly and stats.concurrency + 1 > stats.slots,
@@ -97,6 +104,7 @@ def estimate(
         fill=stats.concurrency / pool.slots if pool.slots else 0.0,
         expected_tokens=expected_tokens,
         healthy=healthy,
+        cached_tokens=cached_tokens,
     )
 
 
@@ -140,7 +148,11 @@ def rank(
         ranked += sorted((e for e in estimates if id(e) not in scores), key=_duration)
     top = scores[id(ranked[0])]
     tied = [e for e in ranked[: len(pool)] if scores[id(e)] <= top * (1 + NEAR_TIE)]
-    if len(tied) > 1:
+    if len(tied) > 1 and any(e.cached_tokens for e in tied):
+        first = min(tied, key=_duration)
+        ranked.remove(first)
+        ranked.insert(0, first)
+    elif len(tied) > 1:
         a, b = rng.sample(tied, 2)
         first = a if a.fill <= b.fill else b
         ranked.remove(first)

@@ -22,6 +22,7 @@ from gateway.routing.breaker import CircuitBreaker
 from gateway.routing.discovery import Discovery, KubernetesDiscovery, discovery_for
 from gateway.routing.policies import Estimate, Objectives, estimate, rank
 from gateway.routing.pool import PoolState
+from gateway.routing.prefixes import PrefixIndex, PromptBlocks
 from gateway.routing.pricing import SlotPrice
 from gateway.routing.scaling import ArrivalRate, Offer, allocate
 from gateway.routing.stats import BackendStats, Clock
@@ -141,6 +142,7 @@ class Router:
         self._arrivals: dict[frozenset[str], ArrivalRate] = {}
         self._first_attempts = 0.0
         self._retries = 0.0
+        self._prefixes = PrefixIndex(settings.prefix_blocks)
         self._probe_task: asyncio.Task[None] | None = None
         self.became_ready = asyncio.Event()  # set by the first probe round that finds it ready
 
@@ -190,11 +192,14 @@ class Router:
         objectives: Objectives,
         prompt_tokens: int,
         max_tokens: int,
+        prompt: PromptBlocks | None = None,
     ) -> list[Estimate]:
         """Candidates that may be tried now, best first under ``policy``.
 
         Backends whose breaker is open or who asked us to back off are left out; those whose
-        last probe failed come after every healthy one. The list is what fallback walks.
+        last probe failed come after every healthy one. The list is what fallback walks. A
+        backend with a prefix cache that likely holds the start of ``prompt`` is predicted
+        without the prefill of what it holds.
         """
         now = self.clock()
         expected = self.expected_tokens(max_tokens)
@@ -217,8 +222,12 @@ class Router:
             if not m.breaker.allows(now):
                 continue
             ok = m.healthy or not m.probed  # not probed yet: give it the benefit of the doubt
+            cached = 0
+            if prompt is not None and backend.capabilities.prefix_cache:
+                held = self._prefixes.matched(backend.name, prompt)
+                cached = prompt.cached_tokens(held, prompt_tokens)
             est = estimate(backend, m.price, m.pool, m.stats, prompt_tokens, expected, objectives,
-                           healthy=ok)
+                           healthy=ok, cached_tokens=cached)
             (healthy if ok else sick).append(est)
         ranked = rank(policy, healthy, objectives, self._rng)
         if len(ranked) > 1:
@@ -260,12 +269,17 @@ class Router:
         """Whether the fleet-wide retry budget allows one more attempt."""
         return self._retries < 1 + self.settings.retry_budget_ratio * self._first_attempts
 
-    def attempt_started(self, name: str, *, retry: bool) -> None:
-        """Count an attempt (for the retry budget, stats and a half-open trial)."""
+    def attempt_started(
+        self, name: str, *, retry: bool, prompt: PromptBlocks | None = None
+    ) -> None:
+        """Count an attempt (for the retry budget, stats and a half-open trial); the backend
+        now holds ``prompt``'s prefix, if it caches prefixes."""
+        member = self._members[name]
+        if prompt is not None and member.backend.capabilities.prefix_cache:
+            self._prefixes.sent(name, prompt)
         # Decay so the budget reflects recent traffic rather than all time.
         self._first_attempts = self._first_attempts * 0.999 + (0 if retry else 1)
         self._retries = self._retries * 0.999 + (1 if retry else 0)
-        member = self._members[name]
         member.stats.started()
         member.breaker.on_attempt()
 

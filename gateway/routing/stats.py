@@ -30,6 +30,7 @@ BATCH_MARK_S = 0.5  # spacing of the batch-size history that TPOT samples are ca
 BATCH_HISTORY_S = 900.0  # longest decode the history covers
 ENDING_HORIZON_S = 10.0  # window of "answers ending per second" (the rate slots free at)
 MIN_ENDINGS = 0.01  # no ending seen: a slot is predicted to free within 1,000 s
+CACHED_TTFT_FLOOR = 0.2  # a fully cached prompt still takes this share of a first token
 
 
 def _ewma(old: float | None, sample: float, alpha: float) -> float:
@@ -264,13 +265,18 @@ class BackendStats:
         """Seconds per output token for a new request, given the batch it joins."""
         return self.tpot_ratio * self._prior_tpot(self._per_instance(self.concurrency + extra))
 
-    def predicted_ttft(self, prompt_tokens: int, extra: int = 1) -> float:
+    def predicted_ttft(
+        self, prompt_tokens: int, extra: int = 1, cached_share: float = 0.0
+    ) -> float:
         """Seconds to the first token for a new request, including any wait for a slot.
 
         ``prompt_tokens`` is accepted for models that charge prefill per token; the live
-        TTFT estimate already reflects the prompts this backend usually sees.
+        TTFT estimate already reflects the prompts this backend usually sees. The share of
+        the prompt a prefix cache likely holds (``cached_share``) is not prefilled: the time
+        of a first token, mostly prefill, shrinks with it (never below ``CACHED_TTFT_FLOOR``
+        of itself: scheduling and one decode step remain).
         """
-        base = self.measured_ttft()
+        base = self.measured_ttft() * max(1.0 - cached_share, CACHED_TTFT_FLOOR)
         if self.shares_prefill:
             # Each request still in prefill on an instance goes before this one: a burst
             # sent to one backend is predicted as slow as it will be, not as its average.
