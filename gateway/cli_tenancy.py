@@ -50,7 +50,12 @@ def add_subcommands(sub: Subparsers) -> None:
                             help="refused after this long: seconds, or 90m, 12h, 30d")
     create_key.add_argument("--models", help="comma-separated models the key may use "
                             "(within the tenant's)")  # fmt: skip
+    _metered_flags(create_key, "the key's own, within the tenant's")
     _command(keys, "list", "list keys", _keys_list).add_argument("--tenant")
+    _command(keys, "show", "show one key", _keys_show).add_argument("id")
+    key_limits = _command(keys, "set-limits", "change a key's own limits", _keys_set_limits)
+    key_limits.add_argument("id")
+    _metered_flags(key_limits, "the key's own, within the tenant's")
     _command(keys, "revoke", "revoke a key", _keys_revoke).add_argument("id")
 
     usage = sub.add_parser("usage", help="tokens, cost and tokens per dollar")
@@ -58,7 +63,8 @@ def add_subcommands(sub: Subparsers) -> None:
     usage.add_argument("--tenant")
     usage.add_argument("--from", dest="start", help="unix seconds or ISO 8601 (month start)")
     usage.add_argument("--to", dest="end", help="unix seconds or ISO 8601 (default: now)")
-    usage.add_argument("--group-by", default="tenant,backend,model")
+    usage.add_argument("--group-by", default="tenant,backend,model",
+                       help="comma-separated: tenant, key, backend, model, hour, day")  # fmt: skip
     usage.add_argument("--csv", metavar="FILE", help="write CSV to FILE ('-' for stdout)")
     usage.set_defaults(func=_usage)
 
@@ -88,9 +94,13 @@ def _connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
 
 
+def _metered_flags(parser: argparse.ArgumentParser, whose: str | None = None) -> None:
+    for flag, field, kind in _LIMIT_FLAGS:
+        parser.add_argument(flag, type=kind, help=f"{field} ({whose})" if whose else None)
+
+
 def _limit_flags(parser: argparse.ArgumentParser) -> None:
-    for flag, _, kind in _LIMIT_FLAGS:
-        parser.add_argument(flag, type=kind)
+    _metered_flags(parser)
     parser.add_argument("--models", help="comma-separated allowed models")
     parser.add_argument("--policy", choices=["cost", "latency", "balanced"])
 
@@ -110,11 +120,15 @@ def _duration(text: str) -> float:
     return seconds
 
 
-def _limits_body(args: argparse.Namespace) -> dict[str, Any]:
+def _metered_body(args: argparse.Namespace) -> dict[str, Any]:
     body = {field: getattr(args, flag[2:]) for flag, field, _ in _LIMIT_FLAGS}
-    body["allowed_models"] = args.models.split(",") if args.models else None
-    body["policy"] = args.policy
     return {k: v for k, v in body.items() if v is not None}
+
+
+def _limits_body(args: argparse.Namespace) -> dict[str, Any]:
+    body = {"allowed_models": args.models.split(",") if args.models else None,
+            "policy": args.policy}  # fmt: skip
+    return {**_metered_body(args), **{k: v for k, v in body.items() if v is not None}}
 
 
 def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
@@ -128,9 +142,13 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> An
         sys.exit(f"tollgate: cannot reach {args.url}: {exc}")
     if answer.status_code >= 400:
         try:
-            message = answer.json()["error"]["message"]
+            error = answer.json()["error"]
+            message = error["message"]
         except (ValueError, KeyError, TypeError):
             message = answer.text
+        else:
+            if error.get("param") and error["param"] not in message:
+                message += f" ({error['param']})"
         sys.exit(f"tollgate: {answer.status_code}: {message}")
     return answer.json()
 
@@ -204,24 +222,54 @@ def _keys_create(args: argparse.Namespace) -> int:
         sys.exit("tollgate: name one tenant: 'keys create TENANT' or 'keys create --tenant TENANT'")
     body: dict[str, Any] = {"tenant": tenant, "name": args.name, "expires_in_s": args.expires_in,
                             "allowed_models": args.models.split(",") if args.models else None}
-    issued = _call(args, "POST", "/admin/keys",
-                   json={k: v for k, v in body.items() if v is not None})  # fmt: skip
+    body = {**{k: v for k, v in body.items() if v is not None}, **_metered_body(args)}
+    issued = _call(args, "POST", "/admin/keys", json=body)
     if args.json:
         _print_json(issued)
         return 0
     print(f"key id: {issued['id']}\ntenant: {issued['tenant']}")
+    limits = _key_limits(issued)
+    if limits:
+        print("limits: " + ", ".join(f"{k} {_cell(v)}" for k, v in limits.items()))
     print(f"secret (shown once): {issued['key']}")
     return 0
 
 
-def _keys_list(args: argparse.Namespace) -> int:
-    params = {"tenant": args.tenant} if args.tenant else None
-    answer = _call(args, "GET", "/admin/keys", params=params)
+# Key listings name a key's own limits as its flags do (the tenants' use the API's names).
+_KEY_COLUMNS = {field: flag[2:] for flag, field, _ in _LIMIT_FLAGS}
+
+
+def _key_limits(key: dict[str, Any]) -> dict[str, Any]:
+    """The limits a key has of its own, named as its flags (``rpm``, ``budget``...)."""
+    limits = key.get("limits") or {}
+    return {column: limits[f] for f, column in _KEY_COLUMNS.items() if limits.get(f) is not None}
+
+
+def _show_keys(args: argparse.Namespace, answer: Any) -> None:
     if args.json:
         _print_json(answer)
-        return 0
-    _print_table(answer["data"], ["id", "tenant", "name", "prefix", "created_at", "expires_at",
-                                  "allowed_models", "revoked"])  # fmt: skip
+        return
+    keys = answer.get("data", [answer])
+    _print_table(
+        [{**k, **_key_limits(k)} for k in keys],
+        ["id", "tenant", "name", "prefix", "created_at", "expires_at", "allowed_models",
+         *_KEY_COLUMNS.values(), "revoked"],
+    )  # fmt: skip
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    params = {"tenant": args.tenant} if args.tenant else None
+    _show_keys(args, _call(args, "GET", "/admin/keys", params=params))
+    return 0
+
+
+def _keys_show(args: argparse.Namespace) -> int:
+    _show_keys(args, _call(args, "GET", f"/admin/keys/{args.id}"))
+    return 0
+
+
+def _keys_set_limits(args: argparse.Namespace) -> int:
+    _show_keys(args, _call(args, "PATCH", f"/admin/keys/{args.id}", json=_metered_body(args)))
     return 0
 
 
@@ -240,7 +288,9 @@ def _usage(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(answer)
         return 0
-    columns = [*answer["group_by"], "requests", "prompt_tokens", "completion_tokens",
+    # Grouped by key, each key's name follows its id.
+    groups = [c for g in answer["group_by"] for c in ((g, "key_name") if g == "key" else (g,))]
+    columns = [*groups, "requests", "prompt_tokens", "completion_tokens",
                "cost_usd", "tokens_per_dollar"]  # fmt: skip
     if args.csv:
         _write_csv(args.csv, answer["data"], columns)

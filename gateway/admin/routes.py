@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query
 from gateway.admin.schemas import (
     KeyCreate,
     LimitsBody,
+    MeteredLimitsBody,
     TenantCreate,
     key_json,
     row_json,
@@ -81,6 +82,27 @@ async def list_keys(state: State, tenant: str | None = None) -> dict[str, Any]:
     return {"object": "list", "data": [key_json(k) for k in await state.store.list_keys(tenant)]}
 
 
+@admin_router.get("/keys/{key_id}")
+async def show_key(key_id: str, state: State) -> dict[str, Any]:
+    """One key's record (never its secret), revoked or not."""
+    key = await state.store.get_key(key_id)
+    if key is None:
+        raise UnknownKey(key_id)
+    return key_json(key)
+
+
+@admin_router.patch("/keys/{key_id}")
+async def update_key(key_id: str, body: MeteredLimitsBody, state: State) -> dict[str, Any]:
+    """Change the key's own limits the body names (null: unlimited); the others stay.
+
+    Every replica applies them within the key cache's TTL (a second)."""
+    key = await state.store.get_key(key_id)
+    if key is None or key.revoked:
+        raise UnknownKey(key_id)
+    updated = await state.store.update_key_limits(key_id, body.to_metered(key.scope.limits))
+    return key_json(updated)
+
+
 @admin_router.delete("/keys/{key_id}")
 async def revoke_key(key_id: str, state: State) -> dict[str, Any]:
     """Revoke a key; every replica refuses it within a second (404 if none is active)."""
@@ -134,13 +156,16 @@ async def _usage(
     t_to = _instant(end, "to") if end else now + 1
     fields = [f.strip() for f in group_by.split(",") if f.strip()]
     rows = await state.store.usage(tenant=tenant, start=t_from, end=t_to, group_by=fields)
+    names = None
+    if "key" in fields:
+        names = {k.id: k.scope.name for k in await state.store.list_keys(tenant)}
     return {
         "object": "list",
         "tenant": tenant,
         "from": t_from,
         "to": t_to,
         "group_by": fields,
-        "data": [row_json(r) for r in rows],
+        "data": [row_json(r, names) for r in rows],
     }
 
 

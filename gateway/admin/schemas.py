@@ -9,11 +9,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.settings import Policy
-from gateway.tenancy.models import ApiKey, KeyScope, Limits, Tenant, UsageRow
+from gateway.tenancy.models import ApiKey, KeyScope, Limits, MeteredLimits, Tenant, UsageRow
 
 
-class LimitsBody(BaseModel):
-    """A tenant's limits; an absent or null field means unlimited."""
+class MeteredLimitsBody(BaseModel):
+    """The limits admission meters (a tenant's, or a key's own: ``PATCH /admin/keys/{id}``);
+    an absent or null field means unlimited."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -22,6 +23,19 @@ class LimitsBody(BaseModel):
     tokens_per_minute: int | None = Field(None, ge=1, le=10**12)
     max_concurrent: int | None = Field(None, ge=1, le=10**6)
     monthly_budget_usd: float | None = Field(None, ge=0, le=10**9)
+
+    def to_metered(self, base: MeteredLimits | None = None) -> MeteredLimits:
+        """The metered limits this body sets; with ``base``, only the fields it names change."""
+        given = self.model_dump(exclude_unset=base is not None, include=_METERED_FIELDS)
+        return MeteredLimits(**given) if base is None else replace(base, **given)
+
+
+_METERED_FIELDS = set(MeteredLimitsBody.model_fields)
+
+
+class LimitsBody(MeteredLimitsBody):
+    """A tenant's limits; an absent or null field means unlimited."""
+
     allowed_models: list[str] | None = None
     policy: Policy | None = None
 
@@ -42,10 +56,8 @@ class TenantCreate(LimitsBody):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
-class KeyCreate(BaseModel):
-    """``POST /admin/keys``."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class KeyCreate(MeteredLimitsBody):
+    """``POST /admin/keys``: the key's scope, and limits of its own within its tenant's."""
 
     tenant: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     name: str | None = Field(None, min_length=1, max_length=128)
@@ -67,7 +79,7 @@ class KeyCreate(BaseModel):
         if self.expires_in_s is not None:
             expires = time.time() + self.expires_in_s
         models = tuple(self.allowed_models) if self.allowed_models is not None else None
-        return KeyScope(self.name, expires, models)
+        return KeyScope(self.name, expires, models, self.to_metered())
 
 
 def tenant_json(tenant: Tenant) -> dict[str, Any]:
@@ -78,13 +90,20 @@ def tenant_json(tenant: Tenant) -> dict[str, Any]:
         "object": "tenant",
         "created_at": tenant.created_at,
         "limits": {
-            "requests_per_minute": limits.requests_per_minute,
-            "tokens_per_minute": limits.tokens_per_minute,
-            "max_concurrent": limits.max_concurrent,
-            "monthly_budget_usd": limits.monthly_budget_usd,
+            **metered_json(limits),
             "allowed_models": list(limits.allowed_models) if limits.allowed_models else None,
             "policy": limits.policy,
         },
+    }
+
+
+def metered_json(limits: MeteredLimits) -> dict[str, Any]:
+    """The limits admission meters, as the admin API shows them (null: unlimited)."""
+    return {
+        "requests_per_minute": limits.requests_per_minute,
+        "tokens_per_minute": limits.tokens_per_minute,
+        "max_concurrent": limits.max_concurrent,
+        "monthly_budget_usd": limits.monthly_budget_usd,
     }
 
 
@@ -99,14 +118,20 @@ def key_json(key: ApiKey) -> dict[str, Any]:
         "created_at": key.created_at,
         "expires_at": key.scope.expires_at,
         "allowed_models": list(key.scope.allowed_models) if key.scope.allowed_models else None,
+        "limits": metered_json(key.scope.limits),
         "revoked": key.revoked,
     }
 
 
-def row_json(row: UsageRow) -> dict[str, Any]:
-    """One usage row with its tokens per dollar."""
+def row_json(row: UsageRow, key_names: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """One usage row with its tokens per dollar; grouped by key, the key's name beside its id."""
+    group: dict[str, Any] = {}
+    for name, value in row.group.items():
+        group[name] = value
+        if name == "key" and key_names is not None:
+            group["key_name"] = key_names.get(value)
     return {
-        **row.group,
+        **group,
         "requests": row.requests,
         "prompt_tokens": row.prompt_tokens,
         "completion_tokens": row.completion_tokens,

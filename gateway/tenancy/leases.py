@@ -36,9 +36,10 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class Beat:
-    """What one heartbeat sends: leases to renew per tenant, and progress to checkpoint."""
+    """What one heartbeat sends: leases to renew per tenant (key ``None``) and per key with
+    limits of its own, and progress to checkpoint."""
 
-    renew: dict[str, list[str]]
+    renew: dict[tuple[str, str | None], list[str]]
     checkpoints: list[tuple[Lease, UsageRecord]]
 
 
@@ -77,14 +78,17 @@ class Leases:
         forever would hold the tenant's capacity forever.
         """
         now = self._clock()
-        renew: dict[str, list[str]] = {}
+        renew: dict[tuple[str, str | None], list[str]] = {}
         checkpoints: list[tuple[Lease, UsageRecord]] = []
         for rid, lease in list(self._live.items()):
             age = now - lease.since
             if age > LEASE_MAX_S:
                 del self._live[rid]
                 continue
-            renew.setdefault(lease.admission.tenant, []).append(rid)
+            admission = lease.admission
+            renew.setdefault((admission.tenant, None), []).append(rid)
+            if admission.key_metered:
+                renew.setdefault((admission.tenant, admission.key_id), []).append(rid)
             if lease.progress is None or age < self.interval_s:
                 continue
             try:

@@ -1,7 +1,9 @@
 """The usage ledger's shared shapes: hourly aggregates, window shares, and report grouping.
 
-Both stores keep, per tenant x hour x backend x model, the requests, tokens, provisional cost and
-reconciliation adjustment (all costs in integer nano-dollars), per tenant x backend x window
+Both stores keep, per tenant x hour x backend x model x key, the requests, tokens and provisional
+cost, per tenant x hour x backend x model the reconciliation adjustment (all costs in integer
+nano-dollars; a report by key spreads an adjustment over the keys by provisional cost, so the
+keys' costs add up to the tenant's exactly), per tenant x backend x window
 the weighted tokens that instance cost is shared by, and per backend x window the instance-time
 that was billed. ``WindowLedger`` is what metering's reconciler needs from a store.
 """
@@ -11,15 +13,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from gateway.errors import InvalidRequest
 from gateway.tenancy.limits import NANO
 from gateway.tenancy.models import UsageRow
 
-GROUPS = ("tenant", "backend", "model", "hour", "day")
-IDLE = "(idle)"  # tenant and model of the rows that book an idle window's instance cost
+GROUPS = ("tenant", "key", "backend", "model", "hour", "day")
+IDLE = "(idle)"  # tenant, key and model of the rows that book an idle window's instance cost
+UNATTRIBUTED = "(unattributed)"  # the key of usage aggregated before the ledger kept keys
 
 
 @dataclass(slots=True)
@@ -43,12 +46,16 @@ class Counters:
 
 @dataclass(frozen=True, slots=True)
 class Cell:
-    """Where an aggregate belongs: tenant, hour (unix hour index), backend, model."""
+    """Where an aggregate belongs: tenant, hour (unix hour index), backend, model, key.
+
+    ``key`` is ``None`` for a reconciliation adjustment, which belongs to no one key.
+    """
 
     tenant: str
     hour: int
     backend: str
     model: str
+    key: str | None = None
 
 
 @dataclass(slots=True)
@@ -156,6 +163,7 @@ def _labels(cell: Cell, group_by: Sequence[str]) -> tuple[tuple[str, str], ...]:
     start = cell.hour * 3600
     values = {
         "tenant": cell.tenant,
+        "key": cell.key or UNATTRIBUTED,
         "backend": cell.backend,
         "model": cell.model,
         "hour": time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(start)),
@@ -166,6 +174,8 @@ def _labels(cell: Cell, group_by: Sequence[str]) -> tuple[tuple[str, str], ...]:
 
 def group_rows(cells: Iterable[tuple[Cell, Counters]], group_by: Sequence[str]) -> list[UsageRow]:
     """Sum aggregate cells into report rows, reconciled cost included, sorted by group."""
+    if "key" in group_by:
+        cells = spread_adjustments(cells)
     sums: dict[tuple[tuple[str, str], ...], Counters] = {}
     for cell, counters in cells:
         sums.setdefault(_labels(cell, group_by), Counters()).add(counters)
@@ -179,6 +189,43 @@ def group_rows(cells: Iterable[tuple[Cell, Counters]], group_by: Sequence[str]) 
         )
         for labels, c in sorted(sums.items())
     ]
+
+
+def spread_adjustments(
+    cells: Iterable[tuple[Cell, Counters]],
+) -> list[tuple[Cell, Counters]]:
+    """The cells with each adjustment (key ``None``) moved onto the keys of its tenant x hour x
+    backend x model in proportion to their provisional cost (else tokens, else requests).
+
+    Reconciliation books a window's cost per tenant and model, not per key, so a key's share is
+    an estimate; the shares add up to the adjustment exactly (the remainder goes to the largest).
+    """
+    out: list[tuple[Cell, Counters]] = []
+    keyed: dict[Cell, list[tuple[Cell, Counters]]] = {}
+    adjustments: dict[Cell, int] = {}
+    for cell, counters in cells:
+        base = replace(cell, key=None)
+        if cell.key is None:
+            adjustments[base] = adjustments.get(base, 0) + counters.adjust_nano
+            continue
+        out.append((cell, counters))
+        keyed.setdefault(base, []).append((cell, counters))
+    for base, nano in adjustments.items():
+        parts = keyed.get(base, [])
+        weights = [c.cost_nano for _, c in parts]
+        if sum(weights) <= 0:
+            weights = [c.prompt_tokens + c.completion_tokens for _, c in parts]
+        if sum(weights) <= 0:
+            weights = [c.requests for _, c in parts]
+        total = sum(weights)
+        if total <= 0:
+            out.append((replace(base, key=UNATTRIBUTED), Counters(adjust_nano=nano)))
+            continue
+        shares = [nano * w // total for w in weights]
+        shares[weights.index(max(weights))] += nano - sum(shares)
+        for (cell, _), share in zip(parts, shares, strict=True):
+            out.append((cell, Counters(adjust_nano=share)))
+    return out
 
 
 def hours_between(start: float, end: float) -> range:

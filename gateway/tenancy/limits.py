@@ -1,4 +1,4 @@
-"""Limit semantics shared by both stores (the Lua scripts mirror ``TenantMeter`` exactly).
+"""Limit semantics shared by both stores (the Lua scripts mirror ``LimitMeter`` exactly).
 
 Requests per window: an exact sliding log. A request is accepted iff fewer than L were accepted
 in the trailing window (t - W, t]; so at most L in any trailing window, and none refused while
@@ -18,6 +18,12 @@ replica dies its leases, and the tokens and cost they reserved, are given back w
 Budget: admitted while provisional spend plus outstanding
 reservations is below the monthly budget; each admission reserves its worst-case cost, so the
 spend can pass the budget by at most one in-flight request.
+
+Levels: a key with limits of its own is metered twice, by its own meter and its tenant's.
+Admission checks both levels, then reserves at both or at neither; when both refuse, the answer
+is the refusal that binds longest (a spent budget, then a request too large for a limit, then the
+rate limit whose retry-after is latest; the key's on a tie), so retrying after it can succeed.
+A key's meter counts only what it was admitted while it had limits of its own.
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ from __future__ import annotations
 import calendar
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.errors import InvalidRequest, QuotaExceeded, RateLimited
-from gateway.tenancy.models import Limits
+from gateway.errors import GatewayError, InvalidRequest, QuotaExceeded, RateLimited
+from gateway.tenancy.models import MeteredLimits
 
 BUCKETS = 60  # token buckets per window
 LEASE_MAX_S = 3600.0  # the longest a request may hold a lease: longer than any may run
@@ -58,26 +65,42 @@ def month_of(t: float) -> str:
 
 
 class LimitExceeded(RateLimited):
-    """A rate limit refusal, saying which limit and at what store time it happened."""
+    """A rate limit refusal, saying which limit, whose (the tenant's or a key's) and at what
+    store time it happened."""
 
-    def __init__(self, limit: str, *, retry_after: float, at: float) -> None:
-        super().__init__(f"Rate limit reached for {limit}.", retry_after=retry_after)
+    def __init__(
+        self, limit: str, *, retry_after: float, at: float, key: str | None = None
+    ) -> None:
+        whose = f" ({key})" if key else ""
+        super().__init__(f"Rate limit reached for {limit}{whose}.", retry_after=retry_after)
         self.limit = limit  # "requests", "tokens" or "concurrency"
+        self.key = key  # the key whose own limit refused (``Principal.key_label``); None: tenant
         self.at = at
 
 
-def too_large(tokens: int, limit: int) -> InvalidRequest:
-    """The refusal for a request that alone exceeds the token limit."""
+def too_large(tokens: int, limit: int, key: str | None = None) -> InvalidRequest:
+    """The refusal for a request that alone exceeds a token limit (the tenant's or ``key``'s)."""
+    whose = f"the limit of {key}" if key else "the tenant's limit"
     return InvalidRequest(
-        f"This request needs {tokens} tokens, more than the tenant's limit of {limit} "
+        f"This request needs {tokens} tokens, more than {whose} of {limit} "
         "tokens per minute; lower max_tokens or the prompt.",
         param="max_tokens",
     )
 
 
-def over_budget() -> QuotaExceeded:
-    """The refusal for a tenant whose monthly budget is spent."""
-    return QuotaExceeded("You exceeded your current quota: the tenant's monthly budget is spent.")
+def over_budget(key: str | None = None) -> QuotaExceeded:
+    """The refusal for a tenant (or ``key``) whose monthly budget is spent."""
+    whose = f"the monthly budget of {key}" if key else "the tenant's monthly budget"
+    return QuotaExceeded(f"You exceeded your current quota: {whose} is spent.")
+
+
+def binding(refusal: GatewayError) -> tuple[int, float]:
+    """How long a refusal binds, to pick one of two levels' refusals (the larger binds longer)."""
+    if isinstance(refusal, QuotaExceeded):
+        return (2, 0.0)
+    if isinstance(refusal, LimitExceeded):
+        return (0, refusal.retry_after)
+    return (1, 0.0)  # too large for a limit: waiting never helps
 
 
 @dataclass(slots=True)
@@ -91,8 +114,8 @@ class Hold:
 
 
 @dataclass(slots=True)
-class TenantMeter:
-    """The in-process twin of the admission and settlement scripts, for one tenant."""
+class LimitMeter:
+    """The in-process twin of the admission and settlement scripts, for one tenant or key."""
 
     accepted: deque[float] = field(default_factory=deque)
     buckets: dict[int, int] = field(default_factory=dict)
@@ -100,32 +123,32 @@ class TenantMeter:
     reserved_nano: int = 0
     spend_nano: dict[str, int] = field(default_factory=dict)
 
-    def admit(
-        self,
-        rid: str,
-        limits: Limits,
-        now: float,
-        window_s: float,
-        tokens: int,
-        cost_nano: int,
-        lease_s: float = LEASE_MAX_S,
-    ) -> None:
-        """Check every limit, then reserve; raises without reserving anything."""
+    def check(
+        self, limits: MeteredLimits, now: float, window_s: float, tokens: int,
+        key: str | None = None,
+    ) -> GatewayError | None:
+        """The first limit that refuses ``tokens`` now (in the scripts' order), or ``None``."""
         self._expire(now, window_s)
         if limits.monthly_budget_usd is not None:
             spent = self.spend_nano.get(month_of(now), 0) + self.reserved_nano
             if spent >= to_nano(limits.monthly_budget_usd):
-                raise over_budget()
+                return over_budget(key)
         if limits.max_concurrent is not None and len(self.holds) >= limits.max_concurrent:
-            raise LimitExceeded("concurrency", retry_after=1.0, at=now)
+            return LimitExceeded("concurrency", retry_after=1.0, at=now, key=key)
         rpm = limits.requests_per_minute
         if rpm is not None and len(self.accepted) >= rpm:
             wait = self.accepted[len(self.accepted) - rpm] + window_s - now
-            raise LimitExceeded("requests", retry_after=wait, at=now)
-        bucket_s = window_s / BUCKETS
-        current = int(now // bucket_s)
+            return LimitExceeded("requests", retry_after=wait, at=now, key=key)
         if limits.tokens_per_minute is not None:
-            self._check_tokens(limits.tokens_per_minute, tokens, current, bucket_s, now)
+            return self._check_tokens(limits.tokens_per_minute, tokens, now, window_s, key)
+        return None
+
+    def reserve(
+        self, rid: str, now: float, window_s: float, tokens: int, cost_nano: int,
+        lease_s: float = LEASE_MAX_S,
+    ) -> None:
+        """Count the request and hold its tokens and cost until it settles or its lease lapses."""
+        current = int(now // (window_s / BUCKETS))
         self.accepted.append(now)
         self.buckets[current] = self.buckets.get(current, 0) + tokens
         self.holds[rid] = Hold(now + lease_s, tokens, current, cost_nano)
@@ -149,21 +172,22 @@ class TenantMeter:
         self.spend_nano[month] = self.spend_nano.get(month, 0) + cost_nano
 
     def _check_tokens(
-        self, limit: int, tokens: int, current: int, bucket_s: float, now: float
-    ) -> None:
+        self, limit: int, tokens: int, now: float, window_s: float, key: str | None
+    ) -> GatewayError | None:
         if tokens > limit:
-            raise too_large(tokens, limit)
+            return too_large(tokens, limit, key)
         used = sum(self.buckets.values())
         if used + tokens <= limit:
-            return
+            return None
+        bucket_s = window_s / BUCKETS
         freed = 0
         for bucket in sorted(self.buckets):
             freed += self.buckets[bucket]
             if used - freed + tokens <= limit:
                 wait = (bucket + BUCKETS) * bucket_s - now
-                raise LimitExceeded("tokens", retry_after=max(wait, 0.0), at=now)
+                return LimitExceeded("tokens", retry_after=max(wait, 0.0), at=now, key=key)
         # Only outstanding reservations block it: they clear at settlement.
-        raise LimitExceeded("tokens", retry_after=1.0, at=now)
+        return LimitExceeded("tokens", retry_after=1.0, at=now, key=key)
 
     def _expire(self, now: float, window_s: float) -> None:
         while self.accepted and self.accepted[0] <= now - window_s:
@@ -177,3 +201,34 @@ class TenantMeter:
             self.reserved_nano -= hold.cost_nano
             if hold.bucket in self.buckets:
                 self.buckets[hold.bucket] -= hold.tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """One level a request is admitted at: its tenant's meter, or its key's own."""
+
+    meter: LimitMeter
+    limits: MeteredLimits
+    key: str | None = None  # how refusals name the key (``Principal.key_label``); None: tenant
+
+
+def admit(
+    levels: Sequence[Level],
+    rid: str,
+    now: float,
+    window_s: float,
+    tokens: int,
+    cost_nano: int,
+    lease_s: float = LEASE_MAX_S,
+) -> None:
+    """Check every level, then reserve at each; raises the refusal that binds longest (the
+    first level's on a tie) without reserving anything anywhere."""
+    refusals = [
+        refusal
+        for level in levels
+        if (refusal := level.meter.check(level.limits, now, window_s, tokens, level.key))
+    ]
+    if refusals:
+        raise max(refusals, key=binding)
+    for level in levels:
+        level.meter.reserve(rid, now, window_s, tokens, cost_nano, lease_s)

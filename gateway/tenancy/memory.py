@@ -25,19 +25,20 @@ from gateway.tenancy.ledger import (
     hour_of,
     hours_between,
 )
-from gateway.tenancy.limits import TenantMeter, to_nano
+from gateway.tenancy.limits import Level, LimitMeter, admit, to_nano
 from gateway.tenancy.models import (
     Admission,
     ApiKey,
     IssuedKey,
     KeyScope,
     Limits,
+    MeteredLimits,
     Principal,
     Tenant,
     UsageRecord,
     UsageRow,
 )
-from gateway.tenancy.tenants import UnknownTenant, checked_id
+from gateway.tenancy.tenants import UnknownKey, UnknownTenant, checked_id
 
 
 class MemoryStore:
@@ -56,7 +57,8 @@ class MemoryStore:
         self._metering_window_s = metering_window_s
         self._clock = clock
         self._tenants: dict[str, Tenant] = {}
-        self._meters: dict[str, TenantMeter] = {}
+        self._meters: dict[str, LimitMeter] = {}
+        self._key_meters: dict[tuple[str, str], LimitMeter] = {}  # (tenant, key id)
         self._keys: dict[str, tuple[ApiKey, str]] = {}
         self._by_hash: dict[str, str] = {}
         self._records: dict[tuple[str, str], UsageRecord] = {}
@@ -107,6 +109,8 @@ class MemoryStore:
             if record.tenant == tenant_id:
                 await self.revoke_key(key_id)
         self._meters.pop(tenant_id, None)
+        for owner, key_id in [k for k in self._key_meters if k[0] == tenant_id]:
+            del self._key_meters[(owner, key_id)]
         return True
 
     # Keys
@@ -126,6 +130,21 @@ class MemoryStore:
         """Key records (never secrets), oldest first."""
         found = [r for r, _ in self._keys.values() if tenant_id in (None, r.tenant)]
         return sorted(found, key=lambda r: (r.created_at, r.id))
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        """One key's record (revoked ones too), or ``None``."""
+        entry = self._keys.get(key_id)
+        return entry[0] if entry else None
+
+    async def update_key_limits(self, key_id: str, limits: MeteredLimits) -> ApiKey:
+        """Replace an active key's own limits; raises ``UnknownKey``."""
+        entry = self._keys.get(key_id)
+        if entry is None or entry[0].revoked or entry[0].scope.expired(self._clock()):
+            raise UnknownKey(key_id)
+        record, digest = entry
+        record = replace(record, scope=replace(record.scope, limits=limits))
+        self._keys[key_id] = (record, digest)
+        return record
 
     async def revoke_key(self, key_id: str) -> bool:
         """Revoke a key; it stops working at once (there is no cache in one process)."""
@@ -152,13 +171,19 @@ class MemoryStore:
     # Admission and settlement
 
     async def admit(self, principal: Principal, *, tokens: int, cost_usd: float) -> Admission:
-        """Check and reserve RPM, TPM, concurrency and budget (see ``limits``)."""
+        """Check and reserve RPM, TPM, concurrency and budget, the key's own limits beside the
+        tenant's, all or nothing (see ``limits``)."""
         tenant = principal.tenant
         rid = keys.new_request_id()
         now = self._clock()
-        meter = self._meters.setdefault(tenant.id, TenantMeter())
-        meter.admit(rid, tenant.limits, now, self._window_s, tokens, to_nano(cost_usd))
-        return Admission(rid, tenant.id, principal.key_id, tokens, cost_usd, now)
+        levels = [Level(self._meters.setdefault(tenant.id, LimitMeter()), tenant.limits)]
+        own = principal.scope.limits
+        metered = not own.unlimited
+        if metered:
+            meter = self._key_meters.setdefault((tenant.id, principal.key_id), LimitMeter())
+            levels.insert(0, Level(meter, own, principal.key_label))
+        admit(levels, rid, now, self._window_s, tokens, to_nano(cost_usd))
+        return Admission(rid, tenant.id, principal.key_id, tokens, cost_usd, now, metered)
 
     async def settle(self, admission: Admission, usage: UsageRecord) -> None:
         """Release the reservation, book actuals and the record; a repeat is a no-op."""
@@ -170,9 +195,14 @@ class MemoryStore:
         t_end = usage.started_at + usage.duration_s
         cost = to_nano(usage.cost_usd)
         tokens = usage.prompt_tokens + usage.completion_tokens
-        meter = self._meters.setdefault(admission.tenant, TenantMeter())
-        meter.settle(admission.request_id, self._clock(), self._window_s, t_end, tokens, cost)
-        cell = Cell(usage.tenant, hour_of(t_end), usage.backend, usage.model)
+        now = self._clock()
+        meters = [self._meters.setdefault(admission.tenant, LimitMeter())]
+        if admission.key_metered:
+            key = (admission.tenant, admission.key_id)
+            meters.append(self._key_meters.setdefault(key, LimitMeter()))
+        for meter in meters:
+            meter.settle(admission.request_id, now, self._window_s, t_end, tokens, cost)
+        cell = Cell(usage.tenant, hour_of(t_end), usage.backend, usage.model, usage.key_id)
         counters = Counters(1, usage.prompt_tokens, usage.completion_tokens, cost)
         self._aggregates.setdefault(cell, Counters()).add(counters)
         window = int(t_end // self._metering_window_s)
@@ -212,7 +242,8 @@ class MemoryStore:
         ]
         if tenant is None:
             cells += [
-                (Cell(IDLE, hour_of(w * self._metering_window_s), b, IDLE), Counters(cost_nano=n))
+                (Cell(IDLE, hour_of(w * self._metering_window_s), b, IDLE, IDLE),
+                 Counters(cost_nano=n))
                 for (b, w), n in self._idle.items()
                 if n and hour_of(w * self._metering_window_s) in hours
             ]

@@ -9,13 +9,25 @@ TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
-    """A tenant's limits; ``None`` means unlimited (or, for models, every model)."""
+class MeteredLimits:
+    """The limits admission meters, for a tenant or for one key; ``None`` means unlimited."""
 
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     max_concurrent: int | None = None
     monthly_budget_usd: float | None = None
+
+    @property
+    def unlimited(self) -> bool:
+        """Whether none is set (a key without limits of its own costs admission nothing)."""
+        return (self.requests_per_minute is None and self.tokens_per_minute is None
+                and self.max_concurrent is None and self.monthly_budget_usd is None)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Limits(MeteredLimits):
+    """A tenant's limits; ``None`` means unlimited (or, for models, every model)."""
+
     allowed_models: tuple[str, ...] | None = None
     policy: str | None = None  # default routing policy for this tenant
 
@@ -36,11 +48,13 @@ class Tenant:
 
 @dataclass(frozen=True, slots=True)
 class KeyScope:
-    """What one key may do within its tenant's limits: a name, an expiry, fewer models."""
+    """What one key may do within its tenant's limits: a name, an expiry, fewer models, and
+    limits of its own, metered beside (never instead of) the tenant's."""
 
     name: str | None = None
     expires_at: float | None = None  # unix seconds; refused from then on
     allowed_models: tuple[str, ...] | None = None  # None: whatever the tenant may use
+    limits: MeteredLimits = field(default_factory=MeteredLimits)
 
     def expired(self, now: float) -> bool:
         """Whether the key no longer authenticates at ``now``."""
@@ -80,6 +94,11 @@ class Principal:
         allowed = self.scope.allowed_models
         return self.tenant.may_use(model) and (allowed is None or model in allowed)
 
+    @property
+    def key_label(self) -> str:
+        """How refusals of the key's own limits name it: ``key 'ci-bot'``, or by id."""
+        return f"key {self.scope.name!r}" if self.scope.name else f"key {self.key_id}"
+
 
 @dataclass(frozen=True, slots=True)
 class Admission:
@@ -91,6 +110,7 @@ class Admission:
     reserved_tokens: int
     reserved_cost_usd: float
     admitted_at: float  # unix seconds
+    key_metered: bool = False  # the key's own limits reserved too: settlement releases both
 
 
 @dataclass(frozen=True, slots=True)

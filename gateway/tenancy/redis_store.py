@@ -4,9 +4,11 @@ Key layout (``tg`` is ``store.key_prefix``): a tenant's keys share the hash tag 
 its scripts run on one Redis Cluster slot: ``tg:{acme}:tenant``, ``:keys``, ``:rq`` (accepted
 requests), ``:tok`` (token buckets), ``:fl`` (leases), ``:res`` (holds), ``:rcost``, ``:spend``,
 ``:rec:<rid>``, ``:recs``, ``:ck`` (checkpoints of live requests), ``:agg:<hour>``,
-``:w:<backend>:<window>``. Fleet-wide keys: ``tg:tenants``, ``tg:former``, ``tg:keyids``,
-``tg:auth:<sha256>``, ``tg:win:<backend>:<window>``, ``tg:idle:<backend>``, ``tg:backends``,
-``tg:recon:<backend>``, ``tg:late``, ``tg:lock:<name>``, ``tg:replicas`` (live replicas).
+``:w:<backend>:<window>``, and for a key with limits of its own ``:key:<id>:rq``, ``:tok``,
+``:fl``, ``:res``, ``:rcost``, ``:spend`` (its level, admitted beside the tenant's in one script).
+Fleet-wide keys: ``tg:tenants``, ``tg:former``, ``tg:keyids``, ``tg:auth:<sha256>``,
+``tg:win:<backend>:<window>``, ``tg:idle:<backend>``, ``tg:backends``, ``tg:recon:<backend>``,
+``tg:late``, ``tg:lock:<name>``, ``tg:replicas`` (live replicas).
 On a Redis Cluster (``redis+cluster://``, see ``redis_client``) every script runs on one slot,
 fleet-wide keys are only ever used one key per command, pipelines are never transactions, and
 nothing enumerates keys but ``drop_everything`` (a SCAN of every primary, for resets).
@@ -39,6 +41,7 @@ from gateway.tenancy import keys, scripts
 from gateway.tenancy.leases import Lease, Leases, Progress
 from gateway.tenancy.ledger import (
     IDLE,
+    UNATTRIBUTED,
     Cell,
     Counters,
     Share,
@@ -57,15 +60,16 @@ from gateway.tenancy.models import (
     IssuedKey,
     KeyScope,
     Limits,
+    MeteredLimits,
     Principal,
     Tenant,
     UsageRecord,
     UsageRow,
 )
-from gateway.tenancy.outage import LocalShares
+from gateway.tenancy.outage import LocalShares, key_meter
 from gateway.tenancy.redis_client import UNREACHABLE, Client, Script, connect
 from gateway.tenancy.spool import Spool, read_segment
-from gateway.tenancy.tenants import UnknownTenant, checked_id
+from gateway.tenancy.tenants import UnknownKey, UnknownTenant, checked_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,13 +92,18 @@ class _Checkpoint(NamedTuple):
     window: str  # "backend|window", marked late if reconciliation passed it
 
 
-def _limits_json(limits: Limits) -> bytes:
-    """The limits as stored; a number Lua's doubles cannot hold exactly is refused first."""
+def _checked(limits: MeteredLimits) -> dict[str, Any]:
+    """The limits as a dict; a number Lua's doubles cannot hold exactly is refused first."""
     fields = asdict(limits)
     for name, value in fields.items():
         if isinstance(value, int | float) and not abs(value) <= _EXACT_IN_LUA:  # NaN fails too
             raise InvalidRequest(f"{name!r} is out of range.", param=name)
-    return orjson.dumps(fields)
+    return fields
+
+
+def _limits_json(limits: Limits) -> bytes:
+    """The limits as stored (see ``_checked``)."""
+    return orjson.dumps(_checked(limits))
 
 
 def _limits_from(raw: str) -> Limits:
@@ -110,7 +119,13 @@ def _scope(data: dict[str, Any] | None) -> KeyScope:
         return KeyScope()
     models = data.get("allowed_models")
     return KeyScope(data.get("name"), data.get("expires_at"),
-                    tuple(models) if models is not None else None)  # fmt: skip
+                    tuple(models) if models is not None else None,
+                    MeteredLimits(**(data.get("limits") or {})))  # fmt: skip
+
+
+def _scope_json(scope: KeyScope) -> dict[str, Any]:
+    """A key's scope as stored; its limits are checked like a tenant's."""
+    return {**asdict(scope), "limits": _checked(scope.limits)}
 
 
 def _str(value: bytes | str) -> str:
@@ -120,6 +135,21 @@ def _str(value: bytes | str) -> str:
 
 def _arg(value: int | float | None) -> int | float:
     return _UNLIMITED if value is None else value
+
+
+def _limit_args(limits: MeteredLimits) -> list[int | float]:
+    """A level's limits as the admission script reads them: rpm, tpm, concurrency, budget."""
+    budget = limits.monthly_budget_usd
+    return [
+        _arg(limits.requests_per_minute), _arg(limits.tokens_per_minute),
+        _arg(limits.max_concurrent), _UNLIMITED if budget is None else to_nano(budget),
+    ]  # fmt: skip
+
+
+# The Redis keys of a key's own level each script takes (names under ``key:<id>:``).
+_ADMIT_KEY_LEVEL = ("rq", "tok", "fl", "res", "rcost", "spend")
+_SETTLE_KEY_LEVEL = ("fl", "res", "tok", "rcost", "spend")
+_CHECKPOINT_KEY_LEVEL = ("res", "rcost", "spend")
 
 
 class RedisStore:
@@ -163,6 +193,7 @@ class RedisStore:
         self._checkpoint = script(scripts.CHECKPOINT)
         self._renew = script(scripts.RENEW)
         self._announce = script(scripts.ANNOUNCE)
+        self._swap = script(scripts.SWAP)
         self._leases = Leases(lease_ttl_s)
         self._local = LocalShares(limit_window_s)
         self._replica = secrets.token_hex(8)
@@ -270,13 +301,14 @@ class RedisStore:
 
         The auth entry carries the key's scope, and Redis deletes it at the key's expiry.
         """
+        scope = scope or KeyScope()
+        stored = _scope_json(scope)  # refused before anything is written
         await self.create_tenant(tenant_id)
         secret = keys.new_secret()
-        scope = scope or KeyScope()
         record = ApiKey(keys.new_key_id(), tenant_id, keys.shown_prefix(secret), time.time(),
                         scope=scope)  # fmt: skip
         digest = keys.hash_secret(secret)
-        entry = orjson.dumps({"key": record.id, "tenant": tenant_id, "scope": asdict(scope)})
+        entry = orjson.dumps({"key": record.id, "tenant": tenant_id, "scope": stored})
         expires = None if scope.expires_at is None else max(1, math.ceil(scope.expires_at))
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self._t(tenant_id, "keys"), record.id, self._key_json(record, digest))
@@ -309,14 +341,49 @@ class RedisStore:
                 found.append(self._key_record(orjson.loads(value)))
         return sorted(found, key=lambda r: (r.created_at, r.id))
 
-    async def revoke_key(self, key_id: str) -> bool:
-        """Revoke a key everywhere; replicas stop accepting it within the cache TTL (<= 1 s)."""
+    async def _key_data(self, key_id: str) -> tuple[str, str, dict[str, Any]] | None:
+        """A key's tenant, its stored record as written, and decoded."""
         owner = await self._call(self.redis.hget(f"{self._p}:keyids", key_id))
         tenant = _str(owner) if owner is not None else ""
         raw = await self._call(self.redis.hget(self._t(tenant, "keys"), key_id)) if tenant else None
-        if raw is None:
+        return None if raw is None else (tenant, _str(raw), orjson.loads(raw))
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        """One key's record (revoked ones too), or ``None``."""
+        found = await self._key_data(key_id)
+        return None if found is None else self._key_record(found[2])
+
+    async def update_key_limits(self, key_id: str, limits: MeteredLimits) -> ApiKey:
+        """Replace an active key's own limits (every replica applies them within the key
+        cache's TTL); raises ``UnknownKey``. A revocation at the same time wins."""
+        for _ in range(3):  # another update may slip in between the read and the write
+            found = await self._key_data(key_id)
+            if found is None or found[2]["revoked"]:
+                raise UnknownKey(key_id)
+            tenant, raw, data = found
+            current = _scope(data.get("scope"))
+            if current.expired(time.time()):
+                raise UnknownKey(key_id)
+            scope = _scope_json(replace(current, limits=limits))
+            new = orjson.dumps({**data, "scope": scope})
+            swapped = self._swap(keys=[self._t(tenant, "keys")], args=[key_id, raw, new])
+            if int(await self._call(swapped)):
+                break
+        else:
+            raise StoreUnavailable("The key changed under this update three times; try again.")
+        entry = orjson.dumps({"key": key_id, "tenant": tenant, "scope": scope})
+        auth = self.redis.set(f"{self._p}:auth:{data['sha256']}", entry, xx=True, keepttl=True)
+        if not await self._call(auth):  # revoked (or expired) since: the key stays refused
+            raise UnknownKey(key_id)
+        self._cache.pop(data["sha256"], None)
+        return self._key_record(orjson.loads(new))
+
+    async def revoke_key(self, key_id: str) -> bool:
+        """Revoke a key everywhere; replicas stop accepting it within the cache TTL (<= 1 s)."""
+        found = await self._key_data(key_id)
+        if found is None:
             return False
-        data = orjson.loads(raw)
+        tenant, _, data = found
         if data["revoked"]:
             return False
         data["revoked"] = True
@@ -376,34 +443,36 @@ class RedisStore:
     # Admission and settlement
 
     async def admit(self, principal: Principal, *, tokens: int, cost_usd: float) -> Admission:
-        """One EVALSHA on the tenant's slot: check and reserve every limit (see ``limits``).
+        """One EVALSHA on the tenant's slot: check and reserve every limit (see ``limits``), the
+        key's own beside the tenant's when it has any (six more keys, same slot).
 
         While Redis is away the request is checked against this replica's share of each
         limit instead (``failure_policy: open``), or refused (``closed``); never unchecked.
         """
         tenant, limits = principal.tenant.id, principal.tenant.limits
+        own = principal.scope.limits
+        metered = not own.unlimited
         rid = keys.new_request_id()
         cost = to_nano(cost_usd)
-        budget = limits.monthly_budget_usd
         month = month_of(time.time())
         t = self._t
+        script_keys = [t(tenant, "rq"), t(tenant, "tok"), t(tenant, "fl"), t(tenant, "res"),
+                       t(tenant, "rcost"), t(tenant, "spend")]  # fmt: skip
+        args: list[Any] = [rid, self._window_s, tokens, cost, *_limit_args(limits), month,
+                           self._leases.ttl_s, BUCKETS]  # fmt: skip
+        if metered:
+            script_keys += self._key_level(tenant, principal.key_id, _ADMIT_KEY_LEVEL)
+            args += _limit_args(own)
         self._ensure_heartbeat()
         try:
-            answer = await self._admit(
-                keys=[t(tenant, "rq"), t(tenant, "tok"), t(tenant, "fl"), t(tenant, "res"),
-                      t(tenant, "rcost"), t(tenant, "spend")],
-                args=[rid, self._window_s, tokens, cost, _arg(limits.requests_per_minute),
-                      _arg(limits.tokens_per_minute), _arg(limits.max_concurrent),
-                      _UNLIMITED if budget is None else to_nano(budget),
-                      month, self._leases.ttl_s, BUCKETS],
-            )  # fmt: skip
+            answer = await self._admit(keys=script_keys, args=args)
         except UNREACHABLE as exc:
             self._lost()
             if self._policy == "closed":
                 raise StoreUnavailable("The tenancy store is unreachable.") from exc
             now = time.time()
-            self._local.admit(rid, tenant, limits, now, tokens, cost)
-            admission = Admission(rid, tenant, principal.key_id, tokens, cost_usd, now)
+            self._local.admit(rid, principal, now, tokens, cost)
+            admission = Admission(rid, tenant, principal.key_id, tokens, cost_usd, now, metered)
             self._leases.hold(admission)  # listed in Redis by the first renewal that reaches it
             return admission
         self._found()
@@ -411,14 +480,25 @@ class RedisStore:
         if outcome == "ok":
             self._local.recovered(tenant)
             self._local.known(tenant, month, int(answer[2]))
-            admission = Admission(rid, tenant, principal.key_id, tokens, cost_usd, float(answer[1]))
+            if metered:
+                meter = key_meter(tenant, principal.key_id)
+                self._local.recovered(meter)
+                self._local.known(meter, month, int(answer[3]))
+            at = float(answer[1])
+            admission = Admission(rid, tenant, principal.key_id, tokens, cost_usd, at, metered)
             self._leases.hold(admission)
             return admission
+        key = principal.key_label if answer[1] == "key" else None
         if outcome == "quota":
-            raise over_budget()
+            raise over_budget(key)
         if outcome == "too_large":
-            raise too_large_error(tokens, limits.tokens_per_minute or 0)
-        raise LimitExceeded(outcome, retry_after=float(answer[1]), at=float(answer[2]))
+            tpm = (own if key else limits).tokens_per_minute
+            raise too_large_error(tokens, tpm or 0, key)
+        raise LimitExceeded(outcome, retry_after=float(answer[2]), at=float(answer[3]), key=key)
+
+    def _key_level(self, tenant: str, key_id: str, names: Sequence[str]) -> list[str]:
+        """The Redis keys of a key's own limits, under its tenant's hash tag (one slot)."""
+        return [self._t(tenant, f"key:{key_id}:{name}") for name in names]
 
     async def settle(self, admission: Admission, usage: UsageRecord) -> None:
         """One EVALSHA: release the hold, book actuals, aggregates and the record, once.
@@ -454,21 +534,29 @@ class RedisStore:
         window = int(t_end // self._metering_window_s)
         hour = hour_of(t_end)
         cost = to_nano(usage.cost_usd)
+        month = month_of(t_end)
         t = self._t
+        script_keys = [
+            t(tenant, "fl"), t(tenant, "res"), t(tenant, "tok"), t(tenant, "rcost"),
+            t(tenant, "spend"), t(tenant, f"rec:{rid}"), t(tenant, "recs"),
+            t(tenant, f"agg:{hour}"), t(tenant, f"w:{usage.backend}:{window}"),
+            t(tenant, "hours"), t(tenant, "ck"),
+        ]  # fmt: skip
+        if admission.key_metered:
+            script_keys += self._key_level(tenant, admission.key_id, _SETTLE_KEY_LEVEL)
         answer = await self._settle(
-            keys=[t(tenant, "fl"), t(tenant, "res"), t(tenant, "tok"), t(tenant, "rcost"),
-                  t(tenant, "spend"), t(tenant, f"rec:{rid}"), t(tenant, "recs"),
-                  t(tenant, f"agg:{hour}"), t(tenant, f"w:{usage.backend}:{window}"),
-                  t(tenant, "hours"), t(tenant, "ck")],
+            keys=script_keys,
             args=[rid, self._window_s, t_end, usage.prompt_tokens + usage.completion_tokens, cost,
-                  month_of(t_end), orjson.dumps(asdict(usage)), usage.started_at,
-                  f"{usage.backend}|{usage.model}|", usage.prompt_tokens, usage.completion_tokens,
-                  usage.weighted_tokens, usage.model, RETENTION_S, BUCKETS,
-                  (window + 1.5) * self._metering_window_s, hour],
+                  month, orjson.dumps(asdict(usage)), usage.started_at, _cell(usage),
+                  usage.prompt_tokens, usage.completion_tokens, usage.weighted_tokens,
+                  usage.model, RETENTION_S, BUCKETS, (window + 1.5) * self._metering_window_s,
+                  hour],
         )  # fmt: skip
         code = int(answer[0])
         if code:
-            self._local.known(tenant, month_of(t_end), int(answer[1]))
+            self._local.known(tenant, month, int(answer[1]))
+            if admission.key_metered:
+                self._local.known(key_meter(tenant, admission.key_id), month, int(answer[2]))
         # Reconciliation may already have run: have it run again. A replayed repeat (0) may be
         # one whose first run was cut off before this marker was written.
         if code == 2 or (replay and code == 0):
@@ -505,9 +593,10 @@ class RedisStore:
         beat = self._leases.beat()
         ttl = self._leases.ttl_s
         renewals: list[_Call] = [(self._announce, [f"{self._p}:replicas"], [self._replica, ttl])]
-        for tenant, rids in beat.renew.items():
+        for (tenant, key_id), rids in beat.renew.items():
+            leases = self._t(tenant, "fl" if key_id is None else f"key:{key_id}:fl")
             records = [self._t(tenant, f"rec:{rid}") for rid in rids]
-            renewals.append((self._renew, [self._t(tenant, "fl"), *records], [ttl, *rids]))
+            renewals.append((self._renew, [leases, *records], [ttl, *rids]))
         checkpoints = [self._checkpoint_call(lease, usage) for lease, usage in beat.checkpoints]
         answers = await self._pipelined_scripts(renewals + [c.call for c in checkpoints])
         # On a cluster one node may fail while the others answer: found only if all did.
@@ -539,15 +628,20 @@ class RedisStore:
         now = time.time()
         window, hour = int(now // self._metering_window_s), hour_of(now)
         t = self._t
+        script_keys = [
+            t(tenant, "res"), t(tenant, "rcost"), t(tenant, "spend"), t(tenant, f"rec:{rid}"),
+            t(tenant, "ck"), t(tenant, f"agg:{hour}"), t(tenant, f"w:{usage.backend}:{window}"),
+            t(tenant, "hours"),
+        ]  # fmt: skip
+        if lease.admission.key_metered:
+            key_id = lease.admission.key_id
+            script_keys += self._key_level(tenant, key_id, _CHECKPOINT_KEY_LEVEL)
         call: _Call = (
             self._checkpoint,
-            [t(tenant, "res"), t(tenant, "rcost"), t(tenant, "spend"), t(tenant, f"rec:{rid}"),
-             t(tenant, "ck"), t(tenant, f"agg:{hour}"), t(tenant, f"w:{usage.backend}:{window}"),
-             t(tenant, "hours")],
+            script_keys,
             [rid, usage.prompt_tokens, usage.completion_tokens, to_nano(usage.cost_usd),
-             repr(usage.weighted_tokens), month_of(now), f"{usage.backend}|{usage.model}|",
-             usage.model, hour, RETENTION_S, orjson.dumps(asdict(usage)),
-             (window + 1.5) * self._metering_window_s],
+             repr(usage.weighted_tokens), month_of(now), _cell(usage), usage.model, hour,
+             RETENTION_S, orjson.dumps(asdict(usage)), (window + 1.5) * self._metering_window_s],
         )  # fmt: skip
         return _Checkpoint(lease, usage, call, f"{usage.backend}|{window}")
 
@@ -676,7 +770,8 @@ class RedisStore:
             for window, nano in idle.items():
                 hour = hour_of(int(window) * self._metering_window_s)
                 if int(nano) and hour in hours:
-                    cells.append((Cell(IDLE, hour, backend, IDLE), Counters(cost_nano=int(nano))))
+                    cell = Cell(IDLE, hour, backend, IDLE, IDLE)
+                    cells.append((cell, Counters(cost_nano=int(nano))))
         return cells
 
     async def reachable(self) -> bool:
@@ -809,12 +904,26 @@ class RedisStore:
         await self._unlock(keys=[f"{self._p}:lock:{name}"], args=[token])
 
 
+def _cell(usage: UsageRecord) -> str:
+    """The aggregate fields' prefix a request is booked under: ``backend|model|key|``."""
+    return f"{usage.backend}|{usage.model}|{usage.key_id}|"
+
+
 def _cells(tenant: str, hour: int, data: Mapping[str, Any]) -> list[tuple[Cell, Counters]]:
-    """Parse one tenant-hour aggregate hash (fields ``backend|model|counter``)."""
+    """Parse one tenant-hour aggregate hash: fields ``backend|model|key|counter``, and
+    ``backend|model|adj`` (reconciliation, per model) or, written before the ledger kept keys,
+    ``backend|model|counter``."""
     by_cell: dict[Cell, Counters] = {}
     for name, value in data.items():
-        backend, model, counter = name.split("|", 2)
-        c = by_cell.setdefault(Cell(tenant, hour, backend, model), Counters())
+        parts = name.split("|")
+        key: str | None
+        if len(parts) == 4:
+            backend, model, key_id, counter = parts
+            key = key_id or UNATTRIBUTED
+        else:
+            backend, model, counter = name.split("|", 2)
+            key = None if counter == "adj" else UNATTRIBUTED
+        c = by_cell.setdefault(Cell(tenant, hour, backend, model, key), Counters())
         number = int(value)
         if counter == "n":
             c.requests = number

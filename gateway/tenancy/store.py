@@ -16,6 +16,7 @@ from gateway.tenancy.models import (
     IssuedKey,
     KeyScope,
     Limits,
+    MeteredLimits,
     Principal,
     Tenant,
     UsageRecord,
@@ -35,11 +36,22 @@ class Store(Protocol):
     async def create_key(self, tenant_id: str, scope: KeyScope | None = None) -> IssuedKey:
         """Issue a key, creating the tenant with default limits if it does not exist.
 
-        ``scope`` narrows what the key may do (name, expiry, models) within the tenant's limits.
+        ``scope`` narrows what the key may do (name, expiry, models, limits of its own) within
+        the tenant's limits.
         """
         ...
 
     async def list_keys(self, tenant_id: str | None = None) -> Sequence[ApiKey]: ...
+    async def get_key(self, key_id: str) -> ApiKey | None: ...
+
+    async def update_key_limits(self, key_id: str, limits: MeteredLimits) -> ApiKey:
+        """Replace an active key's own limits; raises ``UnknownKey`` (revoked or expired too).
+
+        A key's own counters run only while it has limits: its budget counts what it spent
+        from the time it got them (from creation, when it was created with them).
+        """
+        ...
+
     async def revoke_key(self, key_id: str) -> bool: ...
 
     async def authenticate(self, secret: str) -> Principal:
@@ -47,9 +59,11 @@ class Store(Protocol):
         ...
 
     async def admit(self, principal: Principal, *, tokens: int, cost_usd: float) -> Admission:
-        """Check and reserve RPM, TPM, concurrency and budget in one atomic step.
+        """Check and reserve RPM, TPM, concurrency and budget in one atomic step, at the key's
+        own limits (if it has any) and the tenant's: both levels or neither.
 
-        Raises ``RateLimited`` (with a correct retry-after) or ``QuotaExceeded``.
+        Raises ``RateLimited`` (with a correct retry-after) or ``QuotaExceeded``, naming the key
+        when its own limit refused.
         """
         ...
 
@@ -82,7 +96,7 @@ class Store(Protocol):
         end: float,
         group_by: Sequence[str],
     ) -> Sequence[UsageRow]:
-        """Aggregates over [start, end) grouped by any of tenant, backend, model, hour, day."""
+        """Aggregates over [start, end) grouped by any of tenant, key, backend, model, hour, day."""
         ...
 
     async def record(self, tenant: str, request_id: str) -> UsageRecord | None:

@@ -31,7 +31,8 @@ def test_keys_create_takes_the_tenant_either_way_and_lists_times_as_dates(
     listing = run(capsys, gateway, "keys", "list", "--tenant", "team-b")
     header, *rows = listing.splitlines()
     assert header.split() == ["id", "tenant", "name", "prefix", "created_at", "expires_at",
-                              "allowed_models", "revoked"]  # fmt: skip
+                              "allowed_models", "rpm", "tpm", "concurrency", "budget",
+                              "revoked"]  # fmt: skip
     assert len(rows) == 2
     assert all(re.search(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\b", row) for row in rows)
     keys = json.loads(run(capsys, gateway, "keys", "list", "--tenant", "team-b", "--json"))
@@ -65,6 +66,47 @@ def test_a_key_scoped_to_one_model_sees_and_uses_only_that_model(
                              headers={"Authorization": f"Bearer {ADMIN_KEY}"})  # fmt: skip
         assert refused.status_code == 400, refused.text
         assert refused.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_key_with_limits_of_its_own_is_refused_by_name_and_its_usage_is_grouped_by_key(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    created = run(capsys, gateway, "keys", "create", "--tenant", "team-e", "--name", "ci-bot",
+                  "--rpm", "1", "--budget", "5")  # fmt: skip
+    assert "limits: rpm 1, budget 5" in created
+    secret = created.rsplit("secret (shown once): ", 1)[1].strip()
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=secret, max_retries=0)
+    client.completions.create(model="test-model", prompt="x", max_tokens=2)
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.completions.create(model="test-model", prompt="x", max_tokens=2)
+    assert refused.value.body["message"] == "Rate limit reached for requests (key 'ci-bot')."
+    assert 55 <= int(refused.value.response.headers["retry-after"]) <= 60
+
+    keys = json.loads(run(capsys, gateway, "keys", "list", "--tenant", "team-e", "--json"))
+    key_id = keys["data"][0]["id"]
+    assert keys["data"][0]["limits"] == {"requests_per_minute": 1, "tokens_per_minute": None,
+                                         "max_concurrent": None, "monthly_budget_usd": 5.0}
+    header, row = run(capsys, gateway, "keys", "show", key_id).splitlines()
+    cells = dict(zip(header.split(), row.split(), strict=True))
+    assert (cells["name"], cells["rpm"], cells["tpm"], cells["budget"]) == ("ci-bot", "1", "-", "5")
+    changed = json.loads(run(capsys, gateway, "keys", "set-limits", key_id, "--rpm", "100",
+                             "--concurrency", "4", "--json"))  # fmt: skip
+    assert changed["limits"]["requests_per_minute"] == 100
+    assert changed["limits"]["max_concurrent"] == 4 and changed["limits"]["monthly_budget_usd"] == 5
+    client.completions.create(model="test-model", prompt="x", max_tokens=2)  # 2 of 100 now
+
+    table = run(capsys, gateway, "usage", "--tenant", "team-e", "--group-by", "key,model")
+    header, *rows = table.splitlines()
+    assert header.split()[:5] == ["key", "key_name", "model", "requests", "prompt_tokens"]
+    assert [r.split()[:4] for r in rows] == [[key_id, "ci-bot", "test-model", "2"]]
+    usage = json.loads(run(capsys, gateway, "usage", "--tenant", "team-e", "--group-by", "key",
+                           "--json"))  # fmt: skip
+    assert [(r["key"], r["key_name"], r["requests"]) for r in usage["data"]] == [
+        (key_id, "ci-bot", 2)
+    ]
+    with pytest.raises(SystemExit, match=r"400: .*greater than or equal to 1.*tokens_per_minute"):
+        main(["keys", "create", "team-e", "--tpm", "0", "--url", gateway.url,
+              "--admin-key", ADMIN_KEY])  # fmt: skip
 
 
 def test_keys_create_refuses_two_different_tenants(

@@ -55,6 +55,8 @@ async def test_idle_instance_time_shows_in_admin_usage_but_not_in_a_tenants_own(
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
         admin = await http.get("/admin/usage", headers=ADMIN, params=span)
+        by_key = await http.get("/admin/usage", headers=ADMIN,
+                                params={**span, "group_by": "tenant,key"})  # fmt: skip
         own = await http.get(
             "/v1/usage", headers={"Authorization": f"Bearer {issued.secret}"}, params=span
         )
@@ -65,6 +67,9 @@ async def test_idle_instance_time_shows_in_admin_usage_but_not_in_a_tenants_own(
         "completion_tokens": 0, "total_tokens": 0, "cost_usd": 0.12, "tokens_per_dollar": 0.0,
     }  # fmt: skip
     assert rows["acme"]["cost_usd"] == 0.12
+    # By key: the idle row keeps its label, and the key's row carries the reconciled cost.
+    assert [(r["tenant"], r["key"], r["key_name"], r["cost_usd"]) for r in by_key.json()["data"]
+            ] == [(IDLE, IDLE, None, 0.12), ("acme", caller.key_id, None, 0.12)]  # fmt: skip
     # The realised figure covers the last 60 windows: those before the gateway watched the fleet
     # are billed at config's two instances too.
     assert admin.json()["backends"][0]["cost_usd"] == pytest.approx(60 * 0.12)

@@ -15,7 +15,14 @@ import pytest
 
 from gateway.errors import QuotaExceeded
 from gateway.tenancy.limits import LimitExceeded
-from gateway.tenancy.models import Admission, Limits, Principal, UsageRecord
+from gateway.tenancy.models import (
+    Admission,
+    KeyScope,
+    Limits,
+    MeteredLimits,
+    Principal,
+    UsageRecord,
+)
 from gateway.tenancy.redis_store import RedisStore
 from tests.gateway.tenancy.conftest import REDIS_URL
 
@@ -174,3 +181,46 @@ async def test_the_final_settlement_replaces_checkpoints_and_a_repeat_changes_no
 
 async def _has_billed(store: RedisStore, tenant: str, completion: int) -> bool:
     return (await _billed(store, tenant))[2] == completion
+
+
+async def _keyed(store: RedisStore, tenant: str, own: MeteredLimits) -> tuple[Principal, str]:
+    """A caller whose key has limits of its own (no tenant limits), and the key's secret."""
+    await store.create_tenant(tenant, Limits())
+    issued = await store.create_key(tenant, KeyScope("ci-bot", limits=own))
+    return await store.authenticate(issued.secret), issued.secret
+
+
+async def test_a_live_request_keeps_its_keys_lease_too(
+    replicas: Callable[[], RedisStore],
+) -> None:
+    a, b = replicas(), replicas()
+    on_a, secret = await _keyed(a, "keyed", MeteredLimits(max_concurrent=1))
+    on_b = await b.authenticate(secret)
+    admission = await a.admit(on_a, tokens=10, cost_usd=0.0)
+    await asyncio.sleep(4 * TTL_S)  # the heartbeat renews the key's lease beside the tenant's
+    with pytest.raises(LimitExceeded) as refused:
+        await b.admit(on_b, tokens=10, cost_usd=0.0)
+    assert (refused.value.limit, refused.value.key) == ("concurrency", "key 'ci-bot'")
+    await a.settle(admission, _usage(admission, 5, 0.0))
+    await b.admit(on_b, tokens=10, cost_usd=0.0)
+
+
+async def test_checkpoints_and_the_settlement_book_a_keys_spend_once(
+    replicas: Callable[[], RedisStore],
+) -> None:
+    a = replicas()
+    on_a, _ = await _keyed(a, "keyspend", MeteredLimits(monthly_budget_usd=0.1))
+    admission = await a.admit(on_a, tokens=100, cost_usd=0.05)
+    progress = _usage(admission, 30, 0.03, status=0)
+    a.track(admission, lambda: progress)
+    await _eventually(lambda: _has_billed(a, "keyspend", 30), 3.0)
+    final = _usage(admission, 50, 0.05)
+    await a.settle(admission, final)
+    await a.settle(admission, final)
+    # The key has spent $0.05, not $0.08: $0.049 more leaves it just under its $0.10...
+    second = await a.admit(on_a, tokens=10, cost_usd=0.05)
+    await a.settle(second, _usage(second, 10, 0.049))
+    third = await a.admit(on_a, tokens=10, cost_usd=0.01)
+    await a.settle(third, _usage(third, 10, 0.01))
+    with pytest.raises(QuotaExceeded, match="key 'ci-bot'"):  # ...and $0.01 more spends it
+        await a.admit(on_a, tokens=10, cost_usd=0.01)

@@ -16,7 +16,14 @@ from gateway.app import create_app
 from gateway.errors import QuotaExceeded, StoreUnavailable
 from gateway.settings import parse_settings
 from gateway.tenancy.limits import LimitExceeded
-from gateway.tenancy.models import Admission, Limits, Principal, UsageRecord
+from gateway.tenancy.models import (
+    Admission,
+    KeyScope,
+    Limits,
+    MeteredLimits,
+    Principal,
+    UsageRecord,
+)
 from gateway.tenancy.redis_store import RedisStore
 from tests.live import LiveServer
 from tests.redis_server import RedisServer
@@ -181,6 +188,33 @@ async def test_during_an_outage_a_budget_is_shared_from_the_last_known_spend(
     assert admitted == 3  # ($1.00 - $0.40 spent) / 2 replicas, $0.10 a request
     with pytest.raises(StoreUnavailable):  # B never heard what the tenant spent
         await b.admit(stranger, tokens=1, cost_usd=0.1)
+    for store in (a, b):
+        await store.aclose()
+
+
+async def test_during_an_outage_a_key_is_held_to_its_share_of_its_own_limits(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    a, b = await _two_replicas(server, tmp_path)
+    own = MeteredLimits(requests_per_minute=60, monthly_budget_usd=1.0)
+    issued = await a.create_key("team-k", KeyScope("ci-bot", limits=own))
+    principal = await a.authenticate(issued.secret)
+    on_b = await b.authenticate(issued.secret)
+    first = await a.admit(principal, tokens=1, cost_usd=0.1)  # A hears what the key spent
+    await a.settle(first, _usage(first, 0.1))
+    server.kill()
+    admitted, stopped = 0, None
+    while admitted < 100 and stopped is None:
+        try:
+            admission = await a.admit(principal, tokens=1, cost_usd=0.0)
+        except LimitExceeded as exc:
+            stopped = (exc.limit, exc.key)
+            continue
+        await a.settle(admission, _usage(admission, 0.0))
+        admitted += 1
+    assert (admitted, stopped) == (30, ("requests", "key 'ci-bot'"))  # 60 a minute / 2
+    with pytest.raises(StoreUnavailable, match="key's spend"):  # B never heard it
+        await b.admit(on_b, tokens=1, cost_usd=0.1)
     for store in (a, b):
         await store.aclose()
 

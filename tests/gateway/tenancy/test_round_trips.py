@@ -1,5 +1,5 @@
 """The request path's Redis cost: zero round trips to authenticate (cached), one to admit, one
-to settle, counted at the client."""
+to settle, counted at the client, whether or not the key has limits of its own."""
 
 from __future__ import annotations
 
@@ -8,21 +8,22 @@ from typing import Any
 
 import pytest
 
-from gateway.tenancy.models import Limits, UsageRecord
+from gateway.tenancy.models import KeyScope, Limits, MeteredLimits, UsageRecord
 from gateway.tenancy.redis_store import RedisStore
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.parametrize("own", [MeteredLimits(), MeteredLimits(3, 1000, 2, 1.0)])
 async def test_one_round_trip_to_admit_and_one_to_settle(
-    unique_prefix: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    unique_prefix: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, own: MeteredLimits
 ) -> None:
     store = RedisStore(redis_url, prefix=unique_prefix)
     limits = Limits(requests_per_minute=100, tokens_per_minute=10_000, max_concurrent=4,
                     monthly_budget_usd=10.0)  # fmt: skip
     await store.create_tenant("acme", limits)
-    secret = (await store.create_key("acme")).secret
+    secret = (await store.create_key("acme", KeyScope(limits=own))).secret  # a key's own too
     await store.authenticate(secret)  # warm the key cache and load the scripts
     warm = await store.admit(await store.authenticate(secret), tokens=1, cost_usd=0.0)
     sent: list[tuple[Any, ...]] = []
