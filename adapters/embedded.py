@@ -2,6 +2,12 @@
 
 Loading happens in a worker thread so the event loop never blocks; until the model is ready
 ``probe`` reports unhealthy and ``generate`` waits for it.
+
+Structured outputs and tools are the engine's constrained decoding: ``response_format`` holds
+the answer to its schema (any JSON object for ``json_object``); with ``tools`` (described in
+the prompt by the gateway, ``adapters._tool_text``) the answer is held to one call's JSON, or,
+for ``tool_choice: "auto"``, that or free text. An answer that opens with ``{`` is then read
+back as the call and relayed as a tool call once whole.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
+from adapters._tool_text import call_schema, read_call
 from adapters.base import (
     BadRequest,
     Capabilities,
@@ -19,11 +26,13 @@ from adapters.base import (
     LoadSnapshot,
     Overloaded,
     TokenLogprob,
+    ToolCallDelta,
     Unavailable,
     Usage,
 )
 from engine.chat import render_gemma_chat
 from engine.config import EngineConfig
+from engine.constraints import Constraint
 from engine.errors import EngineClosed, PromptTooLong, QueueFull
 from engine.runtime import StartupTimes, start_server
 from engine.serving import Chunk, GenerationParams, GenerationServer, TokenInfo
@@ -58,6 +67,8 @@ class EmbeddedBackend:
             logprobs=self.engine_config.max_top_logprobs,
             stop=True,
             seed=True,
+            tools=True,
+            structured=True,
             max_context=self.engine_config.max_context,
         )
         self._server = server
@@ -153,6 +164,7 @@ class EmbeddedBackend:
             stop=tuple(req.stop),
             logprobs=req.logprobs,
             prompt_logprobs=(req.logprobs or 0) if req.echo and req.logprobs is not None else None,
+            constraint=_constraint(req),
         )
         try:
             stream = server.stream(prompt, params)
@@ -163,9 +175,11 @@ class EmbeddedBackend:
         except EngineClosed as error:
             raise Unavailable(str(error), backend=self.name) from error
         except ValueError as error:
-            raise BadRequest(str(error), backend=self.name) from error
+            param = "tools" if req.tools else "response_format" if req.response_format else None
+            raise BadRequest(str(error), backend=self.name, param=param) from error
         if req.echo and params.prompt_logprobs is None:
             yield Delta(text=_prompt_text(server, prompt), echo=True)
+        calls = _CallReader() if req.tools else None
         try:
             async for chunk in stream:
                 if chunk.prompt_logprobs is not None:
@@ -175,11 +189,61 @@ class EmbeddedBackend:
                         echo=True,
                     )
                     continue
-                yield _delta(chunk)
+                delta = _delta(chunk)
+                for out in calls.read(delta) if calls is not None else (delta,):
+                    yield out
         except EngineClosed as error:
             raise Unavailable(str(error), backend=self.name) from error
         finally:
             await stream.aclose()
+
+
+def _constraint(req: GenerationRequest) -> Constraint | None:
+    """What the engine must hold the answer to: a call to one of the tools (or free text when
+    the model may choose), or the requested JSON format."""
+    if req.tools:
+        choice = req.tool_choice
+        return Constraint(call_schema(req.tools, choice), or_text=choice in (None, "auto"))
+    format_ = req.response_format
+    if format_ is None:
+        return None
+    if format_.get("type") == "json_schema":
+        return Constraint(format_["json_schema"].get("schema") or None)
+    return Constraint()
+
+
+class _CallReader:
+    """Turns a tool-constrained answer into a tool call: text that opens with ``{`` is held
+    until the answer ends and then relayed as the call it holds; other text passes through."""
+
+    def __init__(self) -> None:
+        self._held: list[Delta] = []
+        self._call: bool | None = None  # undecided until the first text
+
+    def read(self, delta: Delta) -> list[Delta]:
+        """What to relay now for ``delta``."""
+        if self._call is False:
+            return [delta]
+        self._held.append(delta)
+        text = "".join(d.text for d in self._held)
+        if self._call is None and text:
+            self._call = text.startswith("{")
+            if not self._call:
+                held, self._held = self._held, []
+                return held
+        if delta.finish_reason is None:
+            return []
+        return [self._answer(text, delta)]
+
+    def _answer(self, text: str, last: Delta) -> Delta:
+        tokens = sum(d.tokens for d in self._held)
+        call = read_call(text)
+        if call is None:  # cut short (length) or empty: relayed as the text it is
+            return Delta(text=text, tokens=tokens, finish_reason=last.finish_reason,
+                         usage=last.usage)  # fmt: skip
+        piece = ToolCallDelta(0, call.id, call.name, call.arguments)
+        return Delta(tokens=tokens, tool_calls=[piece], finish_reason="tool_calls",
+                     usage=last.usage)  # fmt: skip
 
 
 def _prompt(req: GenerationRequest) -> str | list[int]:

@@ -2,6 +2,8 @@
 
 Run as ``tollgate bench engine`` or ``python -m bench.engine``. Each weight format runs in its
 own process so peak memory and start-up are measured cleanly. Figures are printed, never judged.
+Structured output is measured side by side: the same chat requests through the batch loop, with
+and without a JSON schema constraint.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +25,20 @@ SAMPLE_TEXT = (
     "The history of computing is a story of ideas that took decades to become practical. "
     "Early machines filled rooms, consumed enormous power and were programmed by hand. "
 )
+JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 40},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "city": {"type": "string", "maxLength": 40},
+        "skills": {"type": "array", "items": {"type": "string", "maxLength": 20}, "maxItems": 4},
+        "role": {"enum": ["engineer", "designer", "manager"]},
+        "remote": {"type": "boolean"},
+    },
+    "required": ["name", "age", "city", "skills", "role", "remote"],
+    "additionalProperties": False,
+}
+JSON_ASK = "Describe a fictional employee as JSON with name, age, city, skills, role and remote."
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -30,6 +47,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--streams", default="1,8,16,32", help="concurrent decode streams")
     parser.add_argument("--sampled-streams", type=int, default=16, help="streams for sampling")
     parser.add_argument("--steps", type=int, default=32, help="timed decode steps per point")
+    parser.add_argument(
+        "--json-streams", type=int, default=8, help="concurrent requests, with and without schema"
+    )
+    parser.add_argument(
+        "--json-tokens", type=int, default=512, help="completion tokens timed per schema mode"
+    )
     parser.add_argument("--prompt-tokens", type=int, default=512, help="prefill prompt length")
     parser.add_argument("--max-context", type=int, default=1024)
     parser.add_argument("--cold", action="store_true", help="start from an empty cache dir")
@@ -80,6 +103,7 @@ def _measure(fmt: str, args: argparse.Namespace) -> dict[str, Any]:
     server, times = start_server(config)
     ready = time.perf_counter() - started
     engine, tokenizer = server.engine, server.tokenizer
+    structured = _structured(server, args.json_streams, args.json_tokens)
     server.close()  # drive the engine API directly from here on
 
     ids = tokenizer.encode(SAMPLE_TEXT * 40)[: args.prompt_tokens]
@@ -126,9 +150,80 @@ def _measure(fmt: str, args: argparse.Namespace) -> dict[str, Any]:
         "prefill_tps": prefill_tps,
         "decode_tps": decode,
         "sampled_tps": sampled_tps,
+        **structured,
         "weights_mib": _param_bytes(engine.params) / 2**20,
         "peak_rss_mib": peak,
     }
+
+
+def _structured(server: Any, streams: int, tokens: int) -> dict[str, float]:
+    """Greedy chat requests, ``streams`` at a time, with then without the JSON schema.
+
+    A finished request is replaced at once (a closed loop). The plain requests are given the
+    constrained answers' mean length (no stop token), so both modes do the same prefill and
+    decode work and differ only by the constraint. Two alternating rounds; the best of each.
+    """
+    from dataclasses import replace
+
+    from engine.chat import render_gemma_chat
+    from engine.constraints import Constraint
+    from engine.serving import GenerationParams
+
+    prompt = render_gemma_chat([_Message("user", JSON_ASK)])
+    constrained = GenerationParams(
+        max_tokens=96, temperature=0.0, constraint=Constraint(JSON_SCHEMA)
+    )
+    _closed_loop(server, prompt, constrained, streams, streams * 8)  # compile these shapes
+    steps, seconds = server.constrained_steps, server.mask_seconds
+    json_tps, answer_tokens = _closed_loop(server, prompt, constrained, streams, tokens)
+    masked = max(server.constrained_steps - steps, 1)
+    plain = replace(
+        constrained, constraint=None, max_tokens=round(answer_tokens), stop_token_ids=()
+    )
+    _closed_loop(server, prompt, plain, streams, streams * 8)
+    plain_tps, _ = _closed_loop(server, prompt, plain, streams, tokens)
+    json_tps = max(json_tps, _closed_loop(server, prompt, constrained, streams, tokens)[0])
+    plain_tps = max(plain_tps, _closed_loop(server, prompt, plain, streams, tokens)[0])
+    return {
+        "plain_tps": plain_tps,
+        "json_tps": json_tps,
+        "json_answer_tokens": answer_tokens,
+        "mask_ms_per_step": 1e3 * (server.mask_seconds - seconds) / masked,
+        "json_streams": streams,
+    }
+
+
+class _Message:
+    def __init__(self, role: str, content: str) -> None:
+        self.role = role
+        self.content = content
+
+
+def _closed_loop(
+    server: Any, prompt: str, params: Any, streams: int, tokens: int
+) -> tuple[float, float]:
+    """Completion tokens per second, and per request, while ``streams`` requests run."""
+    from engine.runtime import run_to_end
+
+    lock = threading.Lock()
+    made: list[int] = []
+
+    def lane() -> None:
+        while True:
+            with lock:
+                if sum(made) >= tokens:
+                    return
+            chunks = run_to_end(server, prompt, params)
+            with lock:
+                made.append(chunks[-1].completion_tokens)
+
+    lanes = [threading.Thread(target=lane) for _ in range(streams)]
+    start = time.perf_counter()
+    for thread in lanes:
+        thread.start()
+    for thread in lanes:
+        thread.join()
+    return sum(made) / (time.perf_counter() - start), sum(made) / max(len(made), 1)
 
 
 def _run_child(fmt: str, argv: Sequence[str]) -> dict[str, Any]:
@@ -146,15 +241,24 @@ def _print_table(results: list[dict[str, Any]], bandwidth: float) -> None:
     streams = sorted({int(n) for r in results for n in r["decode_tps"]})
     print(f"memory copy bandwidth: {bandwidth:.1f} GB/s; 'str' = concurrent greedy streams;")
     print("'sampled' = temperature-1 streams (--sampled-streams); 'ready' = start to warm engine")
+    print(
+        "'plain'/'json' = greedy chat requests through the batch loop, --json-streams at a time,"
+        " without/with a JSON schema, plain ones as long as the JSON answers ('json len');"
+        " 'mask ms' = host time per step for the constrained rows' masks"
+    )
     head = f"{'format':6} {'ready s':>8} {'load s':>7} {'warm s':>7} {'prefill t/s':>12}"
     head += "".join(f" {f'{n} str t/s':>11}" for n in streams)
-    head += f" {'sampled t/s':>12} {'weights MiB':>12} {'peak MiB':>9}"
+    head += f" {'sampled t/s':>12} {'plain t/s':>10} {'json t/s':>9} {'json len':>9}"
+    head += f" {'mask ms':>8}"
+    head += f" {'weights MiB':>12} {'peak MiB':>9}"
     print(head)
     for r in results:
         row = f"{r['format']:6} {r['ready_s']:8.1f} {r['load_s']:7.1f} {r['warmup_compile_s']:7.1f}"
         row += f" {r['prefill_tps']:12.0f}"
         row += "".join(f" {r['decode_tps'][str(n)]:11.1f}" for n in streams)
-        row += f" {r['sampled_tps']:12.1f} {r['weights_mib']:12.0f} {r['peak_rss_mib']:9.0f}"
+        row += f" {r['sampled_tps']:12.1f} {r['plain_tps']:10.1f} {r['json_tps']:9.1f}"
+        row += f" {r['json_answer_tokens']:9.1f} {r['mask_ms_per_step']:8.2f}"
+        row += f" {r['weights_mib']:12.0f} {r['peak_rss_mib']:9.0f}"
         print(row)
     print("roofline (decode, weights read once per step, KV ignored): tokens/s <= streams x")
     for r in results:

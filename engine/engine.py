@@ -19,7 +19,7 @@ import numpy as np
 
 from engine import model
 from engine.config import EngineConfig, ModelConfig
-from engine.sampling import SamplingState, Selection, greedy, select
+from engine.sampling import SamplingState, Selection, allow_only, greedy, select
 from engine.weights import Params
 
 PROMPT_CHUNK = 64  # rows of prompt logits materialised at once for echo/logprobs
@@ -154,10 +154,19 @@ class GemmaEngine:
         hidden, k, v, last = self._prefill(self.params, jnp.asarray(padded), jnp.int32(n))
         return Prefix(tuple(k), tuple(v), hidden, last, tuple(tokens))
 
-    def first_token(self, prefix: Prefix, sampling: SlotSampling, n_top: int) -> StepOutput:
-        """Choose the first completion token from the prefill's last logits."""
+    def first_token(
+        self,
+        prefix: Prefix,
+        sampling: SlotSampling,
+        n_top: int,
+        allowed: np.ndarray | None = None,
+    ) -> StepOutput:
+        """Choose the first completion token from the prefill's last logits.
+
+        ``allowed`` ([1, words], see ``allow_all``) limits the choice to the tokens it marks.
+        """
         state = _sampling_rows([sampling])
-        return _to_host(self._first(prefix.last_logits, state, n_top))
+        return _to_host(self._first(prefix.last_logits, state, n_top, allowed))
 
     def insert(
         self, state: DecodeState, prefix: Prefix, slot: int, token: int, sampling: SlotSampling
@@ -180,14 +189,35 @@ class GemmaEngine:
         return state._replace(active=state.active.at[slot].set(False))
 
     def generate(
-        self, state: DecodeState, n_top: int = 0, full: bool = True
+        self,
+        state: DecodeState,
+        n_top: int = 0,
+        full: bool = True,
+        allowed: np.ndarray | None = None,
     ) -> tuple[DecodeState, StepOutput]:
-        """One decode step for every slot; ``full=False`` is greedy without logprobs."""
+        """One decode step for every slot; ``full=False`` is greedy without logprobs.
+
+        ``allowed`` (from ``allow_all``, narrowed per constrained slot) limits each slot's
+        choice; logprobs are then those of the limited distribution. None costs nothing.
+        """
         state = self.fit_capacity(state, self._needed(state))
+        rows = self._rows(state)
         state, selection = self._generate(
-            self.params, state, n_top if full else -1, self._rows(state)
+            self.params,
+            state,
+            n_top if full else -1,
+            rows,
+            None if allowed is None else allowed[:rows],
         )
         return state, _to_host(selection)
+
+    def allow_all(self, rows: int | None = None) -> np.ndarray:
+        """A host token bitmask allowing every token, one row per slot (or ``rows`` rows).
+
+        Token ``t`` is bit ``t % 32`` of int32 word ``t // 32``, as llguidance writes masks.
+        """
+        words = (self.config.vocab_size + 31) // 32
+        return np.full((rows or self._state_rows, words), -1, np.int32)
 
     def _rows(self, state: DecodeState) -> int:
         """Slots to step: a power of two (>= 2) covering the highest active slot.
@@ -258,7 +288,11 @@ def _prompt_logprobs(
     )
 
 
-def _first_token(logits: jax.Array, sampling: SamplingState, n_top: int) -> Selection:
+def _first_token(
+    logits: jax.Array, sampling: SamplingState, n_top: int, allowed: jax.Array | None
+) -> Selection:
+    if allowed is not None:
+        logits = allow_only(logits, allowed)
     return select(logits, sampling, n_top)
 
 
@@ -292,11 +326,18 @@ def _insert(
 
 
 def _generate(
-    config: ModelConfig, params: Params, state: DecodeState, n_top: int, rows: int
+    config: ModelConfig,
+    params: Params,
+    state: DecodeState,
+    n_top: int,
+    rows: int,
+    allowed: jax.Array | None,
 ) -> tuple[DecodeState, Selection]:
     tokens, positions, active = state.tokens[:rows], state.positions[:rows], state.active[:rows]
     sampling = jax.tree.map(lambda a: a[:rows], state.sampling)
     logits, k, v = model.decode(config, params, state.k, state.v, tokens, positions)
+    if allowed is not None:  # traced only for steps with a constrained slot
+        logits = allow_only(logits, allowed)
     selection = greedy(logits) if n_top < 0 else select(logits, sampling, n_top)
     step = active.astype(jnp.int32)
     new_tokens = jnp.where(active, selection.tokens, tokens)

@@ -3,7 +3,8 @@
 EngineError
  ├── PromptTooLong   the prompt leaves no room in the context for a completion
  ├── QueueFull       back-pressure: too many requests already wait
- └── EngineClosed    the batch loop has stopped
+ ├── EngineClosed    the batch loop has stopped
+ └── GrammarViolation  a chosen token left its answer's grammar (an engine fault, not the caller's)
 """
 
 from __future__ import annotations
@@ -31,3 +32,7 @@ class QueueFull(EngineError):
 
 class EngineClosed(EngineError):
     """The engine was shut down."""
+
+
+class GrammarViolation(EngineError):
+    """A constrained answer's grammar refused the token the step chose."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import jax
 
 from engine.config import EngineConfig
+from engine.constraints import Constraint
 from engine.engine import GemmaEngine
 from engine.loading import LoadedModel, load_model
 from engine.serving import Chunk, GenerationParams, GenerationServer
@@ -66,6 +67,10 @@ def start_server(
         on_phase("compiling")
         run_to_end(server, [tokenizer.bos_id, 2], GenerationParams(max_tokens=3, temperature=0.0))
         run_to_end(server, [tokenizer.bos_id, 2], GenerationParams(max_tokens=2, seed=0))
+        # Builds the grammar vocabulary (~1.5 s) and the masked step, so that the first
+        # structured-output request does not stall the batch.
+        json_answer = GenerationParams(max_tokens=2, temperature=0.0, constraint=Constraint())
+        run_to_end(server, [tokenizer.bos_id, 2], json_answer)
     return server, StartupTimes(load_seconds, time.perf_counter() - started - load_seconds)
 
 

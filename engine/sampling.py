@@ -80,6 +80,19 @@ def select(logits: jax.Array, state: SamplingState, n_top: int) -> Selection:
     return Selection(tokens, logprobs, cand_ids[:, :n_top], top_lp)
 
 
+def allow_only(logits: jax.Array, allowed: jax.Array) -> jax.Array:
+    """``logits`` [S, V] with -inf for every token whose bit is clear in ``allowed``.
+
+    ``allowed`` is a packed bitmask [S, ceil(V / 32)] (int32): token ``t`` is bit ``t % 32`` of
+    word ``t // 32``. Shipping bits keeps the host-to-device copy at 32 KiB per row.
+    """
+    rows, vocab = logits.shape
+    bits = jnp.arange(32, dtype=jnp.uint32)
+    unpacked = (allowed.astype(jnp.uint32)[:, :, None] >> bits) & 1
+    keep = unpacked.reshape(rows, -1)[:, :vocab].astype(jnp.bool_)
+    return jnp.where(keep, logits, -jnp.inf)
+
+
 def _argmax(logits: jax.Array) -> jax.Array:
     # top_k(1) is ~2x faster than argmax's variadic reduction on XLA:CPU at 262k columns.
     return jax.lax.top_k(logits, 1)[1][:, 0].astype(jnp.int32)
@@ -94,12 +107,21 @@ def _inverse_cdf(probs: jax.Array, u: jax.Array, block: int = 512) -> jax.Array:
     rows, vocab = probs.shape
     pad = (-vocab) % block
     blocks = jnp.pad(probs, ((0, 0), (0, pad))).reshape(rows, -1, block)
-    block_cdf = jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1)
+    block_sums = jnp.sum(blocks, axis=-1)
+    block_cdf = jnp.cumsum(block_sums, axis=-1)
     target = u[:, 0] * block_cdf[:, -1]
-    chosen = jnp.minimum(jnp.sum(block_cdf <= target[:, None], axis=-1), block_cdf.shape[1] - 1)
+    # Rounding can put the target past the last mass; clamping to the last block and token
+    # with any probability means a zero-probability (e.g. masked) token is never chosen.
+    chosen = jnp.minimum(jnp.sum(block_cdf <= target[:, None], axis=-1), _last_positive(block_sums))
     before = jnp.where(chosen > 0, jnp.take_along_axis(block_cdf, chosen[:, None] - 1, -1)[:, 0], 0)
     inner = jnp.take_along_axis(blocks, chosen[:, None, None], axis=1)[:, 0]
     inner_cdf = jnp.cumsum(inner, axis=-1) + before[:, None]
-    offset = jnp.minimum(jnp.sum(inner_cdf <= target[:, None], axis=-1), block - 1)
+    offset = jnp.minimum(jnp.sum(inner_cdf <= target[:, None], axis=-1), _last_positive(inner))
     token = chosen * block + offset
     return jnp.minimum(token, vocab - 1).astype(jnp.int32)
+
+
+def _last_positive(values: jax.Array) -> jax.Array:
+    """Index of the last positive entry of each row (the last index when none is)."""
+    width = values.shape[-1]
+    return width - 1 - jnp.argmax(values[:, ::-1] > 0, axis=-1)

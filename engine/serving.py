@@ -2,6 +2,7 @@
 
 Callers submit from any thread (``submit``) or await an ``AsyncStream`` from asyncio; results
 come back as ``Chunk`` values. Closing a stream cancels its request and frees its slot at once.
+A request with a ``Constraint`` shares the batch: its slot's tokens are masked each step.
 """
 
 from __future__ import annotations
@@ -9,16 +10,20 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Literal
 
+import numpy as np
+
 from engine.config import EngineConfig
+from engine.constraints import ConstrainedAnswer, Constraint, GrammarVocabulary, compile_grammar
 from engine.detokenize import TextAssembler
 from engine.engine import DecodeState, GemmaEngine, Prefix, SlotSampling, StepOutput, seed_key
-from engine.errors import EngineClosed, PromptTooLong, QueueFull
+from engine.errors import EngineClosed, EngineError, PromptTooLong, QueueFull
 from engine.tokenizer import GemmaTokenizer
 
 FinishReason = Literal["stop", "length"]
@@ -26,7 +31,12 @@ FinishReason = Literal["stop", "length"]
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """Per-request generation settings (OpenAI's, plus ``top_k``)."""
+    """Per-request generation settings (OpenAI's, plus ``top_k`` and ``constraint``).
+
+    A constrained answer ends with "stop" once its grammar is complete, and may end on a stop
+    token only where the grammar accepts; stop strings still cut it. Its logprobs are those of
+    the masked distribution (disallowed tokens never appear among the alternatives).
+    """
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -38,6 +48,7 @@ class GenerationParams:
     logprobs: int | None = None  # top alternatives per output token; None = no logprobs
     prompt_logprobs: int | None = None  # same for prompt tokens (``echo`` with logprobs)
     stop_token_ids: tuple[int, ...] | None = None  # None = the tokenizer's EOS and <end_of_turn>
+    constraint: Constraint | None = None  # what the answer must be (JSON); None = free text
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,7 @@ class _Request:
     prompt: list[int]
     params: GenerationParams
     deliver: Deliver
+    grammar: str | None = None  # compiled from params.constraint at submission
     unfinished: int = 0
     cancelled: bool = False
 
@@ -85,6 +97,7 @@ class _Sequence:
     max_tokens: int
     stop_ids: frozenset[int]
     text: TextAssembler
+    answer: ConstrainedAnswer | None = None
     generated: int = 0
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenInfo] = field(default_factory=list)
@@ -118,7 +131,11 @@ class GenerationServer:
             {tokenizer.eos_id, *_optional_id(tokenizer, "<end_of_turn>")}
         )
         self._thread = threading.Thread(target=self._run, name="tollgate-batch-loop", daemon=True)
+        self.grammars = GrammarVocabulary(tokenizer, engine.config.vocab_size)
         self.steps = 0
+        # Steps that had a constrained slot, and the host time their masks took (benchmarks).
+        self.constrained_steps = 0
+        self.mask_seconds = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -161,12 +178,15 @@ class GenerationServer:
         for wanted in (params.logprobs, params.prompt_logprobs):
             if wanted is not None and not 0 <= wanted <= self.config.max_top_logprobs:
                 raise ValueError(f"logprobs must be between 0 and {self.config.max_top_logprobs}")
+        grammar = compile_grammar(params.constraint) if params.constraint is not None else None
         with self._lock:
             if self._closed:
                 raise EngineClosed("engine is closed")
             if len(self._waiting) >= self.config.max_queue:
                 raise QueueFull(f"{len(self._waiting)} requests already wait")
-            request = _Request(next(self._ids), ids, params, deliver, unfinished=params.n)
+            request = _Request(
+                next(self._ids), ids, params, deliver, grammar=grammar, unfinished=params.n
+            )
             self._waiting.append(request)
             self._lock.notify_all()
         return request.request_id
@@ -234,10 +254,7 @@ class GenerationServer:
             try:
                 state = self._start(state, request, free)
             except Exception as error:  # this request fails alone; running ones go on
-                request.deliver(error)
-                for seq in self._slots:
-                    if seq is not None and seq.request is request:
-                        state = self._free(state, seq)
+                state = self._fail(state, request, error)
             admitted += 1
 
     def _start(self, state: DecodeState, request: _Request, free: list[int]) -> DecodeState:
@@ -261,7 +278,6 @@ class GenerationServer:
                 key=seed_key(seed, index),
             )
             n_top = params.logprobs or 0
-            first = self.engine.first_token(prefix, sampling, n_top)
             seq = _Sequence(
                 request,
                 index,
@@ -270,6 +286,12 @@ class GenerationServer:
                 stop_ids,
                 TextAssembler(self.tokenizer.decode, params.stop),
             )
+            allowed = None
+            if request.grammar is not None:
+                seq.answer = self.grammars.start(request.grammar, stop_ids)
+                allowed = self.engine.allow_all(1)
+                self.grammars.fill([(seq.answer, 0)], allowed)
+            first = self.engine.first_token(prefix, sampling, n_top, allowed)
             if index == 0 and prompt_info is not None:
                 request.deliver(
                     Chunk(index=0, prompt_tokens=len(request.prompt), prompt_logprobs=prompt_info)
@@ -293,12 +315,30 @@ class GenerationServer:
             s.request.params.logprobs for s in active if s.request.params.logprobs is not None
         ]
         n_top = self.config.max_top_logprobs if any(wants_lp) else 0
-        state, out = self.engine.generate(state, n_top, full=sample or bool(wants_lp))
+        allowed = self._allowed(active)
+        state, out = self.engine.generate(state, n_top, sample or bool(wants_lp), allowed)
         self.steps += 1
         for seq in active:
-            if self._accept(seq, int(out.tokens[seq.slot]), out, seq.slot):
-                state = self._free(state, seq)
+            if self._slots[seq.slot] is not seq:  # its request failed on an earlier choice
+                continue
+            try:
+                if self._accept(seq, int(out.tokens[seq.slot]), out, seq.slot):
+                    state = self._free(state, seq)
+            except EngineError as error:  # a broken grammar fails its own request only
+                state = self._fail(state, seq.request, error)
         return state
+
+    def _allowed(self, active: list[_Sequence]) -> np.ndarray | None:
+        """This step's token mask, or None (no cost) when no active slot is constrained."""
+        rows = [(s.answer, s.slot) for s in active if s.answer is not None]
+        if not rows:
+            return None
+        started = time.perf_counter()
+        allowed = self.engine.allow_all()
+        self.grammars.fill(rows, allowed)
+        self.constrained_steps += 1
+        self.mask_seconds += time.perf_counter() - started
+        return allowed
 
     def _accept(self, seq: _Sequence, token: int, out: StepOutput, row: int) -> bool:
         """Record one generated token; deliver what is ready. True when the sequence ended."""
@@ -312,9 +352,13 @@ class GenerationServer:
             finish = "stop"
             piece = seq.text.finish()
         else:
+            complete = seq.answer is not None and seq.answer.advance(token)
             piece = seq.text.add(token)
             if seq.text.stopped:
                 finish = "stop"
+            elif complete:  # the grammar allows nothing more: end without a stop token
+                finish = "stop"
+                piece += seq.text.finish()
             elif seq.generated >= seq.max_tokens:
                 finish = "length"
                 piece += seq.text.finish()
@@ -339,9 +383,11 @@ class GenerationServer:
     def _info(self, out: StepOutput, row: int, token: int, n_top: int | None = None) -> TokenInfo:
         tokenizer = self.tokenizer
         k = out.top_ids.shape[1] if n_top is None else min(n_top, out.top_ids.shape[1])
+        # A constrained row's impossible tokens (-inf) are no alternatives.
         top = tuple(
             (int(t), tokenizer.token_text(int(t)), float(lp))
             for t, lp in zip(out.top_ids[row, :k], out.top_logprobs[row, :k], strict=True)
+            if lp > -np.inf
         )
         return TokenInfo(token, tokenizer.token_text(token), float(out.logprobs[row]), top)
 
@@ -349,6 +395,13 @@ class GenerationServer:
         if self._slots[seq.slot] is seq:
             self._slots[seq.slot] = None
             state = self.engine.release(state, seq.slot)
+        return state
+
+    def _fail(self, state: DecodeState, request: _Request, error: BaseException) -> DecodeState:
+        request.deliver(error)
+        for seq in self._slots:
+            if seq is not None and seq.request is request:
+                state = self._free(state, seq)
         return state
 
     def _fail_all(self, state: DecodeState, error: BaseException) -> DecodeState:

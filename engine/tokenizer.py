@@ -145,6 +145,18 @@ class GemmaTokenizer:
         """One token's own text (a byte token as its Latin-1 character), for logprob tables."""
         return self._piece_text[token]
 
+    def token_bytes(self) -> list[bytes]:
+        """Every token's bytes as decoded text carries them; control tokens as their names."""
+        proto = sp_pb2.ModelProto()
+        proto.ParseFromString(self.model_proto)
+        out: list[bytes] = []
+        for p in proto.pieces:
+            if p.type == _BYTE and p.piece.startswith("<0x"):
+                out.append(bytes([int(p.piece[3:-1], 16)]))
+            else:
+                out.append(p.piece.replace(_SPACE, " ").encode("utf-8"))
+        return out
+
     def is_special(self, token: int) -> bool:
         """True for control tokens (``<eos>``, ``<end_of_turn>``...)."""
         return token in self._special_id_set
