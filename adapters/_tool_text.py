@@ -41,13 +41,22 @@ def call_schema(
                 "type": "object",
                 "properties": {
                     "name": {"const": function["name"]},
-                    "arguments": function.get("parameters") or {"type": "object"},
+                    "arguments": _declared_only(function.get("parameters") or {"type": "object"}),
                 },
                 "required": ["name", "arguments"],
                 "additionalProperties": False,
             }
         )
     return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def _declared_only(parameters: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A function's parameters with no arguments beyond those it declares, unless its schema
+    says otherwise: a function takes what it names, and a small model held only to "any
+    object" invents keys until its tokens run out."""
+    if parameters.get("properties") and "additionalProperties" not in parameters:
+        return {**parameters, "additionalProperties": False}
+    return parameters
 
 
 def tool_instructions(

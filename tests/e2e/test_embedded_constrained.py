@@ -10,11 +10,13 @@ import asyncio
 import json
 import random
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
 import openai
 import pytest
+from langchain_openai import ChatOpenAI
+from pydantic import BaseModel, Field
 
 from adapters.embedded import EmbeddedBackend
 from engine.config import EngineConfig
@@ -156,3 +158,36 @@ def test_a_bad_schema_is_a_400_naming_the_format(client: openai.OpenAI) -> None:
                              "json_schema": {"name": "x", "schema": {"type": "bogus"}}},
         )  # fmt: skip
     assert refused.value.param == "response_format"
+
+
+class Card(BaseModel):
+    """A bounded answer: even random weights finish it within the token budget."""
+
+    color: Literal["red", "green", "blue"]
+    count: int = Field(ge=0, le=9)
+    ok: bool
+
+
+class GetWeather(BaseModel):
+    """The weather in a city."""
+
+    city: str = Field(max_length=12)
+    unit: Literal["celsius", "fahrenheit"]
+
+
+def _langchain(client: openai.OpenAI) -> ChatOpenAI:
+    return ChatOpenAI(model="gemma-3-270m", base_url=str(client.base_url), api_key=client.api_key,
+                      max_retries=0, max_tokens=120, temperature=0.7, seed=4)  # fmt: skip
+
+
+def test_langchain_structured_output(client: openai.OpenAI) -> None:
+    card = _langchain(client).with_structured_output(Card).invoke("Pick a card.")
+    assert isinstance(card, Card)
+
+
+def test_langchain_bound_tool(client: openai.OpenAI) -> None:
+    bound = _langchain(client).bind_tools([GetWeather], tool_choice="GetWeather")
+    message = bound.invoke("What is the weather in Paris?")
+    (call,) = message.tool_calls  # type: ignore[attr-defined]
+    assert call["name"] == "GetWeather"
+    GetWeather.model_validate(call["args"])
