@@ -70,6 +70,7 @@ class EmbeddedBackend:
             tools=True,
             structured=True,
             max_context=self.engine_config.max_context,
+            prefix_cache=self.engine_config.prefix_cache_tokens > 0,
         )
         self._server = server
         self._loading: asyncio.Task[None] | None = None

@@ -84,10 +84,16 @@ class EngineConfig:
     max_top_logprobs: int = 20
     cache_dir: Path = field(default_factory=default_cache_dir)
     compilation_cache: bool = True  # JAX persistent compilation cache under cache_dir
+    # Prompt-prefix KV kept for reuse (LRU, in tokens; 0 = off). Gemma 3 270M stores 18 KiB a
+    # token (bf16 KV; 36 KiB with f32 weights), so the default takes 144 MiB.
+    prefix_cache_tokens: int = 8192
+    prefix_block_tokens: int = 32  # a cached prefix is a whole number of these blocks
 
     def __post_init__(self) -> None:
         if self.decode_slots < 1:
             raise ValueError("decode_slots must be at least 1")
+        if self.prefix_cache_tokens < 0 or self.prefix_block_tokens < 1:
+            raise ValueError("prefix_cache_tokens must be >= 0 and prefix_block_tokens >= 1")
         if max(self.prefill_buckets) < self.max_context:
             object.__setattr__(
                 self,

@@ -19,6 +19,8 @@ import numpy as np
 
 from engine import model
 from engine.config import EngineConfig, ModelConfig
+from engine.continuation import prefill_after
+from engine.prefix_cache import PrefixCacheStats, PrefixIndex
 from engine.sampling import SamplingState, Selection, allow_only, greedy, select
 from engine.weights import Params
 
@@ -45,6 +47,7 @@ class Prefix:
     hidden: jax.Array  # [B, D] final-normed, for prompt logprobs
     last_logits: jax.Array  # [1, V]
     tokens: tuple[int, ...]
+    cached: int = 0  # leading tokens whose KV came from the prefix cache (hidden starts after)
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,18 @@ class GemmaEngine:
             partial(_generate, config), static_argnums=(2, 3), donate_argnums=1
         )
         self._resize = jax.jit(_resize, static_argnums=1)
+        self._init_prefix_cache()
+
+    def _init_prefix_cache(self) -> None:
+        """The pool of cached prompt blocks ([blocks, block_tokens, KV, hd] per layer)."""
+        c, block = self.config, self.engine_config.prefix_block_tokens
+        blocks = self.engine_config.prefix_cache_tokens // block
+        self.prefix_index = PrefixIndex(blocks, block) if blocks else None
+        shape = (blocks, block, c.n_kv_heads, c.head_dim)
+        self._pool_k = tuple(jnp.zeros(shape, self.kv_storage) for _ in range(c.n_layers))
+        self._pool_v = tuple(jnp.zeros(shape, self.kv_storage) for _ in range(c.n_layers))
+        self._prefill_cached = jax.jit(partial(_prefill_cached, self.config))
+        self._store = jax.jit(partial(_store_blocks, block), donate_argnums=(0, 1))
 
     # -- state ---------------------------------------------------------------------------
 
@@ -153,6 +168,62 @@ class GemmaEngine:
         padded[:n] = tokens
         hidden, k, v, last = self._prefill(self.params, jnp.asarray(padded), jnp.int32(n))
         return Prefix(tuple(k), tuple(v), hidden, last, tuple(tokens))
+
+    def prefill_reusing(self, tokens: Sequence[int], reuse: bool = True) -> Prefix:
+        """``prefill`` through the prefix cache: the longest cached block prefix is not computed
+        again (unless ``reuse`` is False), and the prompt's blocks are cached for later ones.
+
+        A reused prefix's ``hidden`` covers only the tokens after ``cached``.
+        """
+        index = self.prefix_index
+        if index is None:
+            return self.prefill(tokens)
+        rows = index.match(tokens) if reuse else []
+        prefix = self._prefill_from(tokens, rows) if rows else self.prefill(tokens)
+        index.record(len(tokens), prefix.cached)
+        self._remember(prefix, index)
+        return prefix
+
+    def prefix_stats(self) -> PrefixCacheStats:
+        """The prefix cache's counts (all zero when it is off)."""
+        return self.prefix_index.stats() if self.prefix_index else PrefixCacheStats()
+
+    def _prefill_from(self, tokens: Sequence[int], rows: list[int]) -> Prefix:
+        """Prefill what follows the cached blocks ``rows``, attending to their KV."""
+        block = self.engine_config.prefix_block_tokens
+        start = len(rows) * block
+        fresh = len(tokens) - start
+        padded = np.zeros(_bucket(self.prefill_buckets, fresh), np.int32)
+        padded[:fresh] = tokens[start:]
+        # The prompt's KV buffer: a bucketed length, so few shapes compile; a whole number of
+        # blocks, so the cached rows drop in as they are.
+        span = _bucket(self.prefill_buckets, len(tokens))
+        gathered = np.zeros(-(-span // block), np.int32)
+        gathered[: len(rows)] = rows
+        hidden, k, v, last = self._prefill_cached(
+            self.params,
+            self._pool_k,
+            self._pool_v,
+            jnp.asarray(gathered),
+            jnp.asarray(padded),
+            jnp.int32(start),
+            jnp.int32(fresh),
+        )
+        return Prefix(tuple(k), tuple(v), hidden, last, tuple(tokens), cached=start)
+
+    def _remember(self, prefix: Prefix, index: PrefixIndex) -> None:
+        """Copy the prompt's uncached full blocks into the pool."""
+        blocks, rows = index.admit(prefix.tokens)
+        if not blocks:
+            return
+        width = -(-prefix.k[0].shape[0] // index.block_tokens)
+        src = np.zeros(width, np.int32)
+        dst = np.full(width, self._pool_k[0].shape[0], np.int32)  # past the pool: dropped
+        src[: len(blocks)] = blocks
+        dst[: len(rows)] = rows
+        self._pool_k, self._pool_v = self._store(
+            self._pool_k, self._pool_v, prefix.k, prefix.v, jnp.asarray(src), jnp.asarray(dst)
+        )
 
     def first_token(
         self,
@@ -233,6 +304,8 @@ class GemmaEngine:
 
     def prompt_logprobs(self, prefix: Prefix, n_top: int) -> StepOutput:
         """Logprob of each prompt token given those before it (row i predicts token i + 1)."""
+        if prefix.cached:  # its hidden states start after the cached tokens
+            raise ValueError("prompt logprobs need a prefill that computed the whole prompt")
         tokens = np.asarray(prefix.tokens, np.int32)
         targets = np.zeros(prefix.hidden.shape[0], np.int32)
         targets[: len(tokens) - 1] = tokens[1:]
@@ -267,12 +340,62 @@ def _prefill(
     config: ModelConfig, kv_storage: Any, params: Params, tokens: jax.Array, length: jax.Array
 ) -> tuple[jax.Array, list[jax.Array], list[jax.Array], jax.Array]:
     hidden, k, v = model.prefill(config, params, tokens, length)
-    last = jax.lax.dynamic_slice_in_dim(hidden, length - 1, 1)
-    # Two identical rows: a one-row bf16/int8 matmul is pathologically slow on XLA:CPU.
-    logits = model.unembed(config, params, jnp.concatenate([last, last]))[:1]
     k = [model.store_kv(layer, kv_storage) for layer in k]
     v = [model.store_kv(layer, kv_storage) for layer in v]
-    return hidden, k, v, logits
+    return hidden, k, v, _last_logits(config, params, hidden, length)
+
+
+def _last_logits(
+    config: ModelConfig, params: Params, hidden: jax.Array, length: jax.Array
+) -> jax.Array:
+    last = jax.lax.dynamic_slice_in_dim(hidden, length - 1, 1)
+    # Two identical rows: a one-row bf16/int8 matmul is pathologically slow on XLA:CPU.
+    return model.unembed(config, params, jnp.concatenate([last, last]))[:1]
+
+
+def _prefill_cached(
+    config: ModelConfig,
+    params: Params,
+    pool_k: tuple[jax.Array, ...],
+    pool_v: tuple[jax.Array, ...],
+    rows: jax.Array,
+    tokens: jax.Array,
+    start: jax.Array,
+    length: jax.Array,
+) -> tuple[jax.Array, list[jax.Array], list[jax.Array], jax.Array]:
+    """Prefill ``length`` tokens at ``start`` over the pool ``rows`` (the cached prefix)."""
+
+    def gather(pool: jax.Array) -> jax.Array:
+        picked = pool[rows]  # [blocks, block, KV, hd]; padding rows are masked or overwritten
+        return picked.reshape(-1, *picked.shape[2:])
+
+    past_k = [gather(p) for p in pool_k]
+    past_v = [gather(p) for p in pool_v]
+    hidden, k, v = prefill_after(config, params, past_k, past_v, tokens, start)
+    return hidden, k, v, _last_logits(config, params, hidden, length)
+
+
+def _store_blocks(
+    block: int,
+    pool_k: tuple[jax.Array, ...],
+    pool_v: tuple[jax.Array, ...],
+    k: tuple[jax.Array, ...],
+    v: tuple[jax.Array, ...],
+    src: jax.Array,
+    dst: jax.Array,
+) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+    """Write the prompt's blocks ``src`` into pool rows ``dst`` (rows past the pool: none)."""
+
+    def put(pool: jax.Array, entries: jax.Array) -> jax.Array:
+        width = src.shape[0] * block
+        entries = jnp.pad(entries, ((0, width - entries.shape[0]), (0, 0), (0, 0)))
+        blocks = entries.reshape(src.shape[0], block, *entries.shape[1:])
+        return pool.at[dst].set(blocks[src], mode="drop")
+
+    return (
+        tuple(put(p, e) for p, e in zip(pool_k, k, strict=True)),
+        tuple(put(p, e) for p, e in zip(pool_v, v, strict=True)),
+    )
 
 
 def _prompt_logprobs(

@@ -105,11 +105,18 @@ class _Sequence:
 
 @dataclass(frozen=True)
 class Load:
-    """What the batch loop is doing now."""
+    """What the batch loop is doing now, and its prefix cache's counts since it started."""
 
     running: int
     waiting: int
     slots: int
+    prompt_tokens: int = 0  # prompt tokens looked up in the prefix cache
+    cached_tokens: int = 0  # of those, served from it (KV reused, not computed)
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        """Prompt tokens served from the prefix cache / prompt tokens (0 before any)."""
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 class GenerationServer:
@@ -154,7 +161,14 @@ class GenerationServer:
     def load(self) -> Load:
         """Running sequences and waiting requests (a cheap, racy snapshot)."""
         running = sum(1 for s in self._slots if s is not None)
-        return Load(running=running, waiting=len(self._waiting), slots=len(self._slots))
+        cache = self.engine.prefix_stats()
+        return Load(
+            running=running,
+            waiting=len(self._waiting),
+            slots=len(self._slots),
+            prompt_tokens=cache.prompt_tokens,
+            cached_tokens=cache.cached_tokens,
+        )
 
     # -- submission ------------------------------------------------------------------------
 
@@ -259,7 +273,8 @@ class GenerationServer:
 
     def _start(self, state: DecodeState, request: _Request, free: list[int]) -> DecodeState:
         params = request.params
-        prefix = self.engine.prefill(request.prompt)
+        # Prompt logprobs need every prompt row's hidden state: such a prefill computes them all.
+        prefix = self.engine.prefill_reusing(request.prompt, params.prompt_logprobs is None)
         prompt_info = (
             self._prompt_logprobs(prefix, params) if params.prompt_logprobs is not None else None
         )

@@ -5,7 +5,9 @@ acd4f5a): every series has ``id`` (the host, ``$HOSTNAME`` as JetStream reads it
 series add ``idx``. The load gauges are read from the batch loop at scrape time: the engine
 prefills as it admits, so its one backlog is the prefill backlog, and the transfer and
 generate backlogs stay 0; ``jetstream_slots_used_percentage`` is a fraction (0-1) and
-``kv_cache_utilization_perc`` the same in percent, as JetStream computes them.
+``kv_cache_utilization_perc`` the same in percent, as JetStream computes them. JetStream has no
+prefix cache; its series follow vLLM's (``prefix_cache_queries``/``hits``, in tokens) under the
+``jetstream_`` prefix, with the hit rate as a gauge.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
@@ -63,6 +65,27 @@ class _LoadCollector(Collector):
             "kv-cache utilization by the requests under processing.",
             used * 100,
         )
+        yield self._counter(
+            "jetstream_prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache.",
+            load.prompt_tokens,
+        )
+        yield self._counter(
+            "jetstream_prefix_cache_hits",
+            "Prompt tokens served from the prefix cache (KV reused, not computed).",
+            load.cached_tokens,
+        )
+        yield self._gauge(
+            "jetstream_prefix_cache_hit_rate",
+            "Prompt tokens served from the prefix cache / prompt tokens, since start.",
+            load.prefix_hit_rate,
+            True,
+        )
+
+    def _counter(self, name: str, text: str, value: float) -> Metric:
+        counter = CounterMetricFamily(name, text, labels=["id", "idx"])
+        counter.add_metric([self._host, _ENGINE], float(value))
+        return counter
 
     def _gauge(self, name: str, text: str, value: float, per_engine: bool = False) -> Metric:
         labels = ["id", "idx"] if per_engine else ["id"]

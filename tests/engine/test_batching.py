@@ -75,7 +75,7 @@ def test_joining_and_leaving_mid_flight_matches_each_alone(tiny_server: Generati
     assert tiny_server.load().running == 0
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)  # six eager prefills of new shapes, and maybe the shared server's start
 def test_greedy_matches_the_model_directly(tiny_server: GenerationServer) -> None:
     engine = tiny_server.engine
     ids = tiny_server.encode(PROMPTS[0])
