@@ -28,6 +28,7 @@ BENCHES = {
     "chaos": ("bench.chaos", "replicas, Redis and backends killed mid-load: nothing lost"),
     "fleet": ("bench.fleet_sim", "routing policies' tokens per dollar on simulated fleets"),
     "serve": ("bench.serve.cli", "open-loop load on any OpenAI server: latency, tokens per $"),
+    "prefix-routing": ("bench.prefix_routing", "two engine replicas: prefix-aware vs round-robin"),
 }
 
 
