@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from bench import engine_prefix
+
+LLAMA_CPP_ENV = Path(__file__).resolve().parent.parent / ".venvs" / "llama-cpp"
 SAMPLE_TEXT = (
     "The history of computing is a story of ideas that took decades to become practical. "
     "Early machines filled rooms, consumed enormous power and were programmed by hand. "
@@ -58,6 +61,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cold", action="store_true", help="start from an empty cache dir")
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument(
+        "--llama-streams", default="1,16", help="llama.cpp's streams (its row; '' for none)"
+    )
+    parser.add_argument("--llama-tokens", type=int, default=128, help="llama.cpp greedy tokens")
+    parser.add_argument("--llama-threads", type=int, default=2)
+    engine_prefix.add_arguments(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -237,6 +246,24 @@ def _run_child(fmt: str, argv: Sequence[str]) -> dict[str, Any]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+def _llama_cpp(args: argparse.Namespace) -> dict[str, Any] | None:
+    """llama.cpp's row on the same GGUF, from ``.venvs/llama-cpp`` (None when it is absent)."""
+    python = LLAMA_CPP_ENV / "bin" / "python"
+    if not args.llama_streams or not python.exists():
+        return None
+    from engine.gguf_loader import default_gguf_path
+
+    print("bench engine: llama.cpp: measuring the same GGUF ...", file=sys.stderr, flush=True)
+    argv = [
+        str(python), str(Path(__file__).with_name("llama_cpp_row.py")),
+        "--model", str(default_gguf_path()), "--threads", str(args.llama_threads),
+        "--tokens", str(args.llama_tokens), "--streams", args.llama_streams,
+        "--prompt-text", SAMPLE_TEXT, "--prompt-tokens", str(args.prompt_tokens),
+    ]  # fmt: skip
+    out = subprocess.run(argv, check=True, capture_output=True, text=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 def _print_table(results: list[dict[str, Any]], bandwidth: float) -> None:
     streams = sorted({int(n) for r in results for n in r["decode_tps"]})
     print(f"memory copy bandwidth: {bandwidth:.1f} GB/s; 'str' = concurrent greedy streams;")
@@ -253,6 +280,9 @@ def _print_table(results: list[dict[str, Any]], bandwidth: float) -> None:
     head += f" {'weights MiB':>12} {'peak MiB':>9}"
     print(head)
     for r in results:
+        if r["format"] == "llama.cpp":
+            print(_llama_cpp_row(r, streams))
+            continue
         row = f"{r['format']:6} {r['ready_s']:8.1f} {r['load_s']:7.1f} {r['warmup_compile_s']:7.1f}"
         row += f" {r['prefill_tps']:12.0f}"
         row += "".join(f" {r['decode_tps'][str(n)]:11.1f}" for n in streams)
@@ -260,15 +290,39 @@ def _print_table(results: list[dict[str, Any]], bandwidth: float) -> None:
         row += f" {r['json_answer_tokens']:9.1f} {r['mask_ms_per_step']:8.2f}"
         row += f" {r['weights_mib']:12.0f} {r['peak_rss_mib']:9.0f}"
         print(row)
+    llama = [r for r in results if r["format"] == "llama.cpp"]
+    if llama:
+        r = llama[0]
+        print(
+            f"llama.cpp: llama-cpp-python {r['version']}, {r['threads']} threads, greedy,"
+            f" {r['tokens']} tokens per stream (1 stream: its generate loop; more: one"
+            " llama_decode per step over all streams); '-' = not measured"
+        )
+    elif not (LLAMA_CPP_ENV / "bin" / "python").exists():
+        print(f"llama.cpp: not installed ({LLAMA_CPP_ENV} is absent); `make real-llama-cpp`"
+              " builds it (8-20 min) and adds its row on the same GGUF")  # fmt: skip
     print("roofline (decode, weights read once per step, KV ignored): tokens/s <= streams x")
     for r in results:
+        if r["format"] == "llama.cpp":
+            continue
         steps = bandwidth / 2 * 1e9 / (r["weights_mib"] * 2**20)  # read-only traffic
         print(f"  {r['format']}: {steps:.0f} steps/s -> 1 stream <= {steps:.0f} tok/s")
+
+
+def _llama_cpp_row(r: dict[str, Any], streams: list[int]) -> str:
+    row = f"{'llama':6} {'-':>8} {'-':>7} {'-':>7} {r['prefill_tps']:12.0f}"
+    for n in streams:
+        tps = r["decode_tps"].get(str(n))
+        row += f" {tps:11.1f}" if tps is not None else f" {'-':>11}"
+    return row
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point for ``tollgate bench engine``."""
     args = _parse(argv)
+    if args.shared_prefix:
+        engine_prefix.run(args)
+        return 0
     if args.child:
         result = _measure(args.child, args)
         result["decode_tps"] = {str(k): v for k, v in result["decode_tps"].items()}
@@ -288,6 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(_run_child(fmt, child_args))
             print(f"bench engine: {fmt}: done in {time.perf_counter() - began:.0f} s",
                   file=sys.stderr, flush=True)  # fmt: skip
+    llama = _llama_cpp(args)
+    if llama is not None:
+        results.append(llama)
     bandwidth = memory_bandwidth_gbs()
     if args.json:
         print(json.dumps({"bandwidth_gbs": bandwidth, "results": results}, indent=2))
