@@ -218,7 +218,7 @@ class _CallReader:
     until the answer ends and then relayed as the call it holds; other text passes through."""
 
     def __init__(self) -> None:
-        self._held: list[Delta] = []
+        self._held: list[Delta] = []  # deltas of an undecided answer, or of a call
         self._call: bool | None = None  # undecided until the first text
 
     def read(self, delta: Delta) -> list[Delta]:
@@ -226,17 +226,15 @@ class _CallReader:
         if self._call is False:
             return [delta]
         self._held.append(delta)
-        text = "".join(d.text for d in self._held)
-        if self._call is None and text:
-            self._call = text.startswith("{")
+        if self._call is None and delta.text:  # the answer's first text decides
+            self._call = delta.text.startswith("{")
             if not self._call:
                 held, self._held = self._held, []
                 return held
-        if delta.finish_reason is None:
-            return []
-        return [self._answer(text, delta)]
+        return [] if delta.finish_reason is None else [self._answer(delta)]
 
-    def _answer(self, text: str, last: Delta) -> Delta:
+    def _answer(self, last: Delta) -> Delta:
+        text = "".join(d.text for d in self._held)
         tokens = sum(d.tokens for d in self._held)
         call = read_call(text)
         if call is None:  # cut short (length) or empty: relayed as the text it is

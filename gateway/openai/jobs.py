@@ -227,7 +227,7 @@ class JobBuilder:
             bool(body.logprobs),
         )
         job.fit = fit
-        job.prompt_blocks = _blocks(candidates, texts[0])
+        job.prompt_blocks = self._blocks(candidates, texts[0])
         return job
 
     # -- chat ---------------------------------------------------------------------------
@@ -319,7 +319,7 @@ class JobBuilder:
             body.logprobs,
         )
         job.messages, job.text_turns, job.template, job.fit = messages, turns, template, fit
-        job.prompt_blocks = _blocks(candidates, rendered)
+        job.prompt_blocks = self._blocks(candidates, rendered)
         return job
 
     # -- responses ----------------------------------------------------------------------
@@ -453,6 +453,18 @@ class JobBuilder:
             )
         return candidates
 
+    def _blocks(self, candidates: Sequence[Backend], text: str) -> PromptBlocks | None:
+        """The prompt's blocks for prefix-aware routing: only where there is a choice to make,
+        a candidate caches prefixes and the prompt fills a block (else nothing is hashed)."""
+        if (
+            len(text) < BLOCK_CHARS
+            or len(candidates) < 2
+            or not self.settings.routing.prefix_blocks
+            or not any(b.capabilities.prefix_cache for b in candidates)
+        ):
+            return None
+        return PromptBlocks.of(text)
+
     @staticmethod
     def _common_needs(body: _Body) -> dict[str, bool]:
         return {
@@ -518,13 +530,6 @@ def _format_json(body: ResponsesRequest) -> dict[str, Any]:
     if format_ is None:
         return {"type": "text"}
     return format_.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-def _blocks(candidates: Sequence[Backend], text: str) -> PromptBlocks | None:
-    """The prompt's blocks, when a candidate caches prefixes and the prompt has a full one."""
-    if len(text) < BLOCK_CHARS or not any(b.capabilities.prefix_cache for b in candidates):
-        return None
-    return PromptBlocks.of(text)
 
 
 def _has_tool_turns(messages: Sequence[ChatMessage]) -> bool:

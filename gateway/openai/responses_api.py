@@ -99,11 +99,15 @@ class ResponseFrame:
             "content": [output_text(text)] if status != "in_progress" else [],
         }
 
+    def call_item_id(self, index: int) -> str:
+        """The id of the ``function_call`` item of the answer's tool call ``index``."""
+        return f"fc_{self.id.removeprefix('resp_')}_{index}"
+
     def function_call(self, index: int, call: dict[str, Any], status: str) -> dict[str, Any]:
         """The ``function_call`` item of the answer's call ``index`` (chat's call shape in)."""
         return {
             "type": "function_call",
-            "id": f"fc_{self.id.removeprefix('resp_')}_{index}",
+            "id": self.call_item_id(index),
             "call_id": call["id"],
             "name": call["function"]["name"],
             "arguments": call["function"]["arguments"],
@@ -115,9 +119,9 @@ class ResponseFrame:
     ) -> dict[str, Any]:
         """The whole answer: completed, or incomplete when ``finish`` says it was cut."""
         status = "incomplete" if finish in INCOMPLETE_REASONS else "completed"
-        made = (calls.json() if calls is not None else None) or []
+        made = sorted(calls.calls.items()) if calls is not None else []
         output = [self.message(text, status)] if text or not made else []
-        output += [self.function_call(i, call, status) for i, call in enumerate(made)]
+        output += [self.function_call(i, call, status) for i, call in made]
         return self.response("completed", output, usage, finish)
 
 
@@ -178,22 +182,18 @@ class ResponseEvents:
             if at is None:
                 at = self._call_at[piece.index] = self._items
                 self._items += 1
-                item = self._call_item(piece.index, "in_progress")
+                item = self.frame.function_call(
+                    piece.index, self._calls.calls[piece.index], "in_progress"
+                )
                 item["arguments"] = ""
                 out.append(self._event("response.output_item.added", output_index=at, item=item))
             if piece.arguments:
                 out.append(self._event(
-                    "response.function_call_arguments.delta", item_id=self._call_id(piece.index),
+                    "response.function_call_arguments.delta",
+                    item_id=self.frame.call_item_id(piece.index),
                     output_index=at, delta=piece.arguments,
                 ))  # fmt: skip
         return b"".join(out)
-
-    def _call_id(self, index: int) -> str:
-        return f"fc_{self.frame.id.removeprefix('resp_')}_{sorted(self._call_at).index(index)}"
-
-    def _call_item(self, index: int, status: str) -> dict[str, Any]:
-        order = sorted(self._call_at).index(index)
-        return self.frame.function_call(order, self._calls.calls[index], status)
 
     def closing(self, finish: str | None, usage: dict[str, Any]) -> bytes:
         """Each item's done events, then ``response.completed`` (or ``incomplete``)."""
@@ -203,6 +203,7 @@ class ResponseEvents:
             opened = self._open_message()
         final = frame.finished(text, self._calls, finish, usage)
         items = {item["id"]: item for item in final["output"]}
+        call_of = {at: index for index, at in self._call_at.items()}
         ends = [opened]
         for at in range(self._items):
             if at == self._message_at:
@@ -214,8 +215,7 @@ class ResponseEvents:
                                 part=output_text(text)),
                 ]  # fmt: skip
             else:
-                index = next(i for i, o in self._call_at.items() if o == at)
-                item = items[self._call_id(index)]
+                item = items[frame.call_item_id(call_of[at])]
                 ends.append(self._event(
                     "response.function_call_arguments.done", item_id=item["id"], output_index=at,
                     name=item["name"], arguments=item["arguments"],

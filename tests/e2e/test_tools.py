@@ -256,6 +256,25 @@ def test_routed_only_to_backends_that_support_them(fake: FakeVLLM) -> None:
         assert plain.choices[0].message.content
 
 
+def test_a_vllm_without_auto_tool_choice_refuses_and_the_option_says_so() -> None:
+    with FakeVLLM(auto_tools=False) as strict:
+        for client, _ in _live(strict):  # configured as if it could: its 400 reaches the client
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.chat.completions.create(model="test-model", messages=ASK, tools=[WEATHER])
+            assert "--enable-auto-tool-choice" in refused.value.message
+            named = client.chat.completions.create(
+                model="test-model", messages=ASK, tools=[WEATHER],
+                tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            )  # fmt: skip
+            assert named.choices[0].message.tool_calls  # a named call needs no tool parser
+        for client, _ in _live(strict, plain=True):  # `tools: false`: refused before sending
+            posts = [r for r in strict.requests if r.method == "POST"]
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.chat.completions.create(model="test-model", messages=ASK, tools=[WEATHER])
+            assert refused.value.param == "tools"
+            assert [r for r in strict.requests if r.method == "POST"] == posts
+
+
 def test_a_backend_without_tools_is_passed_over(fake: FakeVLLM) -> None:
     settings = _settings(fake.url)
     scripted = {"name": "scripted", "kind": "vllm", "url": "http://127.0.0.1:9",

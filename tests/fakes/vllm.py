@@ -85,6 +85,7 @@ class FakeVLLM(FakeHTTPUpstream):
         tokens_per_chunk: int = 1,
         served_model: str = "fake-model",
         max_model_len: int | None = 4096,
+        auto_tools: bool = True,
     ) -> None:
         super().__init__(tokens, failure=failure, api_key=api_key)
         self.error_style = error_style
@@ -96,6 +97,8 @@ class FakeVLLM(FakeHTTPUpstream):
         self.served_model = served_model
         self.max_model_len = max_model_len
         self.iteration_stats: list[dict[str, Any]] = []  # trtllm-serve: drained by /metrics
+        # False: started without --enable-auto-tool-choice, so "auto" tool choice is a 400
+        self.auto_tools = auto_tools
 
     async def handle(self, request: Recorded, send: Send) -> None:
         path = request.path.removeprefix("/v1")
@@ -124,6 +127,11 @@ class FakeVLLM(FakeHTTPUpstream):
             return
         limit = body.get("max_completion_tokens") or body.get("max_tokens") or 16
         stop = body.get("stop") or ()
+        auto = chat and body.get("tools") and body.get("tool_choice", "auto") == "auto"
+        if auto and not self.auto_tools:  # serving_chat.py's check, before anything is generated
+            await self._error(send, 400, '"auto" tool choice requires '
+                              "--enable-auto-tool-choice and --tool-call-parser to be set")
+            return
         call = _tool_call(body) if chat else None
         if call is not None:
             await self._call(body, call, send)
