@@ -17,8 +17,9 @@ def _int8(w: np.ndarray) -> Int8Weight:
 
 
 def _dequantized(w: Int8Weight) -> np.ndarray:
-    values: np.ndarray = np.asarray(w.values, np.float32)
-    return values * np.asarray(w.scales)[:, None]
+    values = np.asarray(w.values, np.float32)
+    scaled: np.ndarray = values * np.asarray(w.scales)[:, None]
+    return scaled
 
 
 def test_fine_activation_leaves_only_the_weights_rounding() -> None:
