@@ -38,7 +38,6 @@ class PoolState:
     _running: int | None = None  # the last probe's running count, as reported
     _booting: list[tuple[float, int]] = field(default_factory=list)  # (ready at, count) asked
     _surplus_since: float | None = None
-    _listed_booting: list[float] = field(default_factory=list)  # when discovery first listed each
 
     def __post_init__(self) -> None:
         self.slots_per_instance = float(self.prior_slots)
@@ -86,29 +85,12 @@ class PoolState:
         """No more instances can be added."""
         return self.up >= self.settings.ceiling
 
-    def booting_s(self) -> tuple[float, ...]:
-        """Seconds until each instance still booting serves: a boot from when it was asked
-        for, or from when discovery first listed it."""
-        now = self.clock()
-        boot = self.settings.scale_up_s
-        if self.discovered:
-            return tuple(max(0.0, at + boot - now) for at in self._listed_booting)
-        return tuple(max(0.0, at - now) for at, count in self._booting for _ in range(count))
-
     # -- observations -----------------------------------------------------------------------
 
     def observe_instances(self, ready: int, up: int) -> None:
         """Discovery's answer: ``ready`` endpoints serving, ``up`` listed (booting included)."""
-        listed = self._listed_booting
-        if self.discovered and ready > self.ready:  # the longest listed are the ones now ready
-            del listed[: round(ready - self.ready)]
         self.discovered = True
         self.ready, self.up = float(ready), float(max(up, ready))
-        booting = max(0, up - ready)
-        if booting > len(listed):
-            listed.extend([self.clock()] * (booting - len(listed)))
-        else:
-            del listed[: len(listed) - booting]
 
     def observe_load(self, snapshot: LoadSnapshot, in_flight: int,
                      arrivals_per_step: float = 0.0) -> None:

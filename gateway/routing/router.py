@@ -24,7 +24,7 @@ from gateway.routing.policies import Estimate, Objectives, estimate, rank
 from gateway.routing.pool import PoolState
 from gateway.routing.prefixes import PrefixIndex, PromptBlocks
 from gateway.routing.pricing import SlotPrice
-from gateway.routing.scaling import ArrivalRate, Offer, bridge, steady
+from gateway.routing.scaling import ArrivalRate, Offer, allocate
 from gateway.routing.stats import BackendStats, Clock
 from gateway.settings import BackendSettings, RoutingSettings, TimeoutSettings
 
@@ -86,7 +86,6 @@ class _Member:
     measured_at: float | None = None  # when an answer last finished here
     discovery: Discovery | None = None  # where its instances are listed, if configured
     desired: int = 0  # the instance count last exported for its autoscaler
-    bridging: int = 0  # of those, the ones asked for to bridge a gap (``scaling.bridge``)
 
     def sync(self) -> None:
         """Hand the pool view's slot and instance counts to the stats that predict on them."""
@@ -356,9 +355,7 @@ class Router:
                 group = [self._members[n] for n in names]
                 demand = max(sum(self._tokens_per_s(x) for x in group), self._offered(names))
                 offers = [self._offer(x) for x in group]
-                plan = steady(demand, offers)
-                m.bridging = bridge(demand, offers, plan).get(m.backend.name, 0)
-                allocated = max(allocated, plan[m.backend.name] + m.bridging)
+                allocated = max(allocated, allocate(demand, offers)[m.backend.name])
         # Work already past the warm floor keeps the instances it fills at the target (a
         # partly filled one is the allocation's call: it may be cheaper at the API).
         fill = max(1e-9, pool.slots_per_instance * settings.target_utilisation)
@@ -390,8 +387,7 @@ class Router:
         expected = self.expected_tokens(1 << 20)
         if not m.price.hourly:
             prompt = round(self._prompt_tokens or 0)
-            return Offer(m.backend.name, True, m.price.per_token(prompt, expected),
-                         carrying_tokens_per_s=self._tokens_per_s(m))
+            return Offer(m.backend.name, True, m.price.per_token(prompt, expected))
         limit = self.objectives.tpot_limit_s
         tokens_per_s = m.price.instance_tokens_per_s(m.pool, m.stats, limit)
         full = m.price.instance_tokens_per_s(m.pool, m.stats, limit, fill=1.0)
@@ -407,11 +403,6 @@ class Router:
             max_instances=pool.ceiling,
             up_instances=round(m.pool.up),
             elastic=m.pool.elastic,
-            ready_instances=round(m.pool.ready),
-            booting_s=m.pool.booting_s(),
-            scale_up_s=pool.scale_up_s,
-            scale_down_s=pool.scale_down_s,
-            bridging=m.bridging,
         )
 
     def billed_instances(self, name: str) -> float | None:

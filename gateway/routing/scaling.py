@@ -68,30 +68,10 @@ class Offer:
     max_instances: int = 0
     up_instances: int = 0  # up now (booting included)
     elastic: bool = False
-    carrying_tokens_per_s: float = 0.0  # what it serves now (read for per-token backends)
-    ready_instances: int | None = None  # serving now (None: every instance up)
-    booting_s: tuple[float, ...] = ()  # seconds until each booting instance serves
-    scale_up_s: float = 0.0  # from asking for an instance to its first request
-    scale_down_s: float = 0.0  # a surplus instance stays up (and paid) this long
-    bridging: int = 0  # instances last asked for as a bridge (``bridge``)
-
-    @property
-    def serving(self) -> int:
-        """Instances serving now."""
-        return self.up_instances if self.ready_instances is None else self.ready_instances
 
 
 def allocate(demand_tokens_per_s: float, offers: Sequence[Offer]) -> Mapping[str, int]:
-    """Instances wanted per instance-priced backend: the ``steady`` plan and its ``bridge``."""
-    wanted = dict(steady(demand_tokens_per_s, offers))
-    for name, extra in bridge(demand_tokens_per_s, offers, wanted).items():
-        wanted[name] += extra
-    return wanted
-
-
-def steady(demand_tokens_per_s: float, offers: Sequence[Offer]) -> Mapping[str, int]:
-    """Instances wanted per instance-priced backend to serve ``demand_tokens_per_s`` once
-    they are all up.
+    """Instances wanted per instance-priced backend to serve ``demand_tokens_per_s``.
 
     Instances already up are kept first (cheapest first): their boot is paid, and trading
     them for another pool's costs a boot there and a scale-down wait here, which only a
@@ -125,72 +105,6 @@ def steady(demand_tokens_per_s: float, offers: Sequence[Offer]) -> Mapping[str, 
 
         remaining = _add(o, o.max_instances - wanted[o.name], remaining, elsewhere, wanted)
     return wanted
-
-
-def bridge(demand_tokens_per_s: float, offers: Sequence[Offer], wanted: Mapping[str, int]
-           ) -> Mapping[str, int]:
-    """Instances of quick-booting pools that carry the demand until the planned ones serve.
-
-    The plan (``wanted``) is what the fleet should run once every instance is up; until the
-    ones still booting serve, what they will carry goes to the API at its price. A pool whose
-    instance would serve sooner bridges that gap where one of its instances, paid through its
-    boot, the gap and its scale-down wait, costs less than the API for the tokens it would
-    carry meanwhile (a slow-booting cheap pool behind a quick dearer one, as the oracle's
-    time-sliced plan does). A gap is bridged only as far as it shows: tokens the per-token
-    backends carry now, or the bridges asked for earlier that serve now would leave them,
-    since the plan's capacity figures are estimates and a gap they merely predict may not
-    exist. (Surplus instances in their scale-down wait are no evidence: counting them would
-    keep any surplus up.)
-    """
-    api = min((o.usd_per_token for o in offers if o.per_token), default=math.inf)
-    shown = math.inf
-    if any(o.per_token for o in offers):
-        shown = sum(o.carrying_tokens_per_s for o in offers if o.per_token) + sum(
-            min(o.bridging, max(0, o.serving - wanted.get(o.name, 0))) * o.tokens_per_s
-            for o in offers if not o.per_token)
-    ready = 0.0
-    arriving: list[tuple[float, float]] = []  # (seconds from now, tokens/s) the plan adds
-    for o in offers:
-        if o.per_token:
-            continue
-        count = wanted.get(o.name, 0)
-        serving = min(count, o.serving)
-        ready += serving * o.tokens_per_s
-        pending = count - serving
-        boots = sorted(o.booting_s)[:pending]
-        boots += [o.scale_up_s] * (pending - len(boots))  # asked now
-        arriving += [(t, o.tokens_per_s) for t in boots]
-    arriving.sort()
-    target = min(demand_tokens_per_s, ready + sum(c for _, c in arriving))
-    covered_at, total = 0.0, ready
-    for t, c in arriving:
-        if total >= target:
-            break
-        covered_at, total = t, total + c
-    bridges: dict[str, int] = {}
-    added: list[tuple[float, float]] = []  # bridge capacity: (serving from, tokens/s)
-    pools = sorted((o for o in offers if o.elastic and not o.per_token and o.tokens_per_s > 0
-                    and o.usd_per_token < api), key=lambda o: o.usd_per_token)
-    for o in pools:
-        start = o.scale_up_s
-        span = covered_at - start
-        if span <= 0:
-            continue
-        by_then = ready + sum(c for t, c in arriving if t <= start)
-        gap = min(target - by_then, shown) - sum(c for t, c in added if t <= start)
-        paid_s = start + span + o.scale_down_s
-        room = o.max_instances - wanted.get(o.name, 0)
-        count = 0
-        while gap > 0 and count < room:
-            carried = min(o.tokens_per_s, gap)
-            if o.usd_per_instance_s * paid_s >= api * carried * span:
-                break
-            count += 1
-            gap -= carried
-        if count:
-            bridges[o.name] = count
-            added.append((start, count * o.tokens_per_s))
-    return bridges
 
 
 def _add(o: Offer, room: int, remaining: float, elsewhere: Callable[[float], float],

@@ -93,17 +93,3 @@ def test_a_scale_down_cancels_the_newest_boots_first() -> None:
     clock[0] = 151.0
     pool.asked(5)
     assert pool.ready == 5
-
-
-def test_booting_instances_serve_a_boot_after_they_were_asked_for_or_first_listed() -> None:
-    now = [0.0]
-    elastic = PoolSettings(billing="elastic", min_instances=1, max_instances=8, scale_up_s=100)
-    asked = PoolState(elastic, prior_slots=8, clock=lambda: now[0])
-    asked.asked(3)
-    now[0] = 40.0
-    assert asked.booting_s() == (60.0, 60.0)
-    listed = PoolState(elastic, prior_slots=8, clock=lambda: now[0])
-    listed.observe_instances(ready=1, up=3)  # two listed booting at t=40
-    now[0] = 70.0
-    listed.observe_instances(ready=2, up=4)  # one of them ready, one more listed
-    assert listed.booting_s() == (70.0, 100.0)

@@ -17,7 +17,6 @@ def _pool(name: str, usd_per_token: float, *, tokens_per_s: float = 1000.0, sunk
 
 
 API = Offer("api", True, 5e-6)
-SPILLING = Offer("api", True, 5e-6, carrying_tokens_per_s=5000)  # the API carries a gap now
 
 
 def test_paid_for_capacity_is_used_before_any_pool_grows() -> None:
@@ -65,62 +64,3 @@ def test_the_arrival_rate_reads_a_load_within_seconds_of_its_start_and_then_deca
         rate.add(100.0 + i / 10)
     assert 9.0 < rate.per_s(105.0) < 11.0
     assert rate.per_s(105.0 + 3 * ARRIVAL_WINDOW_S) < 1.0  # nothing arrived since
-
-
-def _booting(name: str, usd_per_token: float, *, boot_s: float, ready: int = 0,
-             booting_s: tuple[float, ...] = (), tokens_per_s: float = 1000.0,
-             scale_down_s: float = 60.0) -> Offer:
-    return Offer(name, False, usd_per_token, tokens_per_s=tokens_per_s,
-                 usd_per_instance_s=usd_per_token * tokens_per_s, max_instances=10,
-                 up_instances=ready + len(booting_s), elastic=True, ready_instances=ready,
-                 booting_s=booting_s, scale_up_s=boot_s, scale_down_s=scale_down_s)
-
-
-def test_a_quick_booting_pool_bridges_until_the_cheap_slow_one_serves() -> None:
-    # The cheap pool's two instances serve in 150 s; the dear one boots in 30 s at $2/M,
-    # well under the API's $5/M for the 120 s between: it carries the gap meanwhile.
-    slow = _booting("slow", 1e-6, boot_s=150, booting_s=(150.0, 150.0))
-    quick = _booting("quick", 2e-6, boot_s=30)
-    assert allocate(2000, [slow, quick, SPILLING]) == {"slow": 2, "quick": 2}
-    # Once the cheap instances serve, nothing is bridged.
-    served = _booting("slow", 1e-6, boot_s=150, ready=2)
-    assert allocate(2000, [served, quick, SPILLING]) == {"slow": 2, "quick": 0}
-
-
-def test_a_gap_only_the_estimates_predict_is_not_bridged() -> None:
-    # Nothing spills to the API: the capacity already serving carries the load, whatever the
-    # plan's figures say; a bridge is sized to what does spill.
-    slow = _booting("slow", 1e-6, boot_s=150, booting_s=(150.0, 150.0))
-    quick = _booting("quick", 2e-6, boot_s=30)
-    assert allocate(2000, [slow, quick, API]) == {"slow": 2, "quick": 0}
-    some = Offer("api", True, 5e-6, carrying_tokens_per_s=900)
-    assert allocate(2000, [slow, quick, some]) == {"slow": 2, "quick": 1}
-
-
-def test_no_bridge_where_the_gap_is_too_short_to_pay_for_a_boot() -> None:
-    # Ready in 40 s: a quick instance would serve 10 s, paid for 30 + 10 + 60 s.
-    slow = _booting("slow", 1e-6, boot_s=150, booting_s=(40.0, 40.0))
-    quick = _booting("quick", 2e-6, boot_s=30)
-    assert allocate(2000, [slow, quick, SPILLING]) == {"slow": 2, "quick": 0}
-
-
-def test_a_bridge_serving_is_evidence_of_its_gap_a_surplus_is_not() -> None:
-    # Two quick instances serve as the bridge asked for earlier: nothing spills to the API
-    # because they carry it, so they are kept until the cheap pool serves.
-    slow = _booting("slow", 1e-6, boot_s=150, booting_s=(100.0, 100.0))
-    bridging = Offer("quick", False, 2e-6, tokens_per_s=1000.0, usd_per_instance_s=2e-3,
-                     max_instances=10, up_instances=2, elastic=True, ready_instances=2,
-                     scale_up_s=30, scale_down_s=60, bridging=2)
-    assert allocate(2000, [slow, bridging, API]) == {"slow": 2, "quick": 2}
-    # The same two instances up as a surplus (not a bridge): no gap shows, none is kept.
-    surplus = Offer("quick", False, 2e-6, tokens_per_s=1000.0, usd_per_instance_s=2e-3,
-                    max_instances=10, up_instances=2, elastic=True, ready_instances=2,
-                    scale_up_s=30, scale_down_s=60)
-    assert allocate(2000, [slow, surplus, API]) == {"slow": 2, "quick": 0}
-
-
-def test_a_bridge_counts_its_own_instances_already_booting() -> None:
-    slow = _booting("slow", 1e-6, boot_s=150, booting_s=(120.0, 120.0))
-    quick = _booting("quick", 2e-6, boot_s=30, booting_s=(10.0,))
-    # The wanted count is a total: the quick instance on its way and one more.
-    assert allocate(2000, [slow, quick, SPILLING]) == {"slow": 2, "quick": 2}
