@@ -54,18 +54,13 @@ def linear(x: jax.Array, w: Any, *, fine: bool = False) -> jax.Array:
         x_scale = jnp.max(jnp.abs(x2), axis=-1, keepdims=True) / 127.0
         x_scale = jnp.where(x_scale == 0, 1.0, x_scale)
         scaled = x2 / x_scale
-        rounded = jnp.round(scaled)
-        if fine:
-            rest = jnp.round((scaled - rounded) * _REST_STEPS)
-            both = jnp.concatenate([rounded, rest]).astype(jnp.int8)
-            acc = jax.lax.dot_general(both, w.values, _CONTRACT_LAST,
-                                      preferred_element_type=jnp.int32).astype(jnp.float32)
-            rows = x2.shape[0]
-            total = acc[:rows] + acc[rows:] * (1.0 / _REST_STEPS)
-        else:
-            xq = rounded.astype(jnp.int8)
-            total = jax.lax.dot_general(xq, w.values, _CONTRACT_LAST,
-                                        preferred_element_type=jnp.int32).astype(jnp.float32)
+        xq = jnp.round(scaled)
+        if fine:  # the remainders as extra rows of the same dot: the weight is read once
+            xq = jnp.concatenate([xq, jnp.round((scaled - xq) * _REST_STEPS)])
+        acc = jax.lax.dot_general(xq.astype(jnp.int8), w.values, _CONTRACT_LAST,
+                                  preferred_element_type=jnp.int32).astype(jnp.float32)
+        rows = x2.shape[0]
+        total = acc[:rows] + acc[rows:] * (1.0 / _REST_STEPS) if fine else acc
         y = total * x_scale * w.scales
     elif w.dtype == jnp.bfloat16:
         y = jax.lax.dot_general(
@@ -109,7 +104,8 @@ def unembed(config: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array
 def _rescore(hidden: jax.Array, table: Int8Weight, logits: jax.Array) -> jax.Array:
     """The ``RESCORED`` highest int8 logits of each row recomputed from the unrounded hidden
     state: the activation's int8 rounding moves logits by more than the gap between the top
-    candidates, and choosing among those is all greedy decoding and top-k/top-p do."""
+    candidates, where greedy decoding's choice and most of top-k/top-p's mass lie (the rest of
+    the row keeps its int8 values)."""
     shape = logits.shape
     flat = logits.reshape(-1, shape[-1])
     h = hidden.reshape(-1, hidden.shape[-1]).astype(jnp.float32)
