@@ -110,15 +110,18 @@ class PoolState:
         if running is None:
             return
         per = running / self.ready
-        # More waiting than one step's arrivals can explain, at every instance (balancers
-        # send to the least loaded), on two probes in a row, with the running count no longer
-        # rising: every slot is taken. A queue while running still grows is a backlog being
-        # admitted (a burst's prefills on instances that just came up), not a full server.
-        transient = max(2.0 * arrivals_per_step, self.ready)
+        # More waiting than one step's arrivals can explain, one at every instance at least
+        # (balancers send to the least loaded), on two probes in a row, with the running
+        # count no longer rising: every slot is taken. A queue while running still grows is
+        # a backlog being admitted (a burst's prefills on instances that just came up), not
+        # a full server. At a low rate a full instance shows one waiter at a time: that one
+        # counts, or its slot prior, if overstated, is never corrected while TTFTs climb.
+        waiting = snapshot.waiting or 0
         last = self._running
         rising = last is not None and running > last + max(1.0, 0.02 * running)
         self._running = running
-        queued = (snapshot.waiting or 0) > transient and running > 0 and not rising
+        queued = (waiting > 2.0 * arrivals_per_step and waiting >= self.ready
+                  and running > 0 and not rising)
         self._queued_at = self._queued_at + 1 if queued else 0
         if self._queued_at >= FULL_PROBES:
             # At most halved at once: a queue can also be a prefill backlog after a burst.

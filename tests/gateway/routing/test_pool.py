@@ -35,6 +35,21 @@ def test_a_queue_that_waits_for_the_next_step_does_not_lower_the_count() -> None
     assert pool.slots_per_instance == 256 and not pool.confirmed
 
 
+def test_at_a_low_rate_one_waiter_at_a_full_instance_corrects_the_count() -> None:
+    # One instance, 60 slots typed, 32 real: at a request a second the queue is one deep.
+    pool = PoolState(PoolSettings(billing="reserved", instances=1), prior_slots=60)
+    for _ in range(2):
+        pool.observe_load(LoadSnapshot(healthy=True, running=32, waiting=1), 0,
+                          arrivals_per_step=0.04)
+    assert pool.slots_per_instance == 32 and pool.confirmed
+
+
+def test_one_waiter_across_two_instances_is_not_a_full_pool() -> None:
+    pool = PoolState(RESERVED, prior_slots=60)
+    _probe(pool, running=64, waiting=1, times=3)
+    assert pool.slots_per_instance == 60 and not pool.confirmed
+
+
 def test_a_prior_that_understates_the_slots_is_raised_by_what_runs() -> None:
     pool = PoolState(RESERVED, prior_slots=64)
     assert pool.planned_slots > pool.slots  # an unconfirmed count is probed past
