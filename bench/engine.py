@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import engine_prefix
+from bench import engine_chunked, engine_prefix
 
 LLAMA_CPP_ENV = Path(__file__).resolve().parent.parent / ".venvs" / "llama-cpp"
 SAMPLE_TEXT = (
@@ -67,6 +67,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--llama-tokens", type=int, default=128, help="llama.cpp greedy tokens")
     parser.add_argument("--llama-threads", type=int, default=2)
     engine_prefix.add_arguments(parser)
+    engine_chunked.add_arguments(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -322,6 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     if args.shared_prefix:
         engine_prefix.run(args)
+        return 0
+    if args.long_prompt:
+        engine_chunked.run(args)
         return 0
     if args.child:
         result = _measure(args.child, args)

@@ -88,12 +88,18 @@ class EngineConfig:
     # token (bf16 KV; 36 KiB with f32 weights), so the default takes 144 MiB.
     prefix_cache_tokens: int = 8192
     prefix_block_tokens: int = 32  # a cached prefix is a whole number of these blocks
+    # While others decode, a prompt longer than this is prefilled this many tokens at a time,
+    # one decode step between chunks (0 = always whole): a long prompt delays the running
+    # streams by one chunk's prefill per step instead of stalling them for all of it.
+    prefill_chunk_tokens: int = 256
 
     def __post_init__(self) -> None:
         if self.decode_slots < 1:
             raise ValueError("decode_slots must be at least 1")
         if self.prefix_cache_tokens < 0 or self.prefix_block_tokens < 1:
             raise ValueError("prefix_cache_tokens must be >= 0 and prefix_block_tokens >= 1")
+        if self.prefill_chunk_tokens < 0:
+            raise ValueError("prefill_chunk_tokens must be >= 0")
         if max(self.prefill_buckets) < self.max_context:
             object.__setattr__(
                 self,

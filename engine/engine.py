@@ -50,6 +50,27 @@ class Prefix:
     cached: int = 0  # leading tokens whose KV came from the prefix cache (hidden starts after)
 
 
+@dataclass
+class PrefillJob:
+    """A prompt being prefilled a chunk at a time (``GemmaEngine.begin_prefill``).
+
+    ``k``/``v`` hold the prompt's KV per layer [span, KV, hd]: positions below ``done`` are
+    computed (or came from the prefix cache), the rest is filled by later chunks.
+    """
+
+    tokens: tuple[int, ...]
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    done: int
+    cached: int = 0  # leading tokens whose KV came from the prefix cache
+    last_logits: jax.Array | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Every prompt token has been computed."""
+        return self.done >= len(self.tokens)
+
+
 @dataclass(frozen=True)
 class SlotSampling:
     """Sampling parameters of one generation, as inserted into a slot."""
@@ -120,6 +141,8 @@ class GemmaEngine:
         self._pool_k = tuple(jnp.zeros(shape, self.kv_storage) for _ in range(c.n_layers))
         self._pool_v = tuple(jnp.zeros(shape, self.kv_storage) for _ in range(c.n_layers))
         self._prefill_cached = jax.jit(partial(_prefill_cached, self.config))
+        self._gather = jax.jit(partial(_gather_blocks, self.kv_storage))
+        self._chunk = jax.jit(partial(_prefill_chunk, self.config), donate_argnums=(1, 2))
         self._store = jax.jit(partial(_store_blocks, block), donate_argnums=(0, 1))
 
     # -- state ---------------------------------------------------------------------------
@@ -182,6 +205,49 @@ class GemmaEngine:
         prefix = self._prefill_from(tokens, rows) if rows else self.prefill(tokens)
         index.record(len(tokens), prefix.cached)
         self._remember(prefix, index)
+        return prefix
+
+    def begin_prefill(self, tokens: Sequence[int]) -> PrefillJob:
+        """Start prefilling ``tokens`` in chunks (``advance``), from the longest cached prefix.
+
+        The result, once finished (``finish``), is what ``prefill_reusing`` returns, without
+        the prompt rows' hidden states (chunked prompts never need prompt logprobs).
+        """
+        index = self.prefix_index
+        block = self.engine_config.prefix_block_tokens
+        rows = index.match(tokens) if index is not None else []
+        span = -(-_bucket(self.prefill_buckets, len(tokens)) // block) * block
+        if rows:
+            gathered = np.full(span // block, -1, np.int32)
+            gathered[: len(rows)] = rows
+            k, v = self._gather(self._pool_k, self._pool_v, jnp.asarray(gathered))
+        else:
+            c = self.config
+            shape = (span, c.n_kv_heads, c.head_dim)
+            k = [jnp.zeros(shape, self.kv_storage) for _ in range(c.n_layers)]
+            v = [jnp.zeros(shape, self.kv_storage) for _ in range(c.n_layers)]
+        start = len(rows) * block
+        return PrefillJob(tuple(tokens), tuple(k), tuple(v), done=start, cached=start)
+
+    def advance(self, job: PrefillJob, chunk_tokens: int) -> None:
+        """Compute the next ``chunk_tokens`` of ``job``'s prompt (fewer at its end)."""
+        fresh = min(chunk_tokens, len(job.tokens) - job.done)
+        padded = np.zeros(_bucket(self.prefill_buckets, chunk_tokens), np.int32)
+        padded[:fresh] = job.tokens[job.done : job.done + fresh]
+        k, v, last = self._chunk(
+            self.params, job.k, job.v, jnp.asarray(padded), jnp.int32(job.done), jnp.int32(fresh)
+        )
+        job.k, job.v, job.last_logits = tuple(k), tuple(v), last
+        job.done += fresh
+
+    def finish(self, job: PrefillJob) -> Prefix:
+        """The prefilled prompt of a finished ``job``; its blocks join the prefix cache."""
+        assert job.finished and job.last_logits is not None
+        empty = jnp.zeros((0, self.config.d_model), jnp.float32)
+        prefix = Prefix(job.k, job.v, empty, job.last_logits, job.tokens, cached=job.cached)
+        if self.prefix_index is not None:
+            self.prefix_index.record(len(job.tokens), job.cached)
+            self._remember(prefix, self.prefix_index)
         return prefix
 
     def prefix_stats(self) -> PrefixCacheStats:
@@ -373,6 +439,35 @@ def _prefill_cached(
     past_v = [gather(p) for p in pool_v]
     hidden, k, v = prefill_after(config, params, past_k, past_v, tokens, start)
     return hidden, k, v, _last_logits(config, params, hidden, length)
+
+
+def _gather_blocks(
+    kv_storage: Any, pool_k: tuple[jax.Array, ...], pool_v: tuple[jax.Array, ...],
+    rows: jax.Array
+) -> tuple[list[jax.Array], list[jax.Array]]:
+    """A prompt's KV buffers: the pool ``rows`` in order, zeros where a row is -1."""
+
+    def gather(pool: jax.Array) -> jax.Array:
+        picked = jnp.where((rows >= 0)[:, None, None, None], pool[jnp.maximum(rows, 0)],
+                           jnp.zeros((), kv_storage))
+        return picked.reshape(-1, *picked.shape[2:])
+
+    return [gather(p) for p in pool_k], [gather(p) for p in pool_v]
+
+
+def _prefill_chunk(
+    config: ModelConfig,
+    params: Params,
+    past_k: tuple[jax.Array, ...],
+    past_v: tuple[jax.Array, ...],
+    tokens: jax.Array,
+    start: jax.Array,
+    length: jax.Array,
+) -> tuple[list[jax.Array], list[jax.Array], jax.Array]:
+    """Prefill ``length`` of ``tokens`` at ``start`` into the prompt's buffers; the logits
+    after the last of them."""
+    hidden, k, v = prefill_after(config, params, past_k, past_v, tokens, start)
+    return k, v, _last_logits(config, params, hidden, length)
 
 
 def _store_blocks(

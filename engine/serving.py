@@ -22,7 +22,15 @@ import numpy as np
 from engine.config import EngineConfig
 from engine.constraints import ConstrainedAnswer, Constraint, GrammarVocabulary, compile_grammar
 from engine.detokenize import TextAssembler
-from engine.engine import DecodeState, GemmaEngine, Prefix, SlotSampling, StepOutput, seed_key
+from engine.engine import (
+    DecodeState,
+    GemmaEngine,
+    PrefillJob,
+    Prefix,
+    SlotSampling,
+    StepOutput,
+    seed_key,
+)
 from engine.errors import EngineClosed, EngineError, PromptTooLong, QueueFull
 from engine.tokenizer import GemmaTokenizer
 
@@ -133,6 +141,8 @@ class GenerationServer:
         self._cancelled: set[int] = set()
         self._ids = count(1)
         self._slots: list[_Sequence | None] = [None] * engine.max_slots
+        # The request whose long prompt is being prefilled a chunk per decode step.
+        self._chunked: tuple[_Request, PrefillJob] | None = None
         self._closed = False
         self._default_stop = frozenset(
             {tokenizer.eos_id, *_optional_id(tokenizer, "<end_of_turn>")}
@@ -164,7 +174,7 @@ class GenerationServer:
         cache = self.engine.prefix_stats()
         return Load(
             running=running,
-            waiting=len(self._waiting),
+            waiting=len(self._waiting) + (self._chunked is not None),
             slots=len(self._slots),
             prompt_tokens=cache.prompt_tokens,
             cached_tokens=cache.cached_tokens,
@@ -228,6 +238,7 @@ class GenerationServer:
                     and not self._waiting
                     and not self._cancelled
                     and not any(self._slots)
+                    and self._chunked is None
                 ):
                     self._lock.wait()
                 if self._closed:
@@ -247,6 +258,8 @@ class GenerationServer:
             return state
         with self._lock:
             self._waiting = deque(r for r in self._waiting if r.request_id not in cancelled)
+        if self._chunked is not None and self._chunked[0].request_id in cancelled:
+            self._chunked = None
         for seq in self._slots:
             if seq is not None and seq.request.request_id in cancelled:
                 seq.request.cancelled = True
@@ -254,6 +267,8 @@ class GenerationServer:
         return state
 
     def _admit(self, state: DecodeState) -> DecodeState:
+        if self._chunked is not None:
+            return self._continue_chunked(state)
         running = any(self._slots)
         admitted = 0
         while True:
@@ -266,15 +281,51 @@ class GenerationServer:
                     return state
                 request = self._waiting.popleft()
             try:
+                if any(self._slots) and self._chunks(request):
+                    self._chunked = (request, self.engine.begin_prefill(request.prompt))
+                    return self._continue_chunked(state)
                 state = self._start(state, request, free)
             except Exception as error:  # this request fails alone; running ones go on
                 state = self._fail(state, request, error)
             admitted += 1
 
+    def _chunks(self, request: _Request) -> bool:
+        """Whether ``request``'s prompt is prefilled a chunk per step (long, and no prompt
+        logprobs, which need every prompt row's hidden state at once)."""
+        chunk = self.config.prefill_chunk_tokens
+        return (
+            chunk > 0
+            and len(request.prompt) > chunk
+            and request.params.prompt_logprobs is None
+        )
+
+    def _continue_chunked(self, state: DecodeState) -> DecodeState:
+        """Prefill the next chunk of the long prompt under way; start it once all is done."""
+        assert self._chunked is not None
+        request, job = self._chunked
+        try:
+            if not job.finished:
+                self.engine.advance(job, self.config.prefill_chunk_tokens)
+            free = [i for i, s in enumerate(self._slots) if s is None]
+            if job.finished and len(free) >= request.params.n:
+                self._chunked = None
+                state = self._answer(state, request, free, self.engine.finish(job))
+        except Exception as error:  # this request fails alone; running ones go on
+            self._chunked = None
+            state = self._fail(state, request, error)
+        return state
+
     def _start(self, state: DecodeState, request: _Request, free: list[int]) -> DecodeState:
-        params = request.params
         # Prompt logprobs need every prompt row's hidden state: such a prefill computes them all.
-        prefix = self.engine.prefill_reusing(request.prompt, params.prompt_logprobs is None)
+        reuse = request.params.prompt_logprobs is None
+        prefix = self.engine.prefill_reusing(request.prompt, reuse)
+        return self._answer(state, request, free, prefix)
+
+    def _answer(
+        self, state: DecodeState, request: _Request, free: list[int], prefix: Prefix
+    ) -> DecodeState:
+        """Choose each choice's first token from the prefilled prompt and give it a slot."""
+        params = request.params
         prompt_info = (
             self._prompt_logprobs(prefix, params) if params.prompt_logprobs is not None else None
         )
@@ -430,6 +481,9 @@ class GenerationServer:
         closed = EngineClosed("engine is closed")
         with self._lock:
             waiting, self._waiting = list(self._waiting), deque()
+        if self._chunked is not None:
+            waiting.append(self._chunked[0])
+            self._chunked = None
         for request in waiting:
             request.deliver(closed)
         for seq in self._slots:
