@@ -250,6 +250,13 @@ class GemmaEngine:
             self._remember(prefix, self.prefix_index)
         return prefix
 
+    def compile_chunks(self, chunk_tokens: int) -> None:
+        """Compile the chunked prefill for every prompt bucket it can serve (one chunk each),
+        so that the first long prompt does not stall the running streams while it compiles."""
+        for span in self.prefill_buckets:
+            if chunk_tokens < span <= self.engine_config.max_context:
+                self.advance(self.begin_prefill([0] * span), chunk_tokens)
+
     def prefix_stats(self) -> PrefixCacheStats:
         """The prefix cache's counts (all zero when it is off)."""
         return self.prefix_index.stats() if self.prefix_index else PrefixCacheStats()

@@ -61,10 +61,13 @@ def start_server(
         raise ValueError(f"{loaded.source}: no tokenizer found next to the weights")
     engine = GemmaEngine(loaded.config, loaded.params, engine_config)
     server = GenerationServer(engine, tokenizer, engine_config)
-    server.start()
     load_seconds = time.perf_counter() - started
     if warm_up:
         on_phase("compiling")
+        if engine_config.prefill_chunk_tokens:  # before the loop starts: nothing shares it yet
+            engine.compile_chunks(engine_config.prefill_chunk_tokens)
+    server.start()
+    if warm_up:
         run_to_end(server, [tokenizer.bos_id, 2], GenerationParams(max_tokens=3, temperature=0.0))
         run_to_end(server, [tokenizer.bos_id, 2], GenerationParams(max_tokens=2, seed=0))
         # Builds the grammar vocabulary (~1.5 s) and the masked step, so that the first

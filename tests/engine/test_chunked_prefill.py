@@ -87,3 +87,11 @@ def test_a_cancelled_long_prompt_stops_its_prefill(chunking_server: GenerationSe
     # The loop goes on: a short request behind it is answered, the cancelled one never is.
     assert run_to_end(server, prompt(7, 10), GREEDY)[-1].finish_reason is not None
     assert inbox.empty()
+
+
+def test_compiling_the_chunk_shapes_leaves_the_cache_alone() -> None:
+    engine = tiny_engine(3, cache_tokens=512)
+    engine.compile_chunks(CHUNK)  # buckets 64 and 256 (16 is not longer than a chunk)
+    stats = engine.prefix_stats()
+    assert (stats.prompt_tokens, stats.cached_tokens) == (0, 0)
+    assert engine.begin_prefill([0] * 64).cached == 0
