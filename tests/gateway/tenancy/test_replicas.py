@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import QuotaExceeded
+from gateway.errors import QuotaExceeded, StoreUnavailable
 from gateway.tenancy.limits import BUCKETS, LimitExceeded
 from gateway.tenancy.models import Admission, Limits, UsageRecord
 from gateway.tenancy.redis_store import RedisStore
@@ -31,11 +31,25 @@ def settled(admission: Admission, tokens: int, cost: float) -> UsageRecord:
     )  # fmt: skip
 
 
+async def connected(store: RedisStore, secret: str) -> Any:
+    """The caller of ``secret``, once the store has connected. The first call opens the
+    connection: on a loaded machine, a process just spawned (four at once) can miss the store's
+    0.5 s connect budget once, which is what that budget is for, not what this test checks."""
+    for attempt in range(5):
+        try:
+            return await store.authenticate(secret)
+        except StoreUnavailable:
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
 async def hammer(
     url: str, prefix: str, secret: str, seconds: float, tokens: int, cost: float, actual: float
 ) -> list[tuple[str, float, str]]:
     store = RedisStore(url, prefix=prefix, limit_window_s=WINDOW_S)
-    caller = await store.authenticate(secret)
+    caller = await connected(store, secret)
     events: list[tuple[str, float, str]] = []
     deadline = time.monotonic() + seconds
 
