@@ -267,24 +267,35 @@ class GenerationServer:
         return state
 
     def _admit(self, state: DecodeState) -> DecodeState:
-        if self._chunked is not None:
-            return self._continue_chunked(state)
+        """Prefill what may start before the next decode step.
+
+        While others decode, the work between two steps is bounded: two prompts, or a long
+        prompt's chunk and one prompt no longer than a chunk. Short prompts need not wait
+        behind a long one being chunked (a second long one does); the slots its choices
+        will take stay free for it.
+        """
         running = any(self._slots)
         admitted = 0
+        if self._chunked is not None:
+            state = self._continue_chunked(state)
+            admitted += 1
         while True:
             free = [i for i, s in enumerate(self._slots) if s is None]
+            reserved = self._chunked[0].params.n if self._chunked is not None else 0
             with self._lock:
-                if not self._waiting or len(free) < self._waiting[0].params.n:
+                if not self._waiting or len(free) - reserved < self._waiting[0].params.n:
                     return state
-                # While others decode, bound the prefill work between two steps.
                 if running and admitted >= 2:
                     return state
+                if self._chunked is not None and self._chunks(self._waiting[0]):
+                    return state  # one long prompt at a time
                 request = self._waiting.popleft()
             try:
                 if any(self._slots) and self._chunks(request):
                     self._chunked = (request, self.engine.begin_prefill(request.prompt))
-                    return self._continue_chunked(state)
-                state = self._start(state, request, free)
+                    state = self._continue_chunked(state)
+                else:
+                    state = self._start(state, request, free)
             except Exception as error:  # this request fails alone; running ones go on
                 state = self._fail(state, request, error)
             admitted += 1

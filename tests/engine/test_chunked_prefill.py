@@ -4,7 +4,7 @@ and the running streams keep decoding while a long prompt is prefilled."""
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import pytest
@@ -73,6 +73,32 @@ def test_a_long_prompt_is_prefilled_between_decode_steps(
     assert server.steps - before >= -(-200 // CHUNK)
     assert [c.token_ids for c in chunked] == [c.token_ids for c in whole[1:]]
     assert "".join(c.text for c in chunked) == "".join(c.text for c in whole)
+
+
+def test_a_short_prompt_does_not_wait_behind_a_long_one(
+    chunking_server: GenerationServer,
+) -> None:
+    server = chunking_server
+    running: queue.Queue[Chunk | BaseException] = queue.Queue()
+    stream = server.submit(prompt(8, 20), GenerationParams(max_tokens=150, temperature=0.0,
+                                                            stop_token_ids=()), running.put)
+    running.get(timeout=60)
+    firsts: queue.Queue[str] = queue.Queue()
+
+    def first_of(name: str) -> Callable[[Chunk | BaseException], None]:
+        seen: list[bool] = []
+
+        def deliver(item: Chunk | BaseException) -> None:
+            if not seen:
+                seen.append(True)
+                firsts.put(name if isinstance(item, Chunk) else f"{name} failed")
+
+        return deliver
+
+    server.submit(prompt(9, 200), GREEDY, first_of("long"))  # 13 chunks of 16
+    server.submit(prompt(10, 12), GREEDY, first_of("short"))
+    assert [firsts.get(timeout=60), firsts.get(timeout=60)] == ["short", "long"]
+    server.cancel(stream)
 
 
 def test_a_cancelled_long_prompt_stops_its_prefill(chunking_server: GenerationServer) -> None:
