@@ -44,10 +44,10 @@ class Prefix:
 
     k: tuple[jax.Array, ...]  # per layer [B, KV, hd], B the prefill bucket
     v: tuple[jax.Array, ...]
-    hidden: jax.Array  # [B, D] final-normed, for prompt logprobs
+    hidden: jax.Array  # [B, D] final-normed, for prompt logprobs ([0, D] unless whole)
     last_logits: jax.Array  # [1, V]
     tokens: tuple[int, ...]
-    cached: int = 0  # leading tokens whose KV came from the prefix cache (hidden starts after)
+    cached: int = 0  # leading tokens whose KV came from the prefix cache
 
 
 @dataclass
@@ -140,8 +140,7 @@ class GemmaEngine:
         shape = (blocks, block, c.n_kv_heads, c.head_dim)
         self._pool_k = tuple(jnp.zeros(shape, self.kv_storage) for _ in range(c.n_layers))
         self._pool_v = tuple(jnp.zeros(shape, self.kv_storage) for _ in range(c.n_layers))
-        self._prefill_cached = jax.jit(partial(_prefill_cached, self.config))
-        self._gather = jax.jit(partial(_gather_blocks, self.kv_storage))
+        self._gather = jax.jit(_gather_blocks)
         self._chunk = jax.jit(partial(_prefill_chunk, self.config), donate_argnums=(1, 2))
         self._store = jax.jit(partial(_store_blocks, block), donate_argnums=(0, 1))
 
@@ -196,15 +195,19 @@ class GemmaEngine:
         """``prefill`` through the prefix cache: the longest cached block prefix is not computed
         again (unless ``reuse`` is False), and the prompt's blocks are cached for later ones.
 
-        A reused prefix's ``hidden`` covers only the tokens after ``cached``.
+        A reused prefix is computed as one chunk after the cached blocks (``begin_prefill``),
+        so it has no prompt rows' hidden states (prompt logprobs do not reuse).
         """
         index = self.prefix_index
         if index is None:
             return self.prefill(tokens)
         rows = index.match(tokens) if reuse else []
-        prefix = self._prefill_from(tokens, rows) if rows else self.prefill(tokens)
-        index.record(len(tokens), prefix.cached)
-        self._remember(prefix, index)
+        if rows:
+            job = self._job(tokens, rows)
+            self.advance(job, len(tokens) - job.done)
+            return self.finish(job)
+        prefix = self.prefill(tokens)
+        self._cache(prefix, index)
         return prefix
 
     def begin_prefill(self, tokens: Sequence[int]) -> PrefillJob:
@@ -214,11 +217,19 @@ class GemmaEngine:
         the prompt rows' hidden states (chunked prompts never need prompt logprobs).
         """
         index = self.prefix_index
+        return self._job(tokens, index.match(tokens) if index is not None else [])
+
+    def _job(self, tokens: Sequence[int], rows: list[int]) -> PrefillJob:
+        """A prefill of ``tokens`` whose first blocks are the cached pool ``rows``.
+
+        Its KV buffers have a bucketed length, so few shapes compile, rounded up to whole
+        blocks, so the cached rows drop in as they are.
+        """
         block = self.engine_config.prefix_block_tokens
-        rows = index.match(tokens) if index is not None else []
         span = -(-_bucket(self.prefill_buckets, len(tokens)) // block) * block
         if rows:
-            gathered = np.full(span // block, -1, np.int32)
+            # Padding rows take pool row 0: later positions are computed over or masked.
+            gathered = np.zeros(span // block, np.int32)
             gathered[: len(rows)] = rows
             k, v = self._gather(self._pool_k, self._pool_v, jnp.asarray(gathered))
         else:
@@ -246,8 +257,7 @@ class GemmaEngine:
         empty = jnp.zeros((0, self.config.d_model), jnp.float32)
         prefix = Prefix(job.k, job.v, empty, job.last_logits, job.tokens, cached=job.cached)
         if self.prefix_index is not None:
-            self.prefix_index.record(len(job.tokens), job.cached)
-            self._remember(prefix, self.prefix_index)
+            self._cache(prefix, self.prefix_index)
         return prefix
 
     def compile_chunks(self, chunk_tokens: int) -> None:
@@ -261,28 +271,10 @@ class GemmaEngine:
         """The prefix cache's counts (all zero when it is off)."""
         return self.prefix_index.stats() if self.prefix_index else PrefixCacheStats()
 
-    def _prefill_from(self, tokens: Sequence[int], rows: list[int]) -> Prefix:
-        """Prefill what follows the cached blocks ``rows``, attending to their KV."""
-        block = self.engine_config.prefix_block_tokens
-        start = len(rows) * block
-        fresh = len(tokens) - start
-        padded = np.zeros(_bucket(self.prefill_buckets, fresh), np.int32)
-        padded[:fresh] = tokens[start:]
-        # The prompt's KV buffer: a bucketed length, so few shapes compile; a whole number of
-        # blocks, so the cached rows drop in as they are.
-        span = _bucket(self.prefill_buckets, len(tokens))
-        gathered = np.zeros(-(-span // block), np.int32)
-        gathered[: len(rows)] = rows
-        hidden, k, v, last = self._prefill_cached(
-            self.params,
-            self._pool_k,
-            self._pool_v,
-            jnp.asarray(gathered),
-            jnp.asarray(padded),
-            jnp.int32(start),
-            jnp.int32(fresh),
-        )
-        return Prefix(tuple(k), tuple(v), hidden, last, tuple(tokens), cached=start)
+    def _cache(self, prefix: Prefix, index: PrefixIndex) -> None:
+        """Count the prompt's lookup and keep its uncached full blocks."""
+        index.record(len(prefix.tokens), prefix.cached)
+        self._remember(prefix, index)
 
     def _remember(self, prefix: Prefix, index: PrefixIndex) -> None:
         """Copy the prompt's uncached full blocks into the pool."""
@@ -426,37 +418,13 @@ def _last_logits(
     return model.unembed(config, params, jnp.concatenate([last, last]))[:1]
 
 
-def _prefill_cached(
-    config: ModelConfig,
-    params: Params,
-    pool_k: tuple[jax.Array, ...],
-    pool_v: tuple[jax.Array, ...],
-    rows: jax.Array,
-    tokens: jax.Array,
-    start: jax.Array,
-    length: jax.Array,
-) -> tuple[jax.Array, list[jax.Array], list[jax.Array], jax.Array]:
-    """Prefill ``length`` tokens at ``start`` over the pool ``rows`` (the cached prefix)."""
-
-    def gather(pool: jax.Array) -> jax.Array:
-        picked = pool[rows]  # [blocks, block, KV, hd]; padding rows are masked or overwritten
-        return picked.reshape(-1, *picked.shape[2:])
-
-    past_k = [gather(p) for p in pool_k]
-    past_v = [gather(p) for p in pool_v]
-    hidden, k, v = prefill_after(config, params, past_k, past_v, tokens, start)
-    return hidden, k, v, _last_logits(config, params, hidden, length)
-
-
 def _gather_blocks(
-    kv_storage: Any, pool_k: tuple[jax.Array, ...], pool_v: tuple[jax.Array, ...],
-    rows: jax.Array
+    pool_k: tuple[jax.Array, ...], pool_v: tuple[jax.Array, ...], rows: jax.Array
 ) -> tuple[list[jax.Array], list[jax.Array]]:
-    """A prompt's KV buffers: the pool ``rows`` in order, zeros where a row is -1."""
+    """A prompt's KV buffers [rows x block, KV, hd]: the pool ``rows`` in order."""
 
     def gather(pool: jax.Array) -> jax.Array:
-        picked = jnp.where((rows >= 0)[:, None, None, None], pool[jnp.maximum(rows, 0)],
-                           jnp.zeros((), kv_storage))
+        picked = pool[rows]  # [blocks, block, KV, hd]
         return picked.reshape(-1, *picked.shape[2:])
 
     return [gather(p) for p in pool_k], [gather(p) for p in pool_v]
