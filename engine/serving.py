@@ -291,6 +291,7 @@ class GenerationServer:
                     return state  # one long prompt at a time
                 request = self._waiting.popleft()
             try:
+                # Read now: a stream admitted above this step may be what decodes meanwhile.
                 if any(self._slots) and self._chunks(request):
                     self._chunked = (request, self.engine.begin_prefill(request.prompt))
                     state = self._continue_chunked(state)
