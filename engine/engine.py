@@ -17,11 +17,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine import model
+from engine import model, topk
 from engine.config import EngineConfig, ModelConfig
 from engine.continuation import prefill_after
 from engine.prefix_cache import PrefixCacheStats, PrefixIndex
-from engine.sampling import SamplingState, Selection, allow_only, greedy, select
+from engine.sampling import (
+    SamplingState,
+    Selection,
+    allow_only,
+    greedy,
+    greedy_selection,
+    select,
+)
 from engine.weights import Params
 
 PROMPT_CHUNK = 64  # rows of prompt logits materialised at once for echo/logprobs
@@ -475,9 +482,9 @@ def _prompt_logprobs(
     lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
     chosen = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0] - lse[:, 0]
     # A barrier, as in sampling.select: keeps XLA:CPU from rewriting the top-k into a sort.
-    top_vals, top_ids = jax.lax.optimization_barrier(jax.lax.top_k(logits, max(n_top, 1)))
+    top_vals, top_ids = jax.lax.optimization_barrier(topk.top_k(logits, max(n_top, 1)))
     return Selection(
-        targets, chosen, top_ids[:, :n_top].astype(jnp.int32), (top_vals - lse)[:, :n_top]
+        targets, chosen, top_ids[:, :n_top], (top_vals - lse)[:, :n_top]
     )
 
 
@@ -528,10 +535,14 @@ def _generate(
 ) -> tuple[DecodeState, Selection]:
     tokens, positions, active = state.tokens[:rows], state.positions[:rows], state.active[:rows]
     sampling = jax.tree.map(lambda a: a[:rows], state.sampling)
-    logits, k, v = model.decode(config, params, state.k, state.v, tokens, positions)
-    if allowed is not None:  # traced only for steps with a constrained slot
-        logits = allow_only(logits, allowed)
-    selection = greedy(logits) if n_top < 0 else select(logits, sampling, n_top)
+    hidden, k, v = model.decode_hidden(config, params, state.k, state.v, tokens, positions)
+    if n_top < 0 and allowed is None:  # greedy, unconstrained: no full row of logits is built
+        selection = greedy_selection(model.greedy_tokens(params, hidden))
+    else:
+        logits = model.unembed(config, params, hidden)
+        if allowed is not None:  # traced only for steps with a constrained slot
+            logits = allow_only(logits, allowed)
+        selection = greedy(logits) if n_top < 0 else select(logits, sampling, n_top)
     step = active.astype(jnp.int32)
     new_tokens = jnp.where(active, selection.tokens, tokens)
     steps = state.sampling.steps.at[:rows].add(step)

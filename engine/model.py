@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from engine import topk
 from engine.config import ModelConfig
 from engine.weights import Int8Weight, Params
 
@@ -108,12 +109,33 @@ def _rescore(hidden: jax.Array, table: Int8Weight, logits: jax.Array) -> jax.Arr
     the row keeps its int8 values)."""
     shape = logits.shape
     flat = logits.reshape(-1, shape[-1])
-    h = hidden.reshape(-1, hidden.shape[-1]).astype(jnp.float32)
-    ids = jax.lax.top_k(flat, RESCORED)[1]
-    rows = table.values[ids].astype(jnp.float32) * table.scales[ids][..., None]
-    exact = jnp.einsum("rkd,rd->rk", rows, h)
+    ids = topk.top_k(flat, RESCORED)[1]
+    exact = _exact_logits(hidden, table, ids)
     flat = flat.at[jnp.arange(flat.shape[0])[:, None], ids].set(exact)
     return flat.reshape(shape)
+
+
+def _exact_logits(hidden: jax.Array, table: Int8Weight, ids: jax.Array) -> jax.Array:
+    """Logits [R, K] of tokens ``ids`` [R, K] from the unrounded hidden states [R, D]."""
+    h = hidden.reshape(-1, hidden.shape[-1]).astype(jnp.float32)
+    rows = table.values[ids].astype(jnp.float32) * table.scales[ids][..., None]
+    return jnp.einsum("rkd,rd->rk", rows, h)
+
+
+def greedy_tokens(params: Params, hidden: jax.Array) -> jax.Array:
+    """``argmax(unembed(hidden))`` per row of final-normed ``hidden`` [R, D], int32 [R],
+    without building the full rescored logits: with an int8 table, the argmax of the rescored
+    row is the best of its ``RESCORED`` rescored candidates and the next int8 logit (every
+    other logit is at most that one). Gemma 2's soft-cap is monotonic, so it is left out."""
+    table = params["embed"]
+    logits = linear(hidden, table)
+    if not isinstance(table, Int8Weight):
+        return topk.argmax(logits)
+    values, ids = topk.top_k(logits, RESCORED + 1)
+    exact = _exact_logits(hidden, table, ids[:, :RESCORED])
+    scores = jnp.concatenate([exact, values[:, RESCORED:]], axis=1)
+    best = jnp.argmax(scores, axis=1)
+    return jnp.take_along_axis(ids, best[:, None], axis=1)[:, 0]
 
 
 def _rope_tables(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -249,12 +271,26 @@ def decode(
     tokens: jax.Array,
     positions: jax.Array,
 ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
+    """``decode_hidden`` followed by ``unembed``: logits [R, V] and the updated caches."""
+    hidden, k, v = decode_hidden(config, params, k_cache, v_cache, tokens, positions)
+    return unembed(config, params, hidden), k, v
+
+
+def decode_hidden(
+    config: ModelConfig,
+    params: Params,
+    k_cache: Sequence[jax.Array],
+    v_cache: Sequence[jax.Array],
+    tokens: jax.Array,
+    positions: jax.Array,
+) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
     """One token for each of the first R slots. ``tokens``/``positions`` [R]; per-layer caches
     [S, T, KV, hd] with S >= R (slots past R are left alone, so a few active slots do not pay
     for all of them).
 
     The cache (in its storage type, see ``store_kv``) holds positions < ``positions[s]`` of
-    slot s. Returns logits [R, V] and the updated caches (new entries written at ``positions``).
+    slot s. Returns the final-normed hidden states [R, D] and the updated caches (new entries
+    written at ``positions``).
     """
     slots, capacity = tokens.shape[0], k_cache[0].shape[1]
     cos, sin = _rope_tables(config, positions)
@@ -289,5 +325,4 @@ def decode(
         h = _mlp_and_residual(config, layer, h, attn)
         new_k.append(k_all)
         new_v.append(v_all)
-    h = rms_norm(h, params["final_norm"], config.norm_eps)
-    return unembed(config, params, h), new_k, new_v
+    return rms_norm(h, params["final_norm"], config.norm_eps), new_k, new_v

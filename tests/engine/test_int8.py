@@ -52,3 +52,22 @@ def test_top_logits_are_recomputed_from_the_unrounded_hidden_state() -> None:
         rest = np.setdiff1d(np.arange(config.vocab_size), top)
         np.testing.assert_array_equal(logits[row, rest], rounded[row, rest])
         assert logits[row].argmax() == exact[row].argmax()  # the tiny model's gaps are wide
+
+
+def test_greedy_tokens_are_the_argmax_of_the_rescored_logits() -> None:
+    """The greedy step never builds the rescored row, yet picks what its argmax would."""
+    config = tiny_config(vocab_size=8192)
+    params = to_pytree(convert(random_tensors(config), "int8"))
+    rng = np.random.default_rng(2)
+    hidden = rng.normal(size=(64, config.d_model)).astype(np.float32)
+    hidden[:, :4] *= 30.0  # outlier channels: int8 activations then reorder the top logits
+    logits = np.asarray(model.unembed(config, params, jnp.asarray(hidden)))
+    tokens = np.asarray(model.greedy_tokens(params, jnp.asarray(hidden)))
+    np.testing.assert_array_equal(tokens, logits.argmax(axis=1))
+    rounded = np.asarray(model.linear(jnp.asarray(hidden), params["embed"]))
+    top = np.argsort(-rounded, axis=1, kind="stable")
+    assert (tokens != top[:, 0]).any()  # rescoring changed some choices: the case is exercised
+    float_params = to_pytree(convert(random_tensors(config), "f32"))
+    float_logits = model.unembed(config, float_params, jnp.asarray(hidden))
+    float_tokens = np.asarray(model.greedy_tokens(float_params, jnp.asarray(hidden)))
+    np.testing.assert_array_equal(float_tokens, np.asarray(float_logits).argmax(axis=1))
