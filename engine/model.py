@@ -108,11 +108,14 @@ def _rescore(hidden: jax.Array, table: Int8Weight, logits: jax.Array) -> jax.Arr
     candidates, where greedy decoding's choice and most of top-k/top-p's mass lie (the rest of
     the row keeps its int8 values)."""
     shape = logits.shape
-    flat = logits.reshape(-1, shape[-1])
-    ids = topk.top_k(flat, RESCORED)[1]
+    # Found, rescored and patched in the tiled shape the top-k reads: were the patch made
+    # on the flat row, XLA:CPU would compute the int32 -> float scaling twice (once per shape).
+    tiles = topk.tiled(logits.reshape(-1, shape[-1]), topk.block_for(shape[-1], RESCORED))
+    ids = topk.top_k_tiles(tiles, RESCORED)[1]
     exact = _exact_logits(hidden, table, ids)
-    flat = flat.at[jnp.arange(flat.shape[0])[:, None], ids].set(exact)
-    return flat.reshape(shape)
+    rows = jnp.arange(tiles.shape[0])[:, None]
+    tiles = tiles.at[rows, ids // tiles.shape[2], ids % tiles.shape[2]].set(exact)
+    return tiles.reshape(tiles.shape[0], -1)[:, : shape[-1]].reshape(shape)
 
 
 def _exact_logits(hidden: jax.Array, table: Int8Weight, ids: jax.Array) -> jax.Array:

@@ -19,20 +19,34 @@ import jax
 import jax.numpy as jnp
 
 BLOCK = 256  # tokens per block: 1,024 blocks for Gemma's vocabulary
-_MIN_BLOCKS_PER_K = 4  # below this many blocks per wanted element, one TopK is as cheap
+_MIN_BLOCKS_PER_K = 4  # blocks per wanted element, at least (narrow rows get smaller blocks)
 
 
 def top_k(x: jax.Array, k: int, block: int = BLOCK) -> tuple[jax.Array, jax.Array]:
-    """``jax.lax.top_k`` over the last axis of a 2-D ``x``: values and int32 indices [R, k]."""
+    """``jax.lax.top_k`` over the last axis of a 2-D ``x``: values and int32 indices [R, k].
+
+    ``block`` shrinks for narrow rows, to keep several blocks per wanted element."""
+    return top_k_tiles(tiled(x, block_for(x.shape[1], k, block)), k)
+
+
+def block_for(width: int, k: int, block: int = BLOCK) -> int:
+    """The block size ``top_k`` cuts a row of ``width`` into for ``k`` elements."""
+    return max(1, min(block, width // (_MIN_BLOCKS_PER_K * k)))
+
+
+def tiled(x: jax.Array, block: int = BLOCK) -> jax.Array:
+    """A 2-D ``x`` as [R, blocks, block], padded past its end with -inf (which ranks after
+    every real element, at higher indices)."""
     rows, width = x.shape
-    blocks = -(-width // block)
-    if blocks < _MIN_BLOCKS_PER_K * k:
-        values, ids = _top_k(x, k)
-        return values, ids.astype(jnp.int32)
-    pad = blocks * block - width
-    if pad:  # padding ranks after every real element (-inf, at higher indices)
+    pad = -width % block
+    if pad:
         x = jnp.pad(x, ((0, 0), (0, pad)), constant_values=-jnp.inf)
-    tiles = x.reshape(rows, blocks, block)
+    return x.reshape(rows, -1, block)
+
+
+def top_k_tiles(tiles: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """``top_k`` of each row of ``tiles`` [R, blocks, block] read as one flat row."""
+    rows, _, block = tiles.shape
     best = jnp.max(tiles, axis=-1)
     chosen = jnp.sort(_top_k(best, k)[1], axis=-1)
     candidates = jnp.take_along_axis(tiles, chosen[:, :, None], axis=1).reshape(rows, k * block)
