@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import engine_chunked, engine_prefix
+from bench import engine_chunked, engine_prefix, engine_profile
 
 LLAMA_CPP_ENV = Path(__file__).resolve().parent.parent / ".venvs" / "llama-cpp"
 SAMPLE_TEXT = (
@@ -68,6 +68,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--llama-threads", type=int, default=2)
     engine_prefix.add_arguments(parser)
     engine_chunked.add_arguments(parser)
+    engine_profile.add_arguments(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -326,6 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.long_prompt:
         engine_chunked.run(args)
+        return 0
+    if args.profile:
+        engine_profile.run(args)
         return 0
     if args.child:
         result = _measure(args.child, args)

@@ -354,6 +354,11 @@ class GemmaEngine:
         )
         return state, _to_host(selection)
 
+    def compiled_step_text(self, state: DecodeState) -> str:
+        """The compiled greedy step for ``state``'s shape, as XLA's text (for profiling)."""
+        rows = self._rows(state)
+        return str(self._generate.lower(self.params, state, -1, rows, None).compile().as_text())
+
     def allow_all(self, rows: int | None = None) -> np.ndarray:
         """A host token bitmask allowing every token, one row per slot (or ``rows`` rows).
 
