@@ -21,7 +21,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-_INSTRUCTION = re.compile(r"\s*%?([\w.\-]+) = (\S+) .*?op_name=\"([^\"]+)\"")
+_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ")
+_OP_NAME = re.compile(r"op_name=\"([^\"]+)\"")
 _SHAPE = re.compile(r"^\(?[a-z0-9]+\[([\d,]*)\]")
 PARTS = ("logits dot", "layer dots", "top-k", "other device work", "between thunks")
 
@@ -36,16 +37,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def instructions(hlo_text: str) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Each instruction of a compiled module's text: its output dimensions and JAX op name."""
+    """Each instruction of a compiled module's text: its output dimensions and the JAX op it
+    came from ("" for one XLA added itself)."""
     found: dict[str, tuple[tuple[int, ...], str]] = {}
     for line in hlo_text.splitlines():
         match = _INSTRUCTION.match(line)
         if match is None:
             continue
-        name, shape, op = match.groups()
+        name, shape = match.groups()
         dims = _SHAPE.match(shape)
         sizes = tuple(int(d) for d in dims.group(1).split(",") if d) if dims else ()
-        found[name] = (sizes, op.rsplit("/", 1)[-1])
+        op = _OP_NAME.search(line)  # none on what XLA added itself (copies, bitcasts)
+        found[name] = (sizes, op.group(1).rsplit("/", 1)[-1] if op else "")
     return found
 
 

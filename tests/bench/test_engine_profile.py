@@ -12,6 +12,7 @@ ENTRY %main {
   %ynn_fusion.7 = s32[2,4096]{1,0} fusion(%c, %d), metadata={op_name="jit(f)/dot_general"}
   %custom-call.1 = (f32[2,16]{1,0}, s32[2,16]{1,0}) custom-call(%e), metadata={op_name="top_k"}
   %add_rsqrt_fusion = f32[2,64]{1,0} fusion(%f), kind=kLoop, metadata={op_name="jit(f)/rsqrt"}
+  ROOT %copy.3 = f32[2,64]{1,0} copy(%add_rsqrt_fusion)
 }
 """
 
@@ -21,6 +22,7 @@ def test_instructions_read_shapes_and_ops() -> None:
     assert found["ynn_fusion.2"] == ((2, 512), "dot_general")
     assert found["custom-call.1"] == ((2, 16), "top_k")  # a tuple: its first element
     assert found["add_rsqrt_fusion"] == ((2, 64), "rsqrt")
+    assert found["copy.3"] == ((2, 64), "")  # XLA's own: no JAX op behind it
 
 
 def test_split_sums_thunks_per_step_by_part() -> None:
@@ -29,7 +31,8 @@ def test_split_sums_thunks_per_step_by_part() -> None:
         {"ph": "X", "name": "ynn_fusion.7", "dur": 3000.0},
         {"ph": "X", "name": "ynn_fusion.7", "dur": 3000.0},
         {"ph": "X", "name": "custom-call.1", "dur": 1000.0},
-        {"ph": "X", "name": "add_rsqrt_fusion", "dur": 2000.0},
+        {"ph": "X", "name": "add_rsqrt_fusion", "dur": 1500.0},
+        {"ph": "X", "name": "copy.3", "dur": 500.0},
         {"ph": "X", "name": "PjitFunction(_generate)", "dur": 9000.0},  # not a thunk
         {"ph": "i", "name": "ynn_fusion.2", "dur": 9000.0},  # not a complete event
     ]
