@@ -37,8 +37,8 @@ PROMPT_CHUNK = 64  # rows of prompt logits materialised at once for echo/logprob
 class DecodeState(NamedTuple):
     """Everything the decode step reads and writes, for all slots at once."""
 
-    k: tuple[jax.Array, ...]  # per layer [S, T, KV, hd]; T is the current KV bucket
-    v: tuple[jax.Array, ...]
+    k: tuple[jax.Array, ...]  # per layer [S, KV, hd, T], position-last (model.decode_hidden)
+    v: tuple[jax.Array, ...]  # per layer [S, T, KV, hd]; T is the current KV bucket
     tokens: jax.Array  # [S] next input token per slot
     positions: jax.Array  # [S] its position (= entries already in the cache)
     active: jax.Array  # [S] bool
@@ -158,6 +158,7 @@ class GemmaEngine:
         c = self.config
         t = _bucket(self.kv_buckets, capacity or 1)
         shape = (self._state_rows, t, c.n_kv_heads, c.head_dim)
+        keys = (self._state_rows, c.n_kv_heads, c.head_dim, t)
         s = self._state_rows
         sampling = SamplingState(
             temperature=jnp.zeros(s, jnp.float32),
@@ -167,7 +168,7 @@ class GemmaEngine:
             steps=jnp.zeros(s, jnp.int32),
         )
         return DecodeState(
-            k=tuple(jnp.zeros(shape, self.kv_storage) for _ in range(c.n_layers)),
+            k=tuple(jnp.zeros(keys, self.kv_storage) for _ in range(c.n_layers)),
             v=tuple(jnp.zeros(shape, self.kv_storage) for _ in range(c.n_layers)),
             tokens=jnp.zeros(s, jnp.int32),
             positions=jnp.zeros(s, jnp.int32),
@@ -177,7 +178,7 @@ class GemmaEngine:
 
     def capacity(self, state: DecodeState) -> int:
         """Positions per slot in the current KV bucket."""
-        return int(state.k[0].shape[1])
+        return int(state.v[0].shape[1])
 
     def fit_capacity(self, state: DecodeState, needed: int) -> DecodeState:
         """Grow the KV cache to the bucket holding ``needed`` positions; shrink when far larger."""
@@ -510,18 +511,23 @@ def _insert(
     length: jax.Array,
     sampling: SamplingState,
 ) -> DecodeState:
-    capacity = state.k[0].shape[1]
+    capacity = state.v[0].shape[1]
     start = (slot, 0, 0, 0)
 
     def put(cache: jax.Array, entries: jax.Array) -> jax.Array:
         # The host made sure the prompt fits; bucket padding past capacity is cut off.
         return jax.lax.dynamic_update_slice(cache, entries[None, :capacity], start)
 
+    def put_keys(cache: jax.Array, entries: jax.Array) -> jax.Array:
+        # Position-last, as the decode step keeps keys ([T, KV, hd] -> [1, KV, hd, T]).
+        keys = entries[:capacity].transpose(1, 2, 0)[None]
+        return jax.lax.dynamic_update_slice(cache, keys, start)
+
     rows = jax.tree.map(
         lambda all_rows, row: all_rows.at[slot].set(row[0]), state.sampling, sampling
     )
     return DecodeState(
-        k=tuple(put(c, e) for c, e in zip(state.k, k, strict=True)),
+        k=tuple(put_keys(c, e) for c, e in zip(state.k, k, strict=True)),
         v=tuple(put(c, e) for c, e in zip(state.v, v, strict=True)),
         tokens=state.tokens.at[slot].set(token),
         positions=state.positions.at[slot].set(length),
@@ -563,13 +569,15 @@ def _generate(
 
 
 def _resize(state: DecodeState, capacity: int) -> DecodeState:
-    def fit(cache: jax.Array) -> jax.Array:
-        current = cache.shape[1]
+    def fit(cache: jax.Array, axis: int) -> jax.Array:
+        current = cache.shape[axis]
         if capacity > current:
-            return jnp.pad(cache, ((0, 0), (0, capacity - current), (0, 0), (0, 0)))
-        return cache[:, :capacity]
+            widths = [(0, 0)] * cache.ndim
+            widths[axis] = (0, capacity - current)
+            return jnp.pad(cache, widths)
+        return jax.lax.slice_in_dim(cache, 0, capacity, axis=axis)
 
-    return state._replace(k=tuple(map(fit, state.k)), v=tuple(map(fit, state.v)))
+    return state._replace(k=tuple(fit(c, 3) for c in state.k), v=tuple(fit(c, 1) for c in state.v))
 
 
 def _sampling_rows(rows: Sequence[SlotSampling]) -> SamplingState:

@@ -266,6 +266,15 @@ def _write(
     )
 
 
+def _write_keys(
+    cache: jax.Array, rows: jax.Array, positions: jax.Array, entries: jax.Array
+) -> jax.Array:
+    """``_write`` into a key cache held position-last ([S, KV, hd, T], see ``decode_hidden``)."""
+    return cache.at[rows, :, :, positions].set(
+        store_kv(entries, cache.dtype), mode="drop", unique_indices=True
+    )
+
+
 def decode(
     config: ModelConfig,
     params: Params,
@@ -288,14 +297,16 @@ def decode_hidden(
     positions: jax.Array,
 ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
     """One token for each of the first R slots. ``tokens``/``positions`` [R]; per-layer caches
-    [S, T, KV, hd] with S >= R (slots past R are left alone, so a few active slots do not pay
-    for all of them).
+    ([S, KV, hd, T] keys, [S, T, KV, hd] values) with S >= R (slots past R are left alone,
+    so a few active slots do not pay for all of them).
 
     The cache (in its storage type, see ``store_kv``) holds positions < ``positions[s]`` of
-    slot s. Returns the final-normed hidden states [R, D] and the updated caches (new entries
-    written at ``positions``).
+    slot s. Keys are held position-last, [S, KV, hd, T]: the order the score dot reads them in
+    (held [S, T, KV, hd], as values are, XLA:CPU copied each layer's keys into it every step,
+    a copy as large as the context). Returns the final-normed hidden states [R, D] and the
+    updated caches (new entries written at ``positions``).
     """
-    slots, capacity = tokens.shape[0], k_cache[0].shape[1]
+    slots, capacity = tokens.shape[0], v_cache[0].shape[1]
     cos, sin = _rope_tables(config, positions)
     distance = positions[:, None] - jnp.arange(capacity)[None, :]
     causal = distance > 0  # strictly earlier positions live in the cache
@@ -314,11 +325,11 @@ def decode_hidden(
         q, k, v = _qkv(config, layer, x, cos[which], sin[which])
         # Write first (one entry per slot, in place), then attend over the cache including
         # this position. Slots whose position fell outside the bucket (inactive) are dropped.
-        k_all = _write(k_cache[index], rows, positions, k)
+        k_all = _write_keys(k_cache[index], rows, positions, k)
         v_all = _write(v_cache[index], rows, positions, v)
         k_past, v_past = attention_view(k_all[:slots]), attention_view(v_all[:slots])
         qg = q.reshape(slots, config.n_kv_heads, groups, config.head_dim).astype(k_past.dtype)
-        scores = jnp.einsum("skgd,stkd->skgt", qg, k_past, preferred_element_type=jnp.float32)
+        scores = jnp.einsum("skgd,skdt->skgt", qg, k_past, preferred_element_type=jnp.float32)
         scores = _softcap(scores, config.attn_softcap)
         mask = (local_mask if is_local else causal) | (distance == 0)
         scores = jnp.where(mask[:, None, None, :], scores, -1e30)
