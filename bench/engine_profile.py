@@ -3,8 +3,10 @@
 The engine's greedy step is traced with ``jax.profiler`` over a few steps at each stream count.
 Every thunk the trace shows is matched to its instruction in the compiled step (its output
 shape and the JAX operation it came from) and summed into parts: the vocabulary-wide logits
-dot, the layers' dots, top-k and sorting, and the rest of the device work; what the step took
-beyond its thunks is spent between them (dispatch, waits, the copy of the chosen tokens back).
+dot, the layers' weight dots, top-k and sorting, and the rest of the device work (attention's
+dots among it: XLA fuses them without naming the operation); what the step took beyond its
+thunks is spent between them (dispatch, waits, the copy of the chosen tokens back). Thunks that
+run at once on two threads can sum past the step's time, which then shows no time between.
 Measure this before optimising the step: the split moves with the machine and the batch.
 """
 

@@ -37,7 +37,7 @@ PROMPT_CHUNK = 64  # rows of prompt logits materialised at once for echo/logprob
 class DecodeState(NamedTuple):
     """Everything the decode step reads and writes, for all slots at once."""
 
-    k: tuple[jax.Array, ...]  # per layer [S, KV, hd, T], position-last (model.decode_hidden)
+    k: tuple[jax.Array, ...]  # per layer [S, KV, hd, T]: keys position-last (decode_hidden)
     v: tuple[jax.Array, ...]  # per layer [S, T, KV, hd]; T is the current KV bucket
     tokens: jax.Array  # [S] next input token per slot
     positions: jax.Array  # [S] its position (= entries already in the cache)
@@ -178,7 +178,7 @@ class GemmaEngine:
 
     def capacity(self, state: DecodeState) -> int:
         """Positions per slot in the current KV bucket."""
-        return int(state.v[0].shape[1])
+        return int(state.v[0].shape[model.VALUE_POSITIONS])
 
     def fit_capacity(self, state: DecodeState, needed: int) -> DecodeState:
         """Grow the KV cache to the bucket holding ``needed`` positions; shrink when far larger."""
@@ -487,8 +487,7 @@ def _prompt_logprobs(
     logits = model.unembed(config, params, hidden)
     lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
     chosen = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0] - lse[:, 0]
-    # A barrier, as in sampling.select: keeps XLA:CPU from rewriting the top-k into a sort.
-    top_vals, top_ids = jax.lax.optimization_barrier(topk.top_k(logits, max(n_top, 1)))
+    top_vals, top_ids = topk.top_k(logits, max(n_top, 1))
     return Selection(
         targets, chosen, top_ids[:, :n_top], (top_vals - lse)[:, :n_top]
     )
@@ -511,24 +510,23 @@ def _insert(
     length: jax.Array,
     sampling: SamplingState,
 ) -> DecodeState:
-    capacity = state.v[0].shape[1]
+    capacity = state.v[0].shape[model.VALUE_POSITIONS]
     start = (slot, 0, 0, 0)
 
-    def put(cache: jax.Array, entries: jax.Array) -> jax.Array:
-        # The host made sure the prompt fits; bucket padding past capacity is cut off.
-        return jax.lax.dynamic_update_slice(cache, entries[None, :capacity], start)
-
-    def put_keys(cache: jax.Array, entries: jax.Array) -> jax.Array:
-        # Position-last, as the decode step keeps keys ([T, KV, hd] -> [1, KV, hd, T]).
-        keys = entries[:capacity].transpose(1, 2, 0)[None]
-        return jax.lax.dynamic_update_slice(cache, keys, start)
+    def put(cache: jax.Array, entries: jax.Array, keys: bool) -> jax.Array:
+        # The host made sure the prompt fits; bucket padding past capacity is cut off. Keys
+        # go position-last, as the decode step keeps them ([T, KV, hd] -> [KV, hd, T]).
+        fitted = entries[:capacity]
+        return jax.lax.dynamic_update_slice(
+            cache, (fitted.transpose(1, 2, 0) if keys else fitted)[None], start
+        )
 
     rows = jax.tree.map(
         lambda all_rows, row: all_rows.at[slot].set(row[0]), state.sampling, sampling
     )
     return DecodeState(
-        k=tuple(put_keys(c, e) for c, e in zip(state.k, k, strict=True)),
-        v=tuple(put(c, e) for c, e in zip(state.v, v, strict=True)),
+        k=tuple(put(c, e, keys=True) for c, e in zip(state.k, k, strict=True)),
+        v=tuple(put(c, e, keys=False) for c, e in zip(state.v, v, strict=True)),
         tokens=state.tokens.at[slot].set(token),
         positions=state.positions.at[slot].set(length),
         active=state.active.at[slot].set(True),
@@ -577,7 +575,10 @@ def _resize(state: DecodeState, capacity: int) -> DecodeState:
             return jnp.pad(cache, widths)
         return jax.lax.slice_in_dim(cache, 0, capacity, axis=axis)
 
-    return state._replace(k=tuple(fit(c, 3) for c in state.k), v=tuple(fit(c, 1) for c in state.v))
+    return state._replace(
+        k=tuple(fit(c, model.KEY_POSITIONS) for c in state.k),
+        v=tuple(fit(c, model.VALUE_POSITIONS) for c in state.v),
+    )
 
 
 def _sampling_rows(rows: Sequence[SlotSampling]) -> SamplingState:

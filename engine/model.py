@@ -258,34 +258,16 @@ def attention_view(stored: jax.Array) -> jax.Array:
     return stored
 
 
+KEY_POSITIONS = 3  # the positions axis of a decode key cache [S, KV, hd, T]
+VALUE_POSITIONS = 1  # ... of a value cache [S, T, KV, hd]
+
+
 def _write(
-    cache: jax.Array, rows: jax.Array, positions: jax.Array, entries: jax.Array
+    cache: jax.Array, rows: jax.Array, positions: jax.Array, entries: jax.Array, axis: int
 ) -> jax.Array:
-    return cache.at[rows, positions].set(
-        store_kv(entries, cache.dtype), mode="drop", unique_indices=True
-    )
-
-
-def _write_keys(
-    cache: jax.Array, rows: jax.Array, positions: jax.Array, entries: jax.Array
-) -> jax.Array:
-    """``_write`` into a key cache held position-last ([S, KV, hd, T], see ``decode_hidden``)."""
-    return cache.at[rows, :, :, positions].set(
-        store_kv(entries, cache.dtype), mode="drop", unique_indices=True
-    )
-
-
-def decode(
-    config: ModelConfig,
-    params: Params,
-    k_cache: Sequence[jax.Array],
-    v_cache: Sequence[jax.Array],
-    tokens: jax.Array,
-    positions: jax.Array,
-) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
-    """``decode_hidden`` followed by ``unembed``: logits [R, V] and the updated caches."""
-    hidden, k, v = decode_hidden(config, params, k_cache, v_cache, tokens, positions)
-    return unembed(config, params, hidden), k, v
+    """One entry [KV, hd] per slot ``rows`` at ``positions`` along the cache's ``axis``."""
+    at = (rows, *[slice(None)] * (axis - 1), positions)
+    return cache.at[at].set(store_kv(entries, cache.dtype), mode="drop", unique_indices=True)
 
 
 def decode_hidden(
@@ -306,7 +288,7 @@ def decode_hidden(
     a copy as large as the context). Returns the final-normed hidden states [R, D] and the
     updated caches (new entries written at ``positions``).
     """
-    slots, capacity = tokens.shape[0], v_cache[0].shape[1]
+    slots, capacity = tokens.shape[0], v_cache[0].shape[VALUE_POSITIONS]
     cos, sin = _rope_tables(config, positions)
     distance = positions[:, None] - jnp.arange(capacity)[None, :]
     causal = distance > 0  # strictly earlier positions live in the cache
@@ -325,8 +307,8 @@ def decode_hidden(
         q, k, v = _qkv(config, layer, x, cos[which], sin[which])
         # Write first (one entry per slot, in place), then attend over the cache including
         # this position. Slots whose position fell outside the bucket (inactive) are dropped.
-        k_all = _write_keys(k_cache[index], rows, positions, k)
-        v_all = _write(v_cache[index], rows, positions, v)
+        k_all = _write(k_cache[index], rows, positions, k, KEY_POSITIONS)
+        v_all = _write(v_cache[index], rows, positions, v, VALUE_POSITIONS)
         k_past, v_past = attention_view(k_all[:slots]), attention_view(v_all[:slots])
         qg = q.reshape(slots, config.n_kv_heads, groups, config.head_dim).astype(k_past.dtype)
         scores = jnp.einsum("skgd,skdt->skgt", qg, k_past, preferred_element_type=jnp.float32)

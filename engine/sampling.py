@@ -51,8 +51,8 @@ def select(logits: jax.Array, state: SamplingState, n_top: int) -> Selection:
     """Choose one token per row of ``logits`` [S, V] and report logprobs."""
     logits = logits.astype(jnp.float32)
     lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-    # The barrier stops XLA:CPU rewriting this top-k by its uses (it turned into a full sort:
-    # 2.5 s instead of 15 ms for 32 rows).
+    # The barrier keeps XLA:CPU from fusing this row's later uses into the top-k's passes
+    # (without it, 16 sampled streams ran 5% slower: 329 against 347 tok/s).
     cand_logits, cand_ids = jax.lax.optimization_barrier(
         topk.top_k(logits, max(CANDIDATES, n_top))
     )

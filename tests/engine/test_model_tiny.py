@@ -16,7 +16,7 @@ import pytest
 
 from engine import model
 from engine.config import EngineConfig, ModelConfig
-from engine.engine import GemmaEngine
+from engine.engine import DecodeState, GemmaEngine
 from engine.safetensors_loader import read_safetensors_checkpoint
 from engine.weights import Params, convert, to_pytree
 
@@ -105,7 +105,13 @@ def test_decode_steps_reproduce_prefill(family: int, tmp_path: Path) -> None:
     )
     engine = GemmaEngine(config, params, engine_config)
     state = engine.init_state()
-    decode = jax.jit(lambda p, s, t, pos: model.decode(config, p, s.k, s.v, t, pos))
+    def step(
+        p: Params, s: DecodeState, t: jax.Array, pos: jax.Array
+    ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
+        hidden, k, v = model.decode_hidden(config, p, s.k, s.v, t, pos)
+        return model.unembed(config, p, hidden), k, v
+
+    decode = jax.jit(step)
     # Prefill 4 tokens, then feed the rest one at a time through the KV cache (growing buckets).
     prefix = engine.prefill(tokens[:4].tolist())
     from engine.engine import SlotSampling
