@@ -152,7 +152,8 @@ class PoolSettings(_Strict):
     max_instances: int = Field(1, ge=1)  # elastic: the ceiling
     scale_up_s: float = Field(60.0, ge=0)  # from asking for an instance to its first request
     scale_down_s: float = Field(300.0, ge=0)  # a surplus instance stays up (and paid) this long
-    target_utilisation: float = Field(0.8, gt=0, le=1)  # share of slots the pool is sized to fill
+    # Share of slots the pool is sized to fill; unset: sized by its load (``PoolState.fill``).
+    target_utilisation: float | None = Field(None, gt=0, le=1)
     # Where the pool's instances are listed: "dns://name:port" (one address per instance) or
     # "k8s://namespace/service" (its EndpointSlices); None: counted from config and metrics.
     discovery: str | None = None

@@ -9,6 +9,7 @@ than one decode step's arrivals, on consecutive probes, shows the real slot coun
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -19,6 +20,9 @@ from gateway.settings import PoolSettings
 CONFIRMED_S = 300.0  # a slot count seen full is trusted this long, then probed again
 FULL_PROBES = 2  # probes in a row that must see a lasting queue
 PROBE_MARGIN = 0.05  # an unconfirmed slot count is filled this far past before a queue is expected
+# Slots a pool keeps free above its load, in standard deviations of the load (square-root
+# staffing): at 1.5 a request finds every slot taken a few percent of the time.
+STAFFING_MARGIN = 1.5
 
 
 @dataclass(slots=True)
@@ -74,6 +78,22 @@ class PoolState:
     def queue_seen(self) -> bool:
         """The last probe showed a queue that one decode step's arrivals do not explain."""
         return self._queued_at > 0
+
+    def fill(self, concurrency: float) -> float:
+        """Share of its slots the pool is sized to fill while carrying ``concurrency`` requests.
+
+        The operator's ``target_utilisation`` where set; else square-root staffing: the
+        requests in service vary by about the square root of their number, so a pool carrying
+        ``c`` of them keeps ``STAFFING_MARGIN * sqrt(c)`` slots free, a share that shrinks as
+        it grows (one 32-slot instance fills ~79%, a thousand requests ~95%). It is planned
+        for at least one instance's worth of requests: a pool is priced on the instance it
+        would add.
+        """
+        target = self.settings.target_utilisation
+        if target is not None:
+            return target
+        load = max(concurrency, self.slots_per_instance, 1.0)
+        return load / (load + STAFFING_MARGIN * math.sqrt(load))
 
     @property
     def sunk_slots(self) -> float:

@@ -45,7 +45,7 @@ class SlotPrice:
                               tpot_limit_s: float | None, *, fill: float | None = None) -> float:
         """Output tokens/s one instance serves at the pool's target fill (or ``fill`` of its
         slots), within a TPOT limit."""
-        share = pool.settings.target_utilisation if fill is None else fill
+        share = pool.fill(stats.concurrency) if fill is None else fill
         batch = max(1.0, pool.slots_per_instance * share)
         if tpot_limit_s is not None:
             batch = max(1.0, min(batch, stats.batch_within(tpot_limit_s)))

@@ -358,7 +358,7 @@ class Router:
                 allocated = max(allocated, allocate(demand, offers)[m.backend.name])
         # Work already past the warm floor keeps the instances it fills at the target (a
         # partly filled one is the allocation's call: it may be cheaper at the API).
-        fill = max(1e-9, pool.slots_per_instance * settings.target_utilisation)
+        fill = max(1e-9, pool.slots_per_instance * pool.fill(m.stats.concurrency))
         past = max(0.0, m.stats.concurrency - pool.sunk_slots)
         busy = settings.min_instances + math.floor(past / fill)
         return min(settings.max_instances, max(allocated, busy))
@@ -373,9 +373,14 @@ class Router:
     def _tokens_per_s(self, m: _Member) -> float:
         """Output tokens/s the work on ``m`` asks for now: each request there, running or
         waiting for a slot, at the rate a slot decodes at its batch (Little's law, so long
-        answers still running count as much as the short ones that have finished)."""
+        answers still running count as much as the short ones that have finished).
+
+        Only once an answer has been measured there: on the prior's TPOT alone (off by up to
+        2x either way) a backlog on a backend not yet measured would read as demand that is
+        not there, and instances bought for it stay up through their scale-down wait. The
+        arrivals count that work until then."""
         stats = m.stats
-        if not stats.concurrency:
+        if not stats.concurrency or stats.tpot_s is None:
             return 0.0
         if not m.price.hourly:
             return stats.concurrency / stats.tpot_at(1.0)

@@ -73,9 +73,9 @@ class Offer:
 def allocate(demand_tokens_per_s: float, offers: Sequence[Offer]) -> Mapping[str, int]:
     """Instances wanted per instance-priced backend to serve ``demand_tokens_per_s``.
 
-    Instances already up are kept first (cheapest first): their boot is paid, and trading
-    them for another pool's costs a boot there and a scale-down wait here, which only a
-    clearly cheaper pool (``SWITCH_GAIN``) is worth. New instances go to the cheapest pool.
+    Instances already up are kept first (``_keep``): their boot is paid, and trading them
+    for another pool's costs a boot there and a scale-down wait here, which only a clearly
+    cheaper pool (``SWITCH_GAIN``) is worth. New instances go to the cheapest pool.
     """
     remaining = demand_tokens_per_s
     wanted: dict[str, int] = {}
@@ -88,12 +88,7 @@ def allocate(demand_tokens_per_s: float, offers: Sequence[Offer]) -> Mapping[str
                    key=lambda o: o.usd_per_token)
     if not pools:
         return wanted
-    best = pools[0].usd_per_token
-    for o in pools:  # what is up already, while it is not far dearer than the best pool
-        if o.usd_per_token * SWITCH_GAIN > best:
-            continue
-        remaining = _add(o, min(o.up_instances, o.max_instances) - o.sunk_instances,
-                         remaining, lambda rest: rest * api, wanted)
+    remaining = _keep(pools, remaining, wanted)
     for i, o in enumerate(pools):  # then new instances, cheapest pool first
         later = pools[i + 1:]
 
@@ -105,6 +100,31 @@ def allocate(demand_tokens_per_s: float, offers: Sequence[Offer]) -> Mapping[str
 
         remaining = _add(o, o.max_instances - wanted[o.name], remaining, elsewhere, wanted)
     return wanted
+
+
+def _keep(pools: Sequence[Offer], remaining: float, wanted: dict[str, int]) -> float:
+    """Keep the instances up on pools not far dearer than the best (``pools`` cheapest first).
+
+    When they carry more than the demand, every one of them sheds the same share: their
+    measured prices differ by less than the switch is worth and move from one minute to the
+    next, so shedding the dearer one first would shed a different pool each time the order
+    flips, and an autoscaler that adds at once and removes only after a quiet spell would
+    keep all of them up.
+    """
+    best = pools[0].usd_per_token
+    held = {o.name: min(o.up_instances, o.max_instances) - o.sunk_instances for o in pools
+            if o.usd_per_token * SWITCH_GAIN <= best}
+    carried = sum(n * o.tokens_per_s for o in pools if (n := held.get(o.name, 0)) > 0)
+    if carried <= 0 or remaining <= 0:
+        return remaining
+    share = min(1.0, remaining / carried)
+    for o in pools:
+        n = held.get(o.name, 0)
+        if n > 0:
+            keep = min(n, math.ceil(n * share - 1e-9))
+            wanted[o.name] += keep
+            remaining -= keep * o.tokens_per_s
+    return remaining
 
 
 def _add(o: Offer, room: int, remaining: float, elsewhere: Callable[[float], float],

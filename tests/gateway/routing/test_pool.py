@@ -108,3 +108,18 @@ def test_a_scale_down_cancels_the_newest_boots_first() -> None:
     clock[0] = 151.0
     pool.asked(5)
     assert pool.ready == 5
+
+
+def test_an_unset_target_fills_a_pool_more_the_more_it_carries() -> None:
+    pool = PoolState(PoolSettings(billing="elastic", max_instances=8), prior_slots=32)
+    one = pool.fill(0)  # priced on the instance it would add: one instance's worth of load
+    assert one == pytest.approx(32 / (32 + 1.5 * 32**0.5))
+    assert pool.fill(10) == one  # never planned below one instance's worth
+    assert one < pool.fill(256) < pool.fill(1000) < 1.0
+    assert pool.fill(1000) > 0.95
+
+
+def test_an_operator_target_is_the_fill_whatever_the_load() -> None:
+    settings = PoolSettings(billing="elastic", max_instances=8, target_utilisation=0.7)
+    pool = PoolState(settings, prior_slots=32)
+    assert pool.fill(0) == pool.fill(5000) == 0.7

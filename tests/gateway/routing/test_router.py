@@ -313,11 +313,15 @@ def test_a_filled_batch_that_has_not_started_ending_is_not_queued_on() -> None:
     assert cheap().queued and cheap().meets(objectives)
 
 
+TARGET = {"target_utilisation": 0.8}  # the operator's fill, so the arithmetic is fixed
+
+
 def _scaling_fleet(clock: Clock, api_usd_per_mtok: float = 400.0, **pool_a: Any) -> Router:
     configs = [
-        _config("reserved", price={"usd_per_hour": 1.0}, capacity=PRIOR),
-        _elastic("pool-a", 2.0, PRIOR, **pool_a),
-        _elastic("pool-b", 2.5, PRIOR),
+        _config("reserved", price={"usd_per_hour": 1.0}, capacity=PRIOR,
+                pool={"billing": "reserved", **TARGET}),
+        _elastic("pool-a", 2.0, PRIOR, **TARGET, **pool_a),
+        _elastic("pool-b", 2.5, PRIOR, **TARGET),
         _config("api", price={"usd_per_mtok_output": api_usd_per_mtok}, capacity=PRIOR),
     ]
     router, _ = _router(configs, clock)
@@ -334,12 +338,33 @@ def _in_flight(router: Router, **requests: int) -> None:
             router.attempt_started(name, retry=False)
 
 
+def _measured(router: Router, *names: str) -> None:
+    """One answer ended on each of ``names`` at the prior's 10 ms a token: work in flight
+    there now counts as demand (Little's law needs a measured decode speed)."""
+    for name in names:
+        router.attempt_started(name, retry=False)
+        router.first_token(name, 0.1)
+        router.finished(name, ok=True, output_tokens=101, decode_s=1.0)
+
+
+def test_work_on_a_backend_not_yet_measured_is_not_read_as_demand() -> None:
+    # On the prior's TPOT alone, 30 requests at the API would read as 3,000 tokens/s: the
+    # prior may be off by 2x either way, and instances bought for a misread stay up for
+    # their whole scale-down wait. Once an answer there has been measured, they count.
+    router = _scaling_fleet(Clock())
+    _in_flight(router, api=30)
+    assert router.desired_instances("pool-a") == 0
+    _measured(router, "api")
+    assert router.desired_instances("pool-a") == 4
+
+
 def test_demand_past_paid_capacity_asks_only_the_cheapest_pool_to_grow() -> None:
     router = _scaling_fleet(Clock())
     # A slot decodes 100 tokens/s (TPOT 10 ms): 4 running on the reserved instance and 6 at
     # the API ask for 1,000 tokens/s. The reserved instance serves 320 at its target fill,
     # each pool instance the same: two full ones and a third whose 40 tokens/s would cost
     # more at the API's $400/1M than the instance's $2/hour.
+    _measured(router, "reserved", "api")
     _in_flight(router, reserved=4, api=6)
     wanted = {n: router.desired_instances(n) for n in ("pool-a", "pool-b", "reserved")}
     assert wanted == {"pool-a": 3, "pool-b": 0, "reserved": 1}
@@ -347,6 +372,7 @@ def test_demand_past_paid_capacity_asks_only_the_cheapest_pool_to_grow() -> None
 
 def test_a_pool_at_its_ceiling_passes_the_rest_to_the_next() -> None:
     router = _scaling_fleet(Clock(), max_instances=1)
+    _measured(router, "reserved", "api")
     _in_flight(router, reserved=4, api=6)
     assert router.desired_instances("pool-a") == 1
     assert router.desired_instances("pool-b") == 2
@@ -356,6 +382,7 @@ def test_a_partly_filled_instance_is_asked_for_only_when_it_costs_less_than_the_
     # pool-a costs $1.74/1M filled; the API $3/1M: a partly filled instance ($2/hour) pays
     # from 185 tokens/s on.
     router = _scaling_fleet(Clock(), api_usd_per_mtok=3.0)
+    _measured(router, "reserved", "api")
     _in_flight(router, reserved=4, api=1)  # 180 tokens/s past the reserved instance
     assert router.desired_instances("pool-a") == 0
     _in_flight(router, api=1)  # 280
@@ -373,6 +400,7 @@ def test_without_discovery_the_pool_count_follows_what_was_asked() -> None:
     ], clock)
     router.observe_load("pool", LoadSnapshot(healthy=False))
     assert router.billed_instances("pool") == 0
+    _measured(router, "api")
     _in_flight(router, api=20)
     assert router.desired_instances("pool") == 4
     assert router.billed_instances("pool") == 4  # billed from the ask, serving a boot later

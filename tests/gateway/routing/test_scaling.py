@@ -44,6 +44,15 @@ def test_instances_already_up_are_kept_unless_another_pool_is_clearly_cheaper() 
     assert allocate(2000, far) == {"up": 0, "new": 2}
 
 
+def test_near_priced_pools_up_beyond_the_demand_shed_alike_whichever_looks_cheaper() -> None:
+    # 3,000 tokens/s over 6 instances up on two pools priced within measurement noise: each
+    # keeps half, and swapping which one reads cheaper does not move the counts.
+    a, b = _pool("a", 1.00e-6, up=4), _pool("b", 1.02e-6, up=2)
+    assert allocate(3000, [a, b, API]) == {"a": 2, "b": 1}
+    a, b = _pool("a", 1.02e-6, up=4), _pool("b", 1.00e-6, up=2)
+    assert allocate(3000, [a, b, API]) == {"a": 2, "b": 1}
+
+
 def test_without_an_api_every_token_needs_an_instance() -> None:
     assert allocate(2100, [_pool("only", 1e-6)]) == {"only": 3}
 
