@@ -290,8 +290,13 @@ class BackendStats:
             # then almost nothing frees (no recent ending: no wait is predicted short).
             base += (over + 3.0 * math.sqrt(over) + 1.0) / self.ending_rate()
         # A request still waiting says the next one will wait at least as long (cold start,
-        # a stalled server) before any failure has been counted.
-        return max(base, self.oldest_wait_s())
+        # a stalled server) before any failure has been counted: where it would queue too,
+        # or on a lone instance. With slots free on several instances a new request goes to
+        # a free one (balancers send to the least loaded); one still queued behind a full
+        # instance since the pool was smaller says nothing about it.
+        if over > 0 or self.instances <= 1.0:
+            return max(base, self.oldest_wait_s())
+        return base
 
     def tpot_at(self, batch: float) -> float:
         """Seconds per output token at a per-instance ``batch``, on the line fitted over many
