@@ -130,17 +130,20 @@ class PoolState:
         if running is None:
             return
         per = running / self.ready
-        # More waiting than one step's arrivals can explain, one at every instance at least
-        # (balancers send to the least loaded), on two probes in a row, with the running
-        # count no longer rising: every slot is taken. A queue while running still grows is
-        # a backlog being admitted (a burst's prefills on instances that just came up), not
-        # a full server. At a low rate a full instance shows one waiter at a time: that one
-        # counts, or its slot prior, if overstated, is never corrected while TTFTs climb.
+        # More waiting than one step's arrivals can explain, at more than half the instances'
+        # worth (a waiter is behind a full instance; a balancer that picks at random leaves
+        # some full while others have room, so one waiter alone is not a full pool, but a
+        # queue waiting for slots as they free fluctuates below one per instance), on two
+        # probes in a row, with the running count no longer rising: every slot is taken. A
+        # queue while running still grows is a backlog being admitted (a burst's prefills on
+        # instances that just came up), not a full server. At a low rate a full instance
+        # shows one waiter at a time: that one counts, or its slot prior, if overstated, is
+        # never corrected while TTFTs climb.
         waiting = snapshot.waiting or 0
         last = self._running
         rising = last is not None and running > last + max(1.0, 0.02 * running)
         self._running = running
-        queued = (waiting > 2.0 * arrivals_per_step and waiting >= self.ready
+        queued = (waiting > 2.0 * arrivals_per_step and 2.0 * waiting > self.ready
                   and running > 0 and not rising)
         self._queued_at = self._queued_at + 1 if queued else 0
         if self._queued_at >= FULL_PROBES:

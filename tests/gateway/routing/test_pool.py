@@ -50,6 +50,16 @@ def test_one_waiter_across_two_instances_is_not_a_full_pool() -> None:
     assert pool.slots_per_instance == 60 and not pool.confirmed
 
 
+def test_a_queue_below_one_waiter_an_instance_still_shows_a_full_pool() -> None:
+    # 17 instances typed at 31 slots, 16 real: every slot taken, the queue drains into slots
+    # as they free and stands at 9 on one probe, 15 on the next.
+    pool = PoolState(PoolSettings(billing="reserved", instances=17), prior_slots=31)
+    for waiting in (9, 15):
+        pool.observe_load(LoadSnapshot(healthy=True, running=272, waiting=waiting), 0,
+                          arrivals_per_step=1.0)
+    assert pool.slots_per_instance == 16 and pool.confirmed
+
+
 def test_a_prior_that_understates_the_slots_is_raised_by_what_runs() -> None:
     pool = PoolState(RESERVED, prior_slots=64)
     assert pool.planned_slots > pool.slots  # an unconfirmed count is probed past
