@@ -235,9 +235,11 @@ class BackendStats:
             ends.popleft()
         return max(len(ends), MIN_ENDINGS) / ENDING_HORIZON_S
 
-    def oldest_wait_s(self) -> float:
-        """How long the oldest request still waiting for its first token has waited."""
-        return self.clock() - self._pending[0][0] if self._pending else 0.0
+    def waited_s(self, rank: int = 1) -> float:
+        """How long the ``rank``-th oldest request still waiting for its first token has
+        waited (0 when fewer wait)."""
+        pending = self._pending
+        return self.clock() - pending[rank - 1][0] if len(pending) >= rank else 0.0
 
     def measured_ttft(self) -> float:
         """The TTFT estimate, relaxing towards the prior while nothing refreshes it.
@@ -290,13 +292,12 @@ class BackendStats:
             # then almost nothing frees (no recent ending: no wait is predicted short).
             base += (over + 3.0 * math.sqrt(over) + 1.0) / self.ending_rate()
         # A request still waiting says the next one will wait at least as long (cold start,
-        # a stalled server) before any failure has been counted: where it would queue too,
-        # or on a lone instance. With slots free on several instances a new request goes to
-        # a free one (balancers send to the least loaded); one still queued behind a full
-        # instance since the pool was smaller says nothing about it.
-        if over > 0 or self.instances <= 1.0:
-            return max(base, self.oldest_wait_s())
-        return base
+        # a stalled server, slots overstated and full) before any failure has been counted.
+        # Where slots look free on several instances, one waiter may be stuck behind the
+        # one full instance while a new request goes to a free one: there it takes more
+        # waiters than half the instances (each is behind a full one) to say so.
+        rank = 1 if over > 0 else int(self.instances // 2) + 1
+        return max(base, self.waited_s(rank))
 
     def tpot_at(self, batch: float) -> float:
         """Seconds per output token at a per-instance ``batch``, on the line fitted over many

@@ -178,7 +178,7 @@ def test_stalled_backend_is_predicted_slow_before_any_failure_is_counted() -> No
     assert _first(router, objectives) == "warm"
 
 
-def test_one_request_queued_behind_a_full_instance_does_not_slow_a_pool_with_free_slots() -> None:
+def test_one_request_queued_behind_a_full_instance_does_not_slow_a_pool_but_more_do() -> None:
     clock = Clock()
     pool = _elastic("pool", 0.1, PRIOR)  # 4 slots an instance
     api = _config("api", price={"usd_per_mtok_output": 50.0}, capacity=PRIOR)
@@ -193,6 +193,9 @@ def test_one_request_queued_behind_a_full_instance_does_not_slow_a_pool_with_fre
     assert _first(router, objectives) == "api"  # one instance: the next would wait too
     _up(router, "pool", 3)  # two more instances, idle: a new request goes to one of them
     assert _first(router, objectives) == "pool"
+    router.attempt_started("pool", retry=False)  # a second waiter: most instances are full
+    clock.now += 2.0
+    assert _first(router, objectives) == "api"
 
 
 def test_no_request_goes_to_a_backend_that_does_not_serve_its_model() -> None:
