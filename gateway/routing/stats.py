@@ -294,9 +294,9 @@ class BackendStats:
         # A request still waiting says the next one will wait at least as long (cold start,
         # a stalled server, slots overstated and full) before any failure has been counted.
         # Where slots look free on several instances, one waiter may be stuck behind the
-        # one full instance while a new request goes to a free one: there it takes more
-        # waiters than half the instances (each is behind a full one) to say so.
-        rank = 1 if over > 0 else int(self.instances // 2) + 1
+        # one full instance while a new request goes to a free one: there it takes waiters
+        # at half the instances (each is behind a full one) to say so.
+        rank = 1 if over > 0 else max(1, math.ceil(self.instances / 2))
         return max(base, self.waited_s(rank))
 
     def tpot_at(self, batch: float) -> float:
