@@ -112,18 +112,16 @@ def _keep(pools: Sequence[Offer], remaining: float, wanted: dict[str, int]) -> f
     keep all of them up.
     """
     best = pools[0].usd_per_token
-    held = {o.name: min(o.up_instances, o.max_instances) - o.sunk_instances for o in pools
-            if o.usd_per_token * SWITCH_GAIN <= best}
-    carried = sum(n * o.tokens_per_s for o in pools if (n := held.get(o.name, 0)) > 0)
+    held = [(o, n) for o in pools if o.usd_per_token * SWITCH_GAIN <= best
+            and (n := min(o.up_instances, o.max_instances) - o.sunk_instances) > 0]
+    carried = sum(n * o.tokens_per_s for o, n in held)
     if carried <= 0 or remaining <= 0:
         return remaining
     share = min(1.0, remaining / carried)
-    for o in pools:
-        n = held.get(o.name, 0)
-        if n > 0:
-            keep = min(n, math.ceil(n * share - 1e-9))
-            wanted[o.name] += keep
-            remaining -= keep * o.tokens_per_s
+    for o, n in held:
+        keep = min(n, math.ceil(n * share - 1e-9))
+        wanted[o.name] += keep
+        remaining -= keep * o.tokens_per_s
     return remaining
 
 

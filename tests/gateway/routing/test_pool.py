@@ -123,7 +123,7 @@ def test_a_scale_down_cancels_the_newest_boots_first() -> None:
 def test_an_unset_target_fills_a_pool_more_the_more_it_carries() -> None:
     pool = PoolState(PoolSettings(billing="elastic", max_instances=8), prior_slots=32)
     one = pool.fill(0)  # priced on the instance it would add: one instance's worth of load
-    assert one == pytest.approx(32 / (32 + 1.5 * 32**0.5))
+    assert 0.78 < one < 0.80  # 32 slots, 1.5 x sqrt(32) of them kept free
     assert pool.fill(10) == one  # never planned below one instance's worth
     assert one < pool.fill(256) < pool.fill(1000) < 1.0
     assert pool.fill(1000) > 0.95
