@@ -408,6 +408,9 @@ class Router:
             max_instances=pool.ceiling,
             up_instances=round(m.pool.up),
             elastic=m.pool.elastic,
+            measured=m.stats.tpot_s is not None or m.pool.ready > 0,
+            boot_s=pool.scale_up_s,
+            scale_down_s=pool.scale_down_s,
         )
 
     def billed_instances(self, name: str) -> float | None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 SWITCH_GAIN = 0.8  # a pool this much cheaper than one that is up is worth booting instead
 ARRIVAL_WINDOW_S = 15.0  # the time constant of the arrival rate the demand leads with
+PRIOR_SPREAD = 2.0  # a typed speed not yet measured is believed within this factor either way
 
 
 class ArrivalRate:
@@ -68,6 +69,10 @@ class Offer:
     max_instances: int = 0
     up_instances: int = 0  # up now (booting included)
     elastic: bool = False
+    measured: bool = True  # its speed is measured, or soon will be (an instance is serving)
+    boot_s: float = 0.0  # from asking for an instance to its first request
+    scale_down_s: float = 0.0  # how long a surplus instance stays up (and paid)
+    sizing: float = 1.0  # share of tokens_per_s an instance counts for when sizing the pool
 
 
 def allocate(demand_tokens_per_s: float, offers: Sequence[Offer]) -> Mapping[str, int]:
@@ -75,15 +80,17 @@ def allocate(demand_tokens_per_s: float, offers: Sequence[Offer]) -> Mapping[str
 
     Instances already up are kept first (``_keep``): their boot is paid, and trading them
     for another pool's costs a boot there and a scale-down wait here, which only a clearly
-    cheaper pool (``SWITCH_GAIN``) is worth. New instances go to the cheapest pool.
+    cheaper pool (``SWITCH_GAIN``) is worth. New instances go to the cheapest pool; a pool
+    not yet measured is sized for the slow end of its prior as far as that pays (``hedged``).
     """
     remaining = demand_tokens_per_s
     wanted: dict[str, int] = {}
+    api = min((o.usd_per_token for o in offers if o.per_token), default=math.inf)
+    offers = [hedged(o, api) for o in offers]
     for o in offers:
         if not o.per_token:
             wanted[o.name] = o.sunk_instances
             remaining -= o.sunk_instances * o.tokens_per_s
-    api = min((o.usd_per_token for o in offers if o.per_token), default=math.inf)
     pools = sorted((o for o in offers if o.elastic and not o.per_token and o.usd_per_token < api),
                    key=lambda o: o.usd_per_token)
     if not pools:
@@ -102,6 +109,29 @@ def allocate(demand_tokens_per_s: float, offers: Sequence[Offer]) -> Mapping[str
     return wanted
 
 
+def hedged(o: Offer, fallback_usd_per_token: float) -> Offer:
+    """``o`` with its instances counted at the speed worth planning for while it is unmeasured.
+
+    An elastic pool's first instances are booted on the typed prior, which may be off by
+    ``PRIOR_SPREAD`` either way and is corrected only once they serve. Too few, and the
+    shortfall goes to the fallback (the API) until more boot: (fallback / pool price - 1)
+    instance-prices for ``boot_s`` per instance short. Too many, and each surplus one is paid
+    through its boot and the scale-down wait. The count worth booting is the newsvendor's:
+    the quantile ``short / (short + over)`` of the instances the demand may need, with the
+    true speed log-uniform within the spread. A dear API makes it plan near the slow end; a
+    fallback barely dearer than the pool, or a boot that takes no time, plans on the prior
+    (never above it: a faster pool than typed is found out by serving).
+    """
+    if o.measured or o.per_token or not o.elastic or o.boot_s <= 0:
+        return o
+    ratio = fallback_usd_per_token / max(o.usd_per_token, 1e-18)
+    if ratio <= 1.0:
+        return o
+    short = (ratio - 1.0) * o.boot_s
+    quantile = 1.0 if math.isinf(short) else short / (short + o.boot_s + o.scale_down_s)
+    return replace(o, sizing=min(1.0, PRIOR_SPREAD ** (1.0 - 2.0 * quantile)))
+
+
 def _keep(pools: Sequence[Offer], remaining: float, wanted: dict[str, int]) -> float:
     """Keep the instances up on pools not far dearer than the best (``pools`` cheapest first).
 
@@ -114,7 +144,7 @@ def _keep(pools: Sequence[Offer], remaining: float, wanted: dict[str, int]) -> f
     best = pools[0].usd_per_token
     held = [(o, n) for o in pools if o.usd_per_token * SWITCH_GAIN <= best
             and (n := min(o.up_instances, o.max_instances) - o.sunk_instances) > 0]
-    carried = sum(n * o.tokens_per_s for o, n in held)
+    carried = sum(n * o.tokens_per_s * o.sizing for o, n in held)
     if carried <= 0 or remaining <= 0:
         return remaining
     share = min(1.0, remaining / carried)
@@ -136,10 +166,10 @@ def _add(o: Offer, room: int, remaining: float, elsewhere: Callable[[float], flo
     """
     if remaining <= 0 or room <= 0:
         return remaining
-    cap = max(o.tokens_per_s, 1e-9)
+    cap = max(o.tokens_per_s * o.sizing, 1e-9)
     extra = min(room, math.floor(remaining / cap))
     rest = remaining - extra * cap
     if extra < room and rest > 0 and elsewhere(rest) >= o.usd_per_instance_s:
         extra += 1
     wanted[o.name] += extra
-    return remaining - extra * cap
+    return remaining - extra * o.tokens_per_s

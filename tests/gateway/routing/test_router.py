@@ -334,14 +334,30 @@ def test_a_filled_batch_that_has_not_started_ending_is_not_queued_on() -> None:
 
 
 TARGET = {"target_utilisation": 0.8}  # the operator's fill, so the arithmetic is fixed
+INSTANT = {"scale_up_s": 0}  # no boot to hedge: pools are sized on the prior as typed
+
+
+def test_a_pool_not_yet_measured_is_sized_for_the_slow_end_of_its_prior() -> None:
+    # 1,000 tokens/s past the reserved instance's 320 at the API's $400/1M: on the prior,
+    # pool-a (320 tokens/s an instance) needs 3. Nothing has served there yet and an
+    # instance takes a minute to boot: too few leaves the rest at the API for another
+    # boot, too many costs an instance through its scale-down wait; the dear API makes
+    # planning on the slow end worth it (capped at the pool's 4).
+    router = _scaling_fleet(Clock(), scale_up_s=60)
+    _measured(router, "reserved", "api")
+    _in_flight(router, reserved=4, api=6)
+    assert router.desired_instances("pool-a") == 4
+    assert router.desired_instances("pool-b") == 0  # the hedge is pool-a's, not a spill
+    _up(router, "pool-a", 1)  # serving: measured within an answer, planned on the prior
+    assert router.desired_instances("pool-a") == 3
 
 
 def _scaling_fleet(clock: Clock, api_usd_per_mtok: float = 400.0, **pool_a: Any) -> Router:
     configs = [
         _config("reserved", price={"usd_per_hour": 1.0}, capacity=PRIOR,
                 pool={"billing": "reserved", **TARGET}),
-        _elastic("pool-a", 2.0, PRIOR, **TARGET, **pool_a),
-        _elastic("pool-b", 2.5, PRIOR, **TARGET),
+        _elastic("pool-a", 2.0, PRIOR, **{**TARGET, **INSTANT, **pool_a}),
+        _elastic("pool-b", 2.5, PRIOR, **TARGET, **INSTANT),
         _config("api", price={"usd_per_mtok_output": api_usd_per_mtok}, capacity=PRIOR),
     ]
     router, _ = _router(configs, clock)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from gateway.routing.scaling import ARRIVAL_WINDOW_S, ArrivalRate, Offer, allocate
@@ -17,6 +19,32 @@ def _pool(name: str, usd_per_token: float, *, tokens_per_s: float = 1000.0, sunk
 
 
 API = Offer("api", True, 5e-6)
+
+
+def _unmeasured(offer: Offer, *, boot_s: float = 120.0, scale_down_s: float = 120.0) -> Offer:
+    return replace(offer, measured=False, boot_s=boot_s, scale_down_s=scale_down_s)
+
+
+def test_an_unmeasured_pool_is_booted_for_its_prior_slow_end_as_far_as_the_api_makes_it_pay(
+) -> None:
+    # 4,000 tokens/s on a prior of 1,000 an instance: four if the prior is right. It may be
+    # off 2x either way until the pool serves. An API 50x dearer: each instance short costs
+    # 49 instance-prices for a 120 s boot, one too many its boot and 120 s scale-down wait,
+    # so plan for the 96th percentile of the count (a speed of 0.53x the prior): 8.
+    dear = Offer("api", True, 5e-5)
+    pool = _unmeasured(_pool("gpu", 1e-6))
+    assert allocate(4000, [pool, dear]) == {"gpu": 8}
+    # Measured, or with an API barely dearer, or instant boots: the prior as typed.
+    assert allocate(4000, [replace(pool, measured=True), dear]) == {"gpu": 4}
+    assert allocate(4000, [pool, Offer("api", True, 1.5e-6)]) == {"gpu": 4}
+    assert allocate(4000, [replace(pool, boot_s=0.0), dear]) == {"gpu": 4}
+
+
+def test_the_hedge_on_a_pool_at_its_ceiling_does_not_spill_to_the_next() -> None:
+    # The prior's 4 x 1,000 covers the demand: the next pool is not booted for the hedge.
+    capped = _unmeasured(_pool("tpu", 1e-6, max_instances=4))
+    offers = [capped, _pool("gpu", 2e-6), Offer("api", True, 5e-5)]
+    assert allocate(4000, offers) == {"tpu": 4, "gpu": 0}
 
 
 def test_paid_for_capacity_is_used_before_any_pool_grows() -> None:
