@@ -24,6 +24,7 @@ class DecodeLine:
     prior: CapacityPrior
     alone: float = 0.0
     per_slot: float = 0.0
+    reach: float = 0.0  # the largest batch an answer has been measured at (0: none yet)
     _sums: list[float] = field(default_factory=lambda: [0.0] * 5)  # w, wb, wt, wbb, wbt
 
     def __post_init__(self) -> None:
@@ -32,6 +33,7 @@ class DecodeLine:
     def observe(self, batch: float, tpot_s: float) -> None:
         """An answer decoded at a mean per-instance ``batch`` took ``tpot_s`` per token."""
         b = max(1.0, batch)
+        self.reach = max(self.reach, b)
         s = self._sums
         for i, value in enumerate((1.0, b, tpot_s, b * b, b * tpot_s)):
             s[i] = s[i] * FADE + value

@@ -24,7 +24,7 @@ from gateway.routing.policies import Estimate, Objectives, estimate, rank
 from gateway.routing.pool import PoolState
 from gateway.routing.prefixes import PrefixIndex, PromptBlocks
 from gateway.routing.pricing import SlotPrice
-from gateway.routing.scaling import ArrivalRate, Offer, allocate
+from gateway.routing.scaling import REACH, ArrivalRate, Offer, allocate
 from gateway.routing.stats import BackendStats, Clock
 from gateway.settings import BackendSettings, RoutingSettings, TimeoutSettings
 
@@ -396,12 +396,18 @@ class Router:
         limit = self.objectives.tpot_limit_s
         tokens_per_s = m.price.instance_tokens_per_s(m.pool, m.stats, limit)
         full = m.price.instance_tokens_per_s(m.pool, m.stats, limit, fill=1.0)
+        # Shedding instances raises the batch on those left: the decode line is trusted only
+        # so far past the batches answers were measured at (its slope may be the prior's).
+        reach = m.stats.line.reach
+        kept = math.inf if not reach else m.price.instance_tokens_per_s(
+            m.pool, m.stats, limit, max_batch=REACH * reach)
         pool = m.pool.settings
         return Offer(
             m.backend.name,
             False,
             m.price.usd_per_instance_s / tokens_per_s,
             tokens_per_s=tokens_per_s,
+            kept_tokens_per_s=kept,
             full_tokens_per_s=max(full, tokens_per_s),
             usd_per_instance_s=m.price.usd_per_instance_s,
             sunk_instances=pool.sunk_instances,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 SWITCH_GAIN = 0.8  # a pool this much cheaper than one that is up is worth booting instead
 ARRIVAL_WINDOW_S = 15.0  # the time constant of the arrival rate the demand leads with
 PRIOR_SPREAD = 2.0  # a typed speed not yet measured is believed within this factor either way
+REACH = 2.0  # instances are shed down to at most this many times the batch measured so far
 
 
 class ArrivalRate:
@@ -63,6 +64,7 @@ class Offer:
     per_token: bool  # priced per token, no capacity limit to plan
     usd_per_token: float  # per-token price, or an elastic instance's price at the target fill
     tokens_per_s: float = 0.0  # one instance at the target fill (instance-priced backends)
+    kept_tokens_per_s: float = math.inf  # ... at a batch within ``REACH`` of those measured
     full_tokens_per_s: float = 0.0  # ... with every slot filled (the headroom above the target)
     usd_per_instance_s: float = 0.0
     sunk_instances: int = 0  # paid whether used or not: reserved, or the warm floor
@@ -144,7 +146,7 @@ def _keep(pools: Sequence[Offer], remaining: float, wanted: dict[str, int]) -> f
     best = pools[0].usd_per_token
     held = [(o, n) for o in pools if o.usd_per_token * SWITCH_GAIN <= best
             and (n := min(o.up_instances, o.max_instances) - o.sunk_instances) > 0]
-    carried = sum(n * o.tokens_per_s * o.sizing for o, n in held)
+    carried = sum(n * min(o.tokens_per_s, o.kept_tokens_per_s) * o.sizing for o, n in held)
     if carried <= 0 or remaining <= 0:
         return remaining
     share = min(1.0, remaining / carried)

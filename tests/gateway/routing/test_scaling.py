@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -45,6 +46,18 @@ def test_the_hedge_on_a_pool_at_its_ceiling_does_not_spill_to_the_next() -> None
     capped = _unmeasured(_pool("tpu", 1e-6, max_instances=4))
     offers = [capped, _pool("gpu", 2e-6), Offer("api", True, 5e-5)]
     assert allocate(4000, offers) == {"tpu": 4, "gpu": 0}
+
+
+def test_instances_are_shed_only_as_far_as_the_batch_on_them_has_been_measured() -> None:
+    # Ten instances up for 2,000 tokens/s: the decode line says one serves 1,000 at the
+    # target fill, but answers were measured only at batches small enough that, within
+    # twice them, one serves 400. Five are kept, not two; once the larger batch on those has
+    # been measured, the next shed goes further.
+    up = replace(_pool("gpu", 1e-6, up=10), kept_tokens_per_s=400.0)
+    assert allocate(2000, [up, API]) == {"gpu": 5}
+    assert allocate(2000, [replace(up, kept_tokens_per_s=math.inf), API]) == {"gpu": 2}
+    # Nothing is booted for it: a pool with fewer up is grown on the decode line as it is.
+    assert allocate(2000, [replace(up, up_instances=0), API]) == {"gpu": 2}
 
 
 def test_paid_for_capacity_is_used_before_any_pool_grows() -> None:
