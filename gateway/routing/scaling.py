@@ -141,7 +141,9 @@ def _keep(pools: Sequence[Offer], remaining: float, wanted: dict[str, int]) -> f
     measured prices differ by less than the switch is worth and move from one minute to the
     next, so shedding the dearer one first would shed a different pool each time the order
     flips, and an autoscaler that adds at once and removes only after a quiet spell would
-    keep all of them up.
+    keep all of them up. Each instance counts for what it can be trusted to carry: no more
+    than at twice the batch its pool's answers were measured at (``REACH``: past it the
+    decode line may still be the prior's), and the hedge's share while unmeasured.
     """
     best = pools[0].usd_per_token
     held = [(o, n) for o in pools if o.usd_per_token * SWITCH_GAIN <= best
