@@ -43,11 +43,11 @@ class SlotPrice:
         return out + inp * prompt_tokens / max(1, expected_tokens)
 
     def instance_tokens_per_s(self, pool: PoolState, stats: BackendStats,
-                              tpot_limit_s: float | None, *, fill: float | None = None,
-                              max_batch: float = math.inf) -> float:
-        """Output tokens/s one instance serves at the pool's target fill (or ``fill`` of its
-        slots), within a TPOT limit and at most ``max_batch`` requests."""
-        share = pool.fill(stats.concurrency) if fill is None else fill
+                              tpot_limit_s: float | None, *, max_batch: float = math.inf
+                              ) -> float:
+        """Output tokens/s one instance serves at the pool's target fill, within a TPOT limit
+        and at most ``max_batch`` requests."""
+        share = pool.fill(stats.concurrency)
         batch = max(1.0, min(pool.slots_per_instance * share, max_batch))
         if tpot_limit_s is not None:
             batch = max(1.0, min(batch, stats.batch_within(tpot_limit_s)))

@@ -395,7 +395,6 @@ class Router:
             return Offer(m.backend.name, True, m.price.per_token(prompt, expected))
         limit = self.objectives.tpot_limit_s
         tokens_per_s = m.price.instance_tokens_per_s(m.pool, m.stats, limit)
-        full = m.price.instance_tokens_per_s(m.pool, m.stats, limit, fill=1.0)
         # Shedding instances raises the batch on those left: the decode line is trusted only
         # so far past the batches answers were measured at (its slope may be the prior's).
         reach = m.stats.line.reach
@@ -408,7 +407,6 @@ class Router:
             m.price.usd_per_instance_s / tokens_per_s,
             tokens_per_s=tokens_per_s,
             kept_tokens_per_s=kept,
-            full_tokens_per_s=max(full, tokens_per_s),
             usd_per_instance_s=m.price.usd_per_instance_s,
             sunk_instances=pool.sunk_instances,
             max_instances=pool.ceiling,

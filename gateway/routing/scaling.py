@@ -65,7 +65,6 @@ class Offer:
     usd_per_token: float  # per-token price, or an elastic instance's price at the target fill
     tokens_per_s: float = 0.0  # one instance at the target fill (instance-priced backends)
     kept_tokens_per_s: float = math.inf  # ... at a batch within ``REACH`` of those measured
-    full_tokens_per_s: float = 0.0  # ... with every slot filled (the headroom above the target)
     usd_per_instance_s: float = 0.0
     sunk_instances: int = 0  # paid whether used or not: reserved, or the warm floor
     max_instances: int = 0
