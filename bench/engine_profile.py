@@ -71,7 +71,7 @@ def split(
         if name not in hlo:
             continue
         sizes, op = hlo[name]
-        if op == "dot_general":
+        if op in ("dot_general", "ffi_call"):  # XLA's dots, or engine.kernels' int8 products
             parts["logits dot" if sizes and sizes[-1] == vocab else "layer dots"] += ms
         elif op in ("top_k", "sort"):
             parts["top-k"] += ms

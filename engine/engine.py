@@ -120,9 +120,11 @@ class GemmaEngine:
         self.params = params
         self.engine_config = engine_config
         self.max_slots = engine_config.decode_slots  # requests decoded at once
-        # Rows the decode state holds: never one, even for one slot (a spare row idles), since
-        # a one-row bf16/int8 matmul is pathologically slow on XLA:CPU (10x at one slot).
-        self._state_rows = max(2, self.max_slots)
+        # Rows a decode step takes: never one where XLA does the products (a one-row bf16/int8
+        # matmul is pathologically slow on XLA:CPU, 10x at one slot; a spare row idles
+        # instead); one is fine for the int8 kernels, which stream each weight row once.
+        self._min_rows = 1 if model.uses_kernels(params) else 2
+        self._state_rows = max(self._min_rows, self.max_slots)
         self.prefill_buckets = tuple(sorted(engine_config.prefill_buckets))
         self.kv_buckets = tuple(sorted(engine_config.kv_buckets))
         embed = params["embed"]
@@ -369,13 +371,11 @@ class GemmaEngine:
         return np.full((rows or self._state_rows, words), -1, np.int32)
 
     def _rows(self, state: DecodeState) -> int:
-        """Slots to step: a power of two (>= 2) covering the highest active slot.
-
-        Never one row: a one-row bf16/int8 matmul is pathologically slow on XLA:CPU.
-        """
+        """Slots to step: a power of two (at least ``_min_rows``) covering the highest active
+        slot."""
         active = np.flatnonzero(np.asarray(state.active))
         highest = int(active[-1]) + 1 if active.size else 1
-        rows = 2
+        rows = self._min_rows
         while rows < highest:
             rows *= 2
         return min(rows, self._state_rows)

@@ -14,12 +14,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from engine import topk
+from engine import kernels, topk
 from engine.config import ModelConfig
 from engine.weights import Int8Weight, Params
 
 _CONTRACT_LAST = (((1,), (1,)), ((), ()))
 RESCORED = 16  # int8 logits recomputed in float per row (see ``_rescore``)
+KERNEL_ROWS = 64  # int8 products of at most this many rows (decode steps) run kernels/
 _REST_STEPS = 254.0  # the remainder of a rounding (|r| <= 0.5) as int8 steps
 _input_taps: list[jax.Array] | None = None  # set while a calibration pass is traced
 
@@ -49,7 +50,11 @@ def linear(x: jax.Array, w: Any, *, fine: bool = False) -> jax.Array:
     x2 = x.reshape(-1, shape[-1])
     if _input_taps is not None:
         _input_taps.append(jnp.max(jnp.abs(x2), axis=0))
-    if isinstance(w, Int8Weight):
+    if isinstance(w, Int8Weight) and x2.shape[0] <= KERNEL_ROWS and kernels.available():
+        # The same rounding and sums as below, by hand: XLA's int8 dot carries a fixed cost per
+        # call that a decode step's 73 small products add up to, and scales in a second pass.
+        y = kernels.int8_matmul(x2, w.values, w.scales, fine=fine)
+    elif isinstance(w, Int8Weight):
         # Dynamic per-row activation quantization: an int8 x int8 -> int32 dot is far faster on
         # this CPU than dequantizing the weight to a float type first.
         x_scale = jnp.max(jnp.abs(x2), axis=-1, keepdims=True) / 127.0
@@ -73,6 +78,11 @@ def linear(x: jax.Array, w: Any, *, fine: bool = False) -> jax.Array:
     else:
         y = jax.lax.dot_general(x2, w, _CONTRACT_LAST, preferred_element_type=jnp.float32)
     return y.reshape(*shape[:-1], y.shape[-1])
+
+
+def uses_kernels(params: Params) -> bool:
+    """Whether a decode step's products run ``engine.kernels`` (int8 weights, kernels built)."""
+    return isinstance(params["embed"], Int8Weight) and kernels.available()
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
