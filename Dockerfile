@@ -21,7 +21,13 @@ COPY gateway ./gateway
 COPY adapters ./adapters
 COPY engine ./engine
 COPY bench ./bench
+# The engine's int8 kernels are compiled here, into the cache, with a compiler that leaves the
+# image with this layer (explicit instruction sets: the image runs on other CPUs than it was
+# built on; each CPU picks its variant at run time).
 RUN pip install --no-deps . && mkdir -p /app/var/spool /var/cache/tollgate \
+    && apt-get update -qq && apt-get install -y -qq --no-install-recommends g++ \
+    && python -m engine.kernels \
+    && apt-get purge -y -qq g++ && apt-get autoremove -y -qq && rm -rf /var/lib/apt/lists/* \
     && chown -R tollgate /app/var /var/cache/tollgate
 
 # Installed non-editable, so the default config is read from here (TOLLGATE_CONFIG).

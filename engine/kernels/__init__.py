@@ -54,15 +54,20 @@ def _build(target: Path) -> None:
     partial.replace(target)
 
 
+def build() -> Path:
+    """The compiled library, compiling it first where the cache lacks it."""
+    path = _library_path()
+    if not path.exists():
+        log.info("compiling the engine's int8 kernels (%s)", path.parent)
+        _build(path)
+    return path
+
+
 def _load() -> str:
     if os.environ.get("TOLLGATE_KERNELS", "on") == "off" or platform.machine() != "x86_64":
         return ""
-    path = _library_path()
     try:
-        if not path.exists():
-            log.info("compiling the engine's int8 kernels (%s)", path.parent)
-            _build(path)
-        library = ctypes.cdll.LoadLibrary(str(path))
+        library = ctypes.cdll.LoadLibrary(str(build()))
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", b"") or b""
         log.warning("engine kernels unavailable, using XLA's dot: %s %s", error, detail[-400:])
@@ -99,3 +104,4 @@ def int8_matmul(x: jax.Array, values: jax.Array, scales: jax.Array, *, fine: boo
     call = jax.ffi.ffi_call(target, result, vmap_method="broadcast_all")
     out: jax.Array = call(x.astype(jnp.float32), values, scales)
     return out
+
