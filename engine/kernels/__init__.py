@@ -104,4 +104,3 @@ def int8_matmul(x: jax.Array, values: jax.Array, scales: jax.Array, *, fine: boo
     call = jax.ffi.ffi_call(target, result, vmap_method="broadcast_all")
     out: jax.Array = call(x.astype(jnp.float32), values, scales)
     return out
-
