@@ -111,7 +111,7 @@ def _measure(fmt: str, args: argparse.Namespace) -> dict[str, Any]:
     streams = [int(s) for s in args.streams.split(",")]
     options: dict[str, Any] = {
         "weight_format": fmt,
-        "decode_slots": max(streams),
+        "decode_slots": max(*streams, args.sampled_streams),  # the sampled ones' slots too
         "max_context": args.max_context,
     }
     if args.cache_dir is not None:
@@ -294,7 +294,8 @@ def _print_table(results: list[dict[str, Any]], bandwidth: float) -> None:
             continue
         row = f"{r['format']:6} {r['ready_s']:8.1f} {r['load_s']:7.1f} {r['warmup_compile_s']:7.1f}"
         row += f" {r['prefill_tps']:12.0f}"
-        row += "".join(f" {r['decode_tps'][str(n)]:11.1f}" for n in streams)
+        # llama.cpp's row may hold stream counts this run's formats were not measured at
+        row += "".join(_tps(r["decode_tps"].get(str(n))) for n in streams)
         row += f" {r['sampled_tps']:12.1f} {r['plain_tps']:10.1f} {r['json_tps']:9.1f}"
         row += f" {r['json_answer_tokens']:9.1f} {r['mask_ms_per_step']:8.2f}"
         row += f" {r['weights_mib']:12.0f} {r['peak_rss_mib']:9.0f}"
@@ -316,6 +317,10 @@ def _print_table(results: list[dict[str, Any]], bandwidth: float) -> None:
             continue
         steps = bandwidth * 1e9 / (r["weights_mib"] * 2**20)
         print(f"  {r['format']}: {steps:.0f} steps/s -> 1 stream <= {steps:.0f} tok/s")
+
+
+def _tps(value: float | None) -> str:
+    return f" {value:11.1f}" if value is not None else f" {'-':>11}"
 
 
 def _llama_cpp_row(r: dict[str, Any], streams: list[int]) -> str:
