@@ -6,7 +6,7 @@
 // variant also rounds the rounding's remainder (x 254) and adds its product, one more int8
 // pass over the activation but not over the weight.
 //
-// Why by hand: XLA:CPU's int8 dot carries ~40 us of fixed cost per call (72 calls a step),
+// Why by hand: XLA:CPU's int8 dot carries ~40 us of fixed cost per call (73 calls a step),
 // reads each weight row once per call but not at the memory's speed for a few rows, and its
 // int32 -> float scaling is a second pass over the output. Here the weight is streamed once,
 // the integer sums are scaled as they are stored, and the rows are split over XLA's own
@@ -37,7 +37,7 @@ namespace {
 
 constexpr float kRestSteps = 254.0f;  // a rounding's remainder (|r| <= 0.5) as int8 steps
 
-// One activation row rounded to int8: its values (offset by 128 for VNNI) and its scale.
+// The activation rows rounded to int8: their values (offset by 128 for VNNI) and scales.
 struct QuantizedRows {
   int64_t rows = 0;     // B, or 2B with the remainders
   int64_t stride = 0;   // K rounded up to the ISA's chunk (zero padded)
