@@ -355,15 +355,20 @@ ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+template <bool kFine>
 ffi::Error Int8Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w,
                       ffi::Buffer<ffi::F32> ws, ffi::ResultBuffer<ffi::F32> y) {
-  return Int8MatmulImpl(pool, x, w, ws, y, false);
+  return Int8MatmulImpl(pool, x, w, ws, y, kFine);
 }
 
-ffi::Error Int8MatmulFine(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                          ffi::Buffer<ffi::S8> w, ffi::Buffer<ffi::F32> ws,
-                          ffi::ResultBuffer<ffi::F32> y) {
-  return Int8MatmulImpl(pool, x, w, ws, y, true);
+// Both handlers take (x f32 [B, K], w s8 [N, K], ws f32 [N]) -> f32 [B, N] on XLA's pool.
+auto Binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::S8>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>();
 }
 
 }  // namespace
@@ -376,18 +381,5 @@ extern "C" const char* tollgate_kernel_isa() {
   return UseVnni() ? "avx512vnni" : "avx2";
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(tollgate_int8_matmul, Int8Matmul,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(tollgate_int8_matmul_fine, Int8MatmulFine,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(tollgate_int8_matmul, Int8Matmul<false>, Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(tollgate_int8_matmul_fine, Int8Matmul<true>, Binding());
