@@ -585,8 +585,12 @@ class RedisStore:
                 self._lost()
             except Exception:  # the heartbeat must outlive any one bad beat
                 log.exception("store heartbeat failed")
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the inner result
+            # when a cancellation lands as the wake fires, and this loop would go on beating
+            # through the cancellation (an event loop's close then waits on it forever).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._leases.interval_s)
+                async with asyncio.timeout(self._leases.interval_s):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _beat(self) -> None:
