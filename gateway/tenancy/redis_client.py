@@ -9,6 +9,7 @@ the rest of the cluster from them and follows its slot map through failovers.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -110,6 +111,20 @@ def connect(url: str) -> Client:
     return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in seeds], **cluster)
 
 
+def _torn_transport(exc: BaseException) -> bool:
+    """Whether ``exc`` is redis-py 8.1 writing on a connection whose transport was torn down
+    (the peer closed it, or a cluster failover reset the node's connections mid-connect):
+    the transport's own ``AttributeError``/``TypeError`` ("'NoneType' object has no attribute
+    'writelines'"), raised past every retry layer instead of a ``ConnectionError``
+    (redis/redis-py#4287). Only errors raised inside redis-py or asyncio count: the scripts
+    are safe to run twice (see ``connect``'s retry), our own bugs are not to be retried."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = tb.tb_frame.f_code.co_filename if tb is not None else ""
+    return f"{os.sep}redis{os.sep}" in where or f"{os.sep}asyncio{os.sep}" in where
+
+
 class Script:
     """A Lua script run by its SHA1, or by its text on a node that has not cached it yet.
 
@@ -124,7 +139,21 @@ class Script:
         self.sha = hashlib.sha1(script.encode()).hexdigest()
 
     async def __call__(self, *, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Run the script once on the node owning its keys' slot (all one slot)."""
+        """Run the script on the node owning its keys' slot (all one slot); once more where
+        the connection was torn down under the write (see ``_torn_transport``)."""
+        try:
+            return await self._run(keys, args)
+        except (AttributeError, TypeError) as exc:
+            if not _torn_transport(exc):
+                raise
+        try:
+            return await self._run(keys, args)
+        except (AttributeError, TypeError) as exc:
+            if not _torn_transport(exc):
+                raise
+            raise RedisConnectionError(f"connection torn down under a write: {exc}") from exc
+
+    async def _run(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         try:
             return await self.client.execute_command(*self.command(keys, args))
         except NoScriptError:
