@@ -315,6 +315,13 @@ void RunSplit(ffi::ThreadPool& pool, int64_t chunks, int64_t helpers, Work work)
 }
 
 thread_local QuantizedRows tls_rows;
+thread_local std::vector<float> tls_scratch;  // the remainders' products, summed in after
+
+// Threads to split over: XLA's pool, within the cores (read once: glibc reads sysfs for it).
+int64_t Threads(ffi::ThreadPool& pool) {
+  static const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), cores));
+}
 
 ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                           ffi::Buffer<ffi::S8> w, ffi::Buffer<ffi::F32> ws,
@@ -330,14 +337,13 @@ ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   QuantizedRows& xq = tls_rows;
   Quantize(x.typed_data(), batch, k, fine, vnni, xq);
   // With the remainders, the kernel writes 2B rows to a scratch and they are summed below.
-  std::vector<float> scratch;
+  std::vector<float>& scratch = tls_scratch;
   float* out = y->typed_data();
   if (fine) {
     scratch.resize(xq.rows * n);
     out = scratch.data();
   }
-  const int64_t threads = std::max<int64_t>(
-      1, std::min<int64_t>(pool.num_threads(), std::thread::hardware_concurrency()));
+  const int64_t threads = Threads(pool);
   // A few chunks per thread, so an uneven start evens out; none under 16 weight rows.
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(n / 16, threads * 4));
   const int64_t per_chunk = (n + chunks - 1) / chunks;

@@ -141,17 +141,15 @@ class Script:
     async def __call__(self, *, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run the script on the node owning its keys' slot (all one slot); once more where
         the connection was torn down under the write (see ``_torn_transport``)."""
-        try:
-            return await self._run(keys, args)
-        except (AttributeError, TypeError) as exc:
-            if not _torn_transport(exc):
-                raise
-        try:
-            return await self._run(keys, args)
-        except (AttributeError, TypeError) as exc:
-            if not _torn_transport(exc):
-                raise
-            raise RedisConnectionError(f"connection torn down under a write: {exc}") from exc
+        torn: BaseException | None = None
+        for _ in range(2):
+            try:
+                return await self._run(keys, args)
+            except (AttributeError, TypeError) as exc:
+                if not _torn_transport(exc):
+                    raise
+                torn = exc
+        raise RedisConnectionError(f"connection torn down under a write: {torn}") from torn
 
     async def _run(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         try:
